@@ -1,0 +1,180 @@
+//! One struct per command, as it travels on `tes.cmd.<thread>.<verb>`.
+//!
+//! Every field has a default where one makes sense, so the smallest JSON
+//! body works from any NATS client: `nats pub tes.cmd.0x1001.rotate '{}'`.
+//! Multi-word fields are camelCase (the seed's style); the snake_case
+//! spelling is accepted too (`requested_by`).
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::key_version::KeyVersion;
+use crate::reply::{BumpReply, RotationReply, SignReply, StatusReply, VerifyReply};
+use crate::subject::verb;
+use crate::thread::ThreadId;
+
+/// What a command body declares about itself: its verb and the body of a
+/// successful reply. The thread is chosen by the sender: `rotate` goes to the
+/// Supervisor (0x1001) from people and to Version Management (0x6001) only
+/// from the Supervisor.
+pub trait CommandBody:
+    Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static
+{
+    const VERB: &'static str;
+    type Reply: Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static;
+
+    fn subject(thread: ThreadId) -> String {
+        crate::subject::command(thread, Self::VERB)
+    }
+}
+
+fn default_requester() -> String {
+    "unknown".to_string()
+}
+
+/// Move the active key to the next provisioned version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Rotate {
+    /// Who asked (an operator name, `kv`, `admin-ui`); recorded in the ledger.
+    #[serde(alias = "requested_by")]
+    pub requested_by: String,
+    /// Skip the propagation gate (recorded as forced).
+    pub force: bool,
+    /// A specific target version; by default the next one after the active.
+    pub to: Option<KeyVersion>,
+}
+
+impl Default for Rotate {
+    fn default() -> Self {
+        Rotate {
+            requested_by: default_requester(),
+            force: false,
+            to: None,
+        }
+    }
+}
+
+impl CommandBody for Rotate {
+    const VERB: &'static str = verb::ROTATE;
+    type Reply = RotationReply;
+}
+
+/// Move the active key back to the previous version while it still verifies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Rollback {
+    #[serde(alias = "requested_by")]
+    pub requested_by: String,
+}
+
+impl Default for Rollback {
+    fn default() -> Self {
+        Rollback {
+            requested_by: default_requester(),
+        }
+    }
+}
+
+impl CommandBody for Rollback {
+    const VERB: &'static str = verb::ROLLBACK;
+    type Reply = RotationReply;
+}
+
+/// Sign an exact payload string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sign {
+    /// The exact bytes (UTF-8) to sign.
+    pub payload: String,
+    /// Pin a version (the seed's `X-Key-Version`); default: the active one.
+    #[serde(default, alias = "key_version")]
+    pub key_version: Option<KeyVersion>,
+}
+
+impl CommandBody for Sign {
+    const VERB: &'static str = verb::SIGN;
+    type Reply = SignReply;
+}
+
+/// Check a signature against a version in the verifying set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Verify {
+    pub payload: String,
+    /// Lowercase or uppercase hex, 64 characters.
+    pub signature: String,
+    #[serde(alias = "key_version")]
+    pub key_version: KeyVersion,
+}
+
+impl CommandBody for Verify {
+    const VERB: &'static str = verb::VERIFY;
+    type Reply = VerifyReply;
+}
+
+/// A semver bump of a versioned entity (the seed's `/api/dev/bump-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Patch,
+    Minor,
+    Major,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Patch => "patch",
+            Scope::Minor => "minor",
+            Scope::Major => "major",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "patch" => Ok(Scope::Patch),
+            "minor" => Ok(Scope::Minor),
+            "major" => Ok(Scope::Major),
+            other => Err(format!(
+                "unknown scope {other:?}: expected patch, minor or major"
+            )),
+        }
+    }
+}
+
+/// The entity bumped when a request names none.
+pub const DEFAULT_ENTITY: &str = "tes";
+
+fn default_entity() -> String {
+    DEFAULT_ENTITY.to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bump {
+    #[serde(default = "default_entity")]
+    pub entity: String,
+    pub scope: Scope,
+    #[serde(default, alias = "key_version")]
+    pub key_version: Option<KeyVersion>,
+}
+
+impl CommandBody for Bump {
+    const VERB: &'static str = verb::BUMP;
+    type Reply = BumpReply;
+}
+
+/// Ask an actor for its current view.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Status {}
+
+impl CommandBody for Status {
+    const VERB: &'static str = verb::STATUS;
+    type Reply = StatusReply;
+}

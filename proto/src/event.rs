@@ -1,0 +1,249 @@
+//! Events: facts that happened, as stored in the ledger and published on
+//! `tes.evt.<thread>.<kind>`.
+//!
+//! The ledger stores these bodies (schema [`crate::SCHEMA_VERSION`]); a body
+//! that changes shape needs a new schema version and an upcaster, never an
+//! edit in place, because old ledgers must keep replaying.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::command::Scope;
+use crate::envelope::Timestamp;
+use crate::key_version::{Fingerprint, KeyVersion};
+use crate::thread::colour;
+
+/// Every event kind. The serialized tag is the kind (`{"key_rotate": {…}}`);
+/// the subject's last token is the same string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    KeyProvisioned(KeyProvisioned),
+    KeyRotate(KeyRotate),
+    KeyRollback(KeyRollback),
+    KeyRetired(KeyRetired),
+    KeyFallback(KeyFallback),
+    RotationFailed(RotationFailed),
+    SignatureGenerated(SignatureGenerated),
+    SignatureVerified(SignatureVerified),
+    VersionBump(VersionBump),
+    Rejected(Rejected),
+    Checkpoint(Checkpoint),
+}
+
+/// Event kind names, as in subjects and the ledger's `kind` column.
+pub mod kind {
+    pub const KEY_PROVISIONED: &str = "key_provisioned";
+    pub const KEY_ROTATE: &str = "key_rotate";
+    pub const KEY_ROLLBACK: &str = "key_rollback";
+    pub const KEY_RETIRED: &str = "key_retired";
+    pub const KEY_FALLBACK: &str = "key_fallback";
+    pub const ROTATION_FAILED: &str = "rotation_failed";
+    pub const SIGNATURE_GENERATED: &str = "signature_generated";
+    pub const SIGNATURE_VERIFIED: &str = "signature_verified";
+    pub const VERSION_BUMP: &str = "version_bump";
+    pub const REJECTED: &str = "rejected";
+    pub const CHECKPOINT: &str = "checkpoint";
+
+    pub const ALL: [&str; 11] = [
+        KEY_PROVISIONED,
+        KEY_ROTATE,
+        KEY_ROLLBACK,
+        KEY_RETIRED,
+        KEY_FALLBACK,
+        ROTATION_FAILED,
+        SIGNATURE_GENERATED,
+        SIGNATURE_VERIFIED,
+        VERSION_BUMP,
+        REJECTED,
+        CHECKPOINT,
+    ];
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::KeyProvisioned(_) => kind::KEY_PROVISIONED,
+            Event::KeyRotate(_) => kind::KEY_ROTATE,
+            Event::KeyRollback(_) => kind::KEY_ROLLBACK,
+            Event::KeyRetired(_) => kind::KEY_RETIRED,
+            Event::KeyFallback(_) => kind::KEY_FALLBACK,
+            Event::RotationFailed(_) => kind::ROTATION_FAILED,
+            Event::SignatureGenerated(_) => kind::SIGNATURE_GENERATED,
+            Event::SignatureVerified(_) => kind::SIGNATURE_VERIFIED,
+            Event::VersionBump(_) => kind::VERSION_BUMP,
+            Event::Rejected(_) => kind::REJECTED,
+            Event::Checkpoint(_) => kind::CHECKPOINT,
+        }
+    }
+
+    /// The seed's label for the event, as people grep for it in logs
+    /// (`key:fallback_v2_to_v1`, `signature:generated`).
+    pub fn seed_label(&self) -> String {
+        match self {
+            Event::KeyFallback(f) => {
+                format!("key:fallback_v{}_to_v{}", f.from.get(), f.to.get())
+            }
+            Event::SignatureGenerated(_) => "signature:generated".to_string(),
+            Event::SignatureVerified(_) => "signature:verified".to_string(),
+            other => other.kind().to_string(),
+        }
+    }
+
+    /// The key version the event is about, for the ledger's `key_version`
+    /// column and for per-version counts.
+    pub fn key_version(&self) -> Option<KeyVersion> {
+        match self {
+            Event::KeyProvisioned(e) => Some(e.version),
+            Event::KeyRotate(e) => Some(e.to),
+            Event::KeyRollback(e) => Some(e.to),
+            Event::KeyRetired(e) => Some(e.version),
+            Event::KeyFallback(e) => Some(e.to),
+            Event::RotationFailed(e) => e.from,
+            Event::SignatureGenerated(e) => Some(e.key_version),
+            Event::SignatureVerified(e) => Some(e.key_version),
+            Event::VersionBump(e) => Some(e.key_version),
+            Event::Rejected(_) | Event::Checkpoint(_) => None,
+        }
+    }
+
+    /// The colour the event is shown in (DESIGN.md §1).
+    pub fn hsl(&self) -> &'static str {
+        match self {
+            Event::KeyFallback(_) | Event::KeyRollback(_) => colour::FALLBACK_ORANGE,
+            Event::RotationFailed(_) => colour::MISSING_KEY_RED,
+            Event::Rejected(_) => colour::REJECTED_ORANGE_RED,
+            _ => colour::VERSION_PURPLE,
+        }
+    }
+
+    /// Whether the event is part of the ledger (the rest are bus-only:
+    /// rejections change nothing, checkpoints describe the ledger itself).
+    pub fn is_ledgered(&self) -> bool {
+        !matches!(self, Event::Rejected(_) | Event::Checkpoint(_))
+    }
+}
+
+/// Key material for a version is present on a signer; records its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyProvisioned {
+    pub version: KeyVersion,
+    pub fingerprint: Fingerprint,
+}
+
+/// Why the active version changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationReason {
+    /// The first version became active on a new ledger.
+    Initial,
+    /// Someone asked.
+    Requested,
+    /// The active version passed its expiry.
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotate {
+    /// The version that was active (none on a new ledger).
+    pub from: Option<KeyVersion>,
+    pub to: KeyVersion,
+    pub reason: RotationReason,
+    pub requested_by: String,
+    /// Whether the propagation gate was overridden.
+    pub forced: bool,
+    /// Until when `from` still verifies.
+    pub grace_until: Option<Timestamp>,
+    /// When `to` expires and is rotated away on its own.
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRollback {
+    pub from: KeyVersion,
+    pub to: KeyVersion,
+    pub requested_by: String,
+    /// Until when `from` still verifies.
+    pub grace_until: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetireReason {
+    /// Its grace window after a rotation ended.
+    GraceElapsed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRetired {
+    pub version: KeyVersion,
+    pub reason: RetireReason,
+}
+
+/// The active version's material was missing here; `to` signed instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyFallback {
+    pub from: KeyVersion,
+    pub to: KeyVersion,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationFailed {
+    pub from: Option<KeyVersion>,
+    pub reason: String,
+}
+
+/// A signature was handed out. Recorded before the caller gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureGenerated {
+    pub key_version: KeyVersion,
+    /// Lowercase hex HMAC-SHA256 (a MAC, not key material).
+    pub signature: String,
+    /// Lowercase hex SHA-256 of the signed payload.
+    pub payload_sha256: String,
+    /// Whether the caller pinned the version.
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureVerified {
+    pub key_version: KeyVersion,
+    pub valid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionBump {
+    pub entity: String,
+    pub scope: Scope,
+    pub from: String,
+    pub to: String,
+    /// The key version the manifest is signed with.
+    pub key_version: KeyVersion,
+}
+
+/// A command or message that was refused; it changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejected {
+    /// The subject it arrived on.
+    pub subject: String,
+    pub code: crate::reply::ErrorCode,
+    pub reason: String,
+}
+
+/// The ledger's head, published so a truncated or replaced ledger is caught.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+}

@@ -1,0 +1,229 @@
+//! Request/reply bodies: a reply is either `{"ok": …}` or `{"err": …}`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::command::Scope;
+use crate::envelope::Timestamp;
+use crate::key_version::{Fingerprint, KeyVersion};
+use crate::thread::colour;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply<T> {
+    Ok(T),
+    Err(ErrorReply),
+}
+
+impl<T> Reply<T> {
+    pub fn into_result(self) -> Result<T, ErrorReply> {
+        match self {
+            Reply::Ok(t) => Ok(t),
+            Reply::Err(e) => Err(e),
+        }
+    }
+}
+
+impl<T> From<Result<T, ErrorReply>> for Reply<T> {
+    fn from(r: Result<T, ErrorReply>) -> Self {
+        match r {
+            Ok(t) => Reply::Ok(t),
+            Err(e) => Reply::Err(e),
+        }
+    }
+}
+
+/// Why a request was refused, in words a person can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message could not be decoded or is too large.
+    Malformed,
+    /// No such verb on this subject.
+    UnknownVerb,
+    /// The key version is not known to the ledger.
+    UnknownVersion,
+    /// The key version is retired: it neither signs nor verifies.
+    RetiredVersion,
+    /// The key version's material is not held here.
+    MissingKey,
+    /// Rotation asked for but nothing is provisioned to rotate to.
+    NoNextVersion,
+    /// Rollback asked for but no previous version still verifies.
+    NothingToRollBack,
+    /// The Supervisor's gate refused (e.g. a signer lacks the key).
+    Gated,
+    /// This command id was already applied.
+    Duplicate,
+    /// The ledger could not be written; nothing was handed out.
+    Storage,
+    /// An actor did not answer.
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn hsl(self) -> &'static str {
+        match self {
+            ErrorCode::MissingKey | ErrorCode::NoNextVersion => colour::MISSING_KEY_RED,
+            _ => colour::REJECTED_ORANGE_RED,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[serde(rename_all = "camelCase")]
+#[error("{message}")]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+    pub hsl: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            code,
+            message: message.into(),
+            hsl: code.hsl().to_string(),
+        }
+    }
+}
+
+/// A signature and the version that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionedSignature {
+    pub key_version: KeyVersion,
+    /// Lowercase hex HMAC-SHA256.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignReply {
+    /// Exactly the string that was signed.
+    pub payload: String,
+    /// The primary signature (lowercase hex) and its version.
+    pub signature: String,
+    pub key_version: KeyVersion,
+    /// Every signature over the payload: during a grace window the previous
+    /// version signs too, so a verifier that knows only one key succeeds.
+    pub signatures: Vec<VersionedSignature>,
+    /// Set when the active version's material was missing and this one signed.
+    pub fallback_from: Option<KeyVersion>,
+    /// Ledger seq of the audit record of the primary signature.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReply {
+    pub valid: bool,
+    pub key_version: KeyVersion,
+}
+
+/// The manifest a bump signs, serialized canonically (RFC 8785).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub entity: String,
+    pub version: String,
+    pub previous: String,
+    pub scope: Scope,
+    pub key_version: KeyVersion,
+    pub timestamp: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BumpReply {
+    pub manifest: Manifest,
+    /// The canonical bytes of `manifest`: what the signatures are over.
+    pub payload: String,
+    pub signature: String,
+    pub key_version: KeyVersion,
+    pub signatures: Vec<VersionedSignature>,
+    pub fallback_from: Option<KeyVersion>,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationReply {
+    pub success: bool,
+    pub message: String,
+    pub from: Option<KeyVersion>,
+    /// The version now active.
+    pub key_version: KeyVersion,
+    pub rotation_timestamp: Timestamp,
+    /// Until when `from` still verifies.
+    pub grace_until: Option<Timestamp>,
+    pub forced: bool,
+    pub seq: u64,
+    pub hsl: String,
+}
+
+/// Lifecycle of a key version (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Material known, never active yet.
+    Provisioned,
+    /// Signs; exactly one version at a time.
+    Active,
+    /// The previous active version: verifies until its grace ends.
+    Verifying,
+    /// Verifies nothing.
+    Retired,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Provisioned => "provisioned",
+            KeyStatus::Active => "active",
+            KeyStatus::Verifying => "verifying",
+            KeyStatus::Retired => "retired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    pub version: KeyVersion,
+    pub status: KeyStatus,
+    pub fingerprint: Fingerprint,
+    pub activated_at: Option<Timestamp>,
+    pub grace_until: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    /// Signatures made under this version.
+    pub signatures: u64,
+    /// Whether this signer holds the material.
+    pub held: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityView {
+    pub entity: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReply {
+    /// The active version, or none on a ledger that never activated one.
+    pub key_version: Option<KeyVersion>,
+    /// The version a rollback would return to.
+    pub previous: Option<KeyVersion>,
+    /// The version a rotation would move to.
+    pub next: Option<KeyVersion>,
+    pub last_sig_version: Option<KeyVersion>,
+    pub rotation_timestamp: Option<Timestamp>,
+    pub keys: Vec<KeyView>,
+    pub entities: Vec<EntityView>,
+    pub fallbacks: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+}

@@ -1,0 +1,104 @@
+//! The subject scheme: `tes.cmd.<thread>.<verb>` and `tes.evt.<thread>.<kind>`.
+//!
+//! Every subject, verb, queue group and bucket name used anywhere in the
+//! project is built here, so a grep for a subject finds its one definition.
+
+use crate::thread::ThreadId;
+
+/// Prefix of the COMMAND channel.
+pub const COMMAND_PREFIX: &str = "tes.cmd";
+/// Prefix of the EVENT channel.
+pub const EVENT_PREFIX: &str = "tes.evt";
+/// Every command, for a stream or a wiretap.
+pub const ALL_COMMANDS: &str = "tes.cmd.>";
+/// Every event, for a stream or `tes watch`.
+pub const ALL_EVENTS: &str = "tes.evt.>";
+
+/// Queue group of the signer replicas on `tes.cmd.0x6001.sign`.
+pub const SIGNERS_QUEUE: &str = "signers";
+
+/// Header carrying the codec of the payload (`application/json` or the binary form).
+pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
+/// Header carrying the message id; NATS JetStream de-duplicates on it.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Command verbs.
+pub mod verb {
+    pub const ROTATE: &str = "rotate";
+    pub const ROLLBACK: &str = "rollback";
+    pub const SIGN: &str = "sign";
+    pub const VERIFY: &str = "verify";
+    pub const BUMP: &str = "bump";
+    pub const STATUS: &str = "status";
+}
+
+/// `tes.cmd.<thread>.<verb>`
+pub fn command(thread: ThreadId, verb: &str) -> String {
+    format!("{COMMAND_PREFIX}.{}.{verb}", thread.token())
+}
+
+/// `tes.cmd.<thread>.*`: every command addressed to one actor.
+pub fn commands_of(thread: ThreadId) -> String {
+    format!("{COMMAND_PREFIX}.{}.*", thread.token())
+}
+
+/// `tes.evt.<thread>.<kind>`
+pub fn event(thread: ThreadId, kind: &str) -> String {
+    format!("{EVENT_PREFIX}.{}.{kind}", thread.token())
+}
+
+/// A parsed `tes.<channel>.<thread>.<last>` subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    pub channel: crate::Channel,
+    pub thread: ThreadId,
+    /// The verb (commands) or kind (events).
+    pub last: &'a str,
+}
+
+/// Splits a subject of the TES scheme; `None` for anything else.
+pub fn parse(subject: &str) -> Option<Parsed<'_>> {
+    let mut parts = subject.splitn(4, '.');
+    if parts.next()? != "tes" {
+        return None;
+    }
+    let channel = match parts.next()? {
+        "cmd" => crate::Channel::Command,
+        "evt" => crate::Channel::Event,
+        _ => return None,
+    };
+    let thread = parts.next()?.parse().ok()?;
+    let last = parts.next()?;
+    if last.is_empty() || last.contains('.') {
+        return None;
+    }
+    Some(Parsed {
+        channel,
+        thread,
+        last,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses_the_design_examples() {
+        assert_eq!(
+            command(ThreadId::Supervisor, verb::ROTATE),
+            "tes.cmd.0x1001.rotate"
+        );
+        assert_eq!(
+            event(ThreadId::VersionManagement, "key_rotate"),
+            "tes.evt.0x6001.key_rotate"
+        );
+        let p = parse("tes.cmd.0x6001.sign").unwrap();
+        assert_eq!(p.thread, ThreadId::VersionManagement);
+        assert_eq!(p.last, "sign");
+        assert!(parse("tes.cmd.0x9999.sign").is_none());
+        assert!(parse("tes.cmd.0x6001").is_none());
+        assert!(parse("tes.cmd.0x6001.a.b").is_none());
+        assert!(parse("other.cmd.0x6001.sign").is_none());
+    }
+}
