@@ -144,7 +144,9 @@ mod tests {
     fn malformed_and_oversized_payloads_are_errors_not_panics() {
         assert!(decode_incoming::<Sign>(ContentType::Json, b"{").is_err());
         assert!(decode_incoming::<Sign>(ContentType::Json, br#"{"payload":1}"#).is_err());
-        assert!(decode_incoming::<Sign>(ContentType::Json, br#"{"payload":"x","bogus":1}"#).is_err());
+        assert!(
+            decode_incoming::<Sign>(ContentType::Json, br#"{"payload":"x","bogus":1}"#).is_err()
+        );
         assert!(decode_incoming::<Sign>(ContentType::Binary, &[0xff, 0xff, 0xff]).is_err());
         let big = vec![b' '; MAX_PAYLOAD + 1];
         assert!(matches!(

@@ -123,9 +123,7 @@ impl schemars::JsonSchema for Timestamp {
 }
 
 /// The two channels of DESIGN.md §2.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// Things asked of an actor.

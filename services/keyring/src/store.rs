@@ -1,0 +1,226 @@
+//! The key store: a JSON file (mode 0600) beside the ledger, never inside it,
+//! holding generated and `tes secret put` secrets. Writes are atomic (temp
+//! file, fsync, rename), so a crash or a full disk leaves the old file whole.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tes_proto::KeyVersion;
+use zeroize::Zeroizing;
+
+use crate::{KeyringError, Secret};
+
+const FORMAT: &str = "tes-keystore/1";
+
+/// The default file name inside the data directory.
+pub const DEFAULT_FILE: &str = "keystore.json";
+
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    path: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    format: String,
+    keys: BTreeMap<u32, String>,
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        for v in self.keys.values_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
+}
+
+impl KeyStore {
+    pub fn new(path: impl Into<PathBuf>) -> KeyStore {
+        KeyStore { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, error: std::io::Error) -> KeyringError {
+        KeyringError::KeyStoreIo {
+            path: self.path.clone(),
+            error,
+        }
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> KeyringError {
+        KeyringError::KeyStoreCorrupt {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Every secret in the store; an absent file is an empty store.
+    pub fn load(&self) -> Result<BTreeMap<KeyVersion, Secret>, KeyringError> {
+        let Some(file) = self.read()? else {
+            return Ok(BTreeMap::new());
+        };
+        let mut out = BTreeMap::new();
+        for (n, text) in &file.keys {
+            let version = KeyVersion::new(*n).ok_or_else(|| self.corrupt("key version 0"))?;
+            let name = format!("key store entry v{n}");
+            out.insert(version, Secret::from_text(&name, text.as_bytes().to_vec())?);
+        }
+        Ok(out)
+    }
+
+    fn read(&self) -> Result<Option<File>, KeyringError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mode = fs::metadata(&self.path)
+            .map_err(|e| self.io(e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyringError::KeyStorePermissions {
+                path: self.path.clone(),
+                mode: mode & 0o777,
+            });
+        }
+        // serde_json's messages can quote the offending value, which may be a
+        // secret: report only where the problem is.
+        let file: File = serde_json::from_slice(&bytes).map_err(|e| {
+            self.corrupt(format!(
+                "invalid JSON at line {} column {}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if file.format != FORMAT {
+            return Err(self.corrupt(format!("unknown format (expected {FORMAT})")));
+        }
+        Ok(Some(file))
+    }
+
+    /// Adds a version's secret. Refuses to replace existing material unless
+    /// `replace`: signatures made under the old material would stop verifying.
+    pub fn put(
+        &self,
+        version: KeyVersion,
+        secret: &Secret,
+        replace: bool,
+    ) -> Result<(), KeyringError> {
+        let mut file = self.read()?.unwrap_or(File {
+            format: FORMAT.to_string(),
+            keys: BTreeMap::new(),
+        });
+        if file.keys.contains_key(&version.get()) && !replace {
+            return Err(KeyringError::AlreadyProvisioned(version));
+        }
+        file.keys
+            .insert(version.get(), secret.expose_str().to_string());
+        let text = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("plain data serializes"));
+        self.write_atomically(&text)
+    }
+
+    fn write_atomically(&self, bytes: &[u8]) -> Result<(), KeyringError> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            self.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("keystore"),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(|e| self.io(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> Secret {
+        Secret::from_text("t", s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn put_then_load_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path().join("ks.json"));
+        assert!(store.load().unwrap().is_empty());
+        store.put(KeyVersion::V1, &secret("one"), false).unwrap();
+        store
+            .put(KeyVersion::new(2).unwrap(), &secret("two"), false)
+            .unwrap();
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded[&KeyVersion::V1].expose(), b"one");
+        assert_eq!(loaded.len(), 2);
+    }
+
+    #[test]
+    fn refuses_to_replace_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path().join("ks.json"));
+        store.put(KeyVersion::V1, &secret("one"), false).unwrap();
+        assert!(matches!(
+            store.put(KeyVersion::V1, &secret("other"), false),
+            Err(KeyringError::AlreadyProvisioned(_))
+        ));
+        assert_eq!(store.load().unwrap()[&KeyVersion::V1].expose(), b"one");
+        store.put(KeyVersion::V1, &secret("other"), true).unwrap();
+        assert_eq!(store.load().unwrap()[&KeyVersion::V1].expose(), b"other");
+    }
+
+    #[test]
+    fn refuses_loose_permissions_and_garbage_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ks.json");
+        let store = KeyStore::new(&path);
+        store.put(KeyVersion::V1, &secret("one"), false).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            store.load(),
+            Err(KeyringError::KeyStorePermissions { .. })
+        ));
+
+        fs::write(
+            &path,
+            r#"{"format":"tes-keystore/1","keys":{"1":["leaky-secret"]}}"#,
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("not a TES key store"), "{err}");
+        assert!(!err.contains("leaky-secret"), "{err}");
+    }
+}
