@@ -1,0 +1,27 @@
+//! The ledger: one SQLite file, table `events`, append-only, hash-chained.
+//!
+//! - [`chain`]: what a row's hash covers (pure; no SQLite).
+//! - [`codec`]: event bodies to ledger payloads and back, with upcasting of
+//!   older schema versions.
+//! - [`store`]: the SQLite file: schema and triggers, the writer lock,
+//!   group append, reading, snapshots.
+//! - [`verify`]: walks the chain and names the first bad seq.
+//!
+//! Invariants: rows are never updated or deleted (the database's triggers
+//! refuse it); `seq` runs 1, 2, 3, … without gaps; each row's `prev_hash` is
+//! the previous row's `hash`; an event id appears at most once. Only one
+//! process holds the writer lock (in TES, Version Management, 0x6001).
+
+pub mod chain;
+pub mod codec;
+mod error;
+pub mod store;
+pub mod verify;
+
+pub use chain::{Hash, GENESIS};
+pub use error::{DecodeError, LedgerError};
+pub use store::{Appended, Head, Ledger, Row, Snapshot};
+pub use verify::{verify, BreakReason, ChainBreak, Verified, VerifyError};
+
+/// The ledger's file name inside a data directory (DESIGN.md §6).
+pub const LEDGER_FILE: &str = "ledger.db";

@@ -1,0 +1,603 @@
+//! The SQLite file: schema, append-only triggers, the writer lock, group
+//! append, reading, and snapshots.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use tes_proto::{Envelope, Event, KeyVersion};
+
+use crate::chain::{self, Hash, RowFields, GENESIS};
+use crate::codec::{self, Draft};
+use crate::{DecodeError, LedgerError};
+
+/// The on-disk format this build writes and reads (the `meta` table).
+pub const FORMAT_VERSION: u32 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL UNIQUE,
+    ts             INTEGER NOT NULL,
+    thread         TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    key_version    INTEGER,
+    causation_id   TEXT,
+    correlation_id TEXT,
+    schema         INTEGER NOT NULL,
+    payload        BLOB    NOT NULL,
+    prev_hash      TEXT    NOT NULL,
+    hash           TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_causation ON events (causation_id) WHERE causation_id IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events is append-only: DELETE refused'); END;
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq          INTEGER PRIMARY KEY,
+    hash         TEXT    NOT NULL,
+    schema       INTEGER NOT NULL,
+    state        BLOB    NOT NULL,
+    state_sha256 TEXT    NOT NULL
+);
+"#;
+
+/// The last row: what the next append chains onto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl Head {
+    pub const EMPTY: Head = Head {
+        seq: 0,
+        hash: GENESIS,
+    };
+
+    pub fn hash_hex(&self) -> String {
+        chain::to_hex(&self.hash)
+    }
+}
+
+/// The outcome of appending one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// The same event (same id, same content) was already there.
+    pub duplicate: bool,
+}
+
+/// A stored row, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub seq: u64,
+    pub id: String,
+    pub ts: u64,
+    pub thread: String,
+    pub kind: String,
+    pub key_version: Option<u32>,
+    pub causation_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub schema: u16,
+    pub payload: Vec<u8>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Row {
+    pub fn decode(&self) -> Result<Envelope<Event>, LedgerError> {
+        codec::decode_row(
+            &self.id,
+            self.ts,
+            &self.thread,
+            &self.kind,
+            self.causation_id.as_deref(),
+            self.correlation_id.as_deref(),
+            self.schema,
+            &self.payload,
+        )
+        .map_err(|error| LedgerError::Decode {
+            seq: self.seq,
+            error,
+        })
+    }
+}
+
+/// A saved fold of the events up to `seq`, opaque to the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub seq: u64,
+    /// The hash of event `seq` when the snapshot was taken.
+    pub hash: String,
+    pub schema: u16,
+    pub state: Vec<u8>,
+}
+
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+    head: Head,
+    /// Held for the life of a writer; the OS releases it if we die.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.path)
+            .field("head_seq", &self.head.seq)
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger for writing. Takes an exclusive
+    /// lock on `<path>.lock`, so a second writer gets [`LedgerError::Locked`]
+    /// instead of interleaving its appends.
+    pub fn open_writer(path: &Path) -> Result<Ledger, LedgerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|error| LedgerError::Io {
+                path: dir.to_path_buf(),
+                error,
+            })?;
+        }
+        let lock = take_lock(path)?;
+        let conn = Connection::open(path).map_err(|e| classify(path, e))?;
+        let sql = |e| classify(path, e);
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        let existing: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        let non_empty: bool = conn
+            .query_row("SELECT count(*) > 0 FROM sqlite_master", [], |r| r.get(0))
+            .map_err(sql)?;
+        if !existing && non_empty {
+            return Err(LedgerError::NotALedger {
+                path: path.to_path_buf(),
+                reason: "an SQLite database without an `events` table".into(),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?1)",
+            [FORMAT_VERSION.to_string()],
+        )
+        .map_err(sql)?;
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+            head: Head::EMPTY,
+            _lock: Some(lock),
+        };
+        ledger.check_format()?;
+        ledger.head = ledger.read_head()?;
+        Ok(ledger)
+    }
+
+    /// Opens an existing ledger read-only, without the writer lock, so
+    /// `tes replay` and `tes audit verify` work beside a running daemon.
+    pub fn open_reader(path: &Path) -> Result<Ledger, LedgerError> {
+        if !path.exists() {
+            return Err(LedgerError::Missing(path.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(path, e))?;
+        let has_events: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| classify(path, e))?;
+        if !has_events {
+            return Err(LedgerError::NotALedger {
+                path: path.to_path_buf(),
+                reason: "it has no `events` table".into(),
+            });
+        }
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+            head: Head::EMPTY,
+            _lock: None,
+        };
+        ledger.check_format()?;
+        ledger.head = ledger.read_head()?;
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    fn sql(&self, e: rusqlite::Error) -> LedgerError {
+        classify(&self.path, e)
+    }
+
+    fn check_format(&self) -> Result<(), LedgerError> {
+        let found: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        let found =
+            found
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| LedgerError::NotALedger {
+                    path: self.path.clone(),
+                    reason: "its meta table has no format version".into(),
+                })?;
+        if found > FORMAT_VERSION {
+            return Err(LedgerError::NewerFormat {
+                path: self.path.clone(),
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_head(&self) -> Result<Head, LedgerError> {
+        let row: Option<(u64, String)> = self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        match row {
+            None => Ok(Head::EMPTY),
+            Some((seq, hash)) => {
+                let hash = chain::from_hex(&hash).ok_or(LedgerError::Decode {
+                    seq,
+                    error: DecodeError::BadField {
+                        field: "hash",
+                        detail: "not 64 hex characters".into(),
+                    },
+                })?;
+                Ok(Head { seq, hash })
+            }
+        }
+    }
+
+    /// Appends a batch in one `BEGIN IMMEDIATE` transaction (group commit):
+    /// all of it becomes durable together or none of it does. An event whose
+    /// id is already stored with the same content is reported as a duplicate
+    /// and not stored again; with other content, the whole batch is refused.
+    pub fn append(&mut self, events: &[Envelope<Event>]) -> Result<Vec<Appended>, LedgerError> {
+        let path = self.path.clone();
+        let sql = |e| classify(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let mut head = self.head;
+        let mut out = Vec::with_capacity(events.len());
+        {
+            let mut find = tx
+                .prepare_cached(
+                    "SELECT seq, ts, thread, kind, key_version, causation_id, correlation_id, schema, payload
+                     FROM events WHERE id = ?1",
+                )
+                .map_err(sql)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, id, ts, thread, kind, key_version, causation_id,
+                                         correlation_id, schema, payload, prev_hash, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(sql)?;
+            for event in events {
+                let draft = codec::encode(event);
+                let id = event.id.to_string();
+                let causation = event.causation_id.map(|m| m.to_string());
+                let correlation = event.correlation_id.map(|m| m.to_string());
+                let existing = find
+                    .query_row([&id], |r| {
+                        Ok((
+                            r.get::<_, u64>(0)?,
+                            Row {
+                                seq: r.get(0)?,
+                                id: id.clone(),
+                                ts: r.get(1)?,
+                                thread: r.get(2)?,
+                                kind: r.get(3)?,
+                                key_version: r.get(4)?,
+                                causation_id: r.get(5)?,
+                                correlation_id: r.get(6)?,
+                                schema: r.get(7)?,
+                                payload: r.get(8)?,
+                                prev_hash: String::new(),
+                                hash: String::new(),
+                            },
+                        ))
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                if let Some((seq, row)) = existing {
+                    if same_content(&row, &draft, causation.as_deref(), correlation.as_deref()) {
+                        out.push(Appended {
+                            seq,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    return Err(LedgerError::Conflict { id, seq });
+                }
+                let seq = head.seq + 1;
+                let hash = chain::row_hash(&head.hash, &fields(seq, &draft));
+                insert
+                    .execute(params![
+                        seq,
+                        id,
+                        draft.ts,
+                        draft.thread.token(),
+                        draft.kind,
+                        draft.key_version,
+                        causation,
+                        correlation,
+                        draft.schema,
+                        draft.payload,
+                        chain::to_hex(&head.hash),
+                        chain::to_hex(&hash),
+                    ])
+                    .map_err(sql)?;
+                head = Head { seq, hash };
+                out.push(Appended {
+                    seq,
+                    duplicate: false,
+                });
+            }
+        }
+        tx.commit().map_err(sql)?;
+        self.head = head;
+        Ok(out)
+    }
+
+    /// The seq of the first event caused by command `id`, if any: how an actor
+    /// acts on a command id at most once.
+    pub fn caused_by(&self, id: &tes_proto::MsgId) -> Result<Option<u64>, LedgerError> {
+        self.conn
+            .prepare_cached("SELECT min(seq) FROM events WHERE causation_id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)))
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Rows with `from <= seq <= to`, in order, passed to `f` one at a time
+    /// (a ledger may be far larger than memory). `f` may stop early with
+    /// `Ok(false)`.
+    pub fn for_each_row<E>(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(Row) -> Result<bool, E>,
+    ) -> Result<(), E>
+    where
+        E: From<LedgerError>,
+    {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, id, ts, thread, kind, key_version, causation_id, correlation_id,
+                        schema, payload, prev_hash, hash
+                 FROM events WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+            )
+            .map_err(|e| self.sql(e))?;
+        let to = to.min(i64::MAX as u64);
+        let mut rows = stmt.query(params![from, to]).map_err(|e| self.sql(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            let row = read_row(r).map_err(|e| self.sql(e))?;
+            if !f(row)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The decoded events with `from <= seq`, in order.
+    pub fn events_from(&self, from: u64) -> Result<Vec<(u64, Envelope<Event>)>, LedgerError> {
+        let mut out = Vec::new();
+        self.for_each_row(from, u64::MAX, |row| {
+            out.push((row.seq, row.decode()?));
+            Ok::<_, LedgerError>(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Saves a snapshot of a fold up to the current head.
+    pub fn put_snapshot(&mut self, schema: u16, state: &[u8]) -> Result<(), LedgerError> {
+        use sha2::Digest;
+        let head = self.head;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO snapshots (seq, hash, schema, state, state_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    head.seq,
+                    head.hash_hex(),
+                    schema,
+                    state,
+                    hex::encode(sha2::Sha256::digest(state))
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Snapshots, newest first, that are consistent with the chain: the
+    /// event at their seq exists and has the hash they recorded, and their
+    /// bytes match their digest. Others are skipped (they are caches).
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, LedgerError> {
+        use sha2::Digest;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT s.seq, s.hash, s.schema, s.state, s.state_sha256
+                 FROM snapshots s JOIN events e ON e.seq = s.seq AND e.hash = s.hash
+                 ORDER BY s.seq DESC",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    Snapshot {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                        schema: r.get(2)?,
+                        state: r.get(3)?,
+                    },
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (snap, digest) = row.map_err(|e| self.sql(e))?;
+            if hex::encode(sha2::Sha256::digest(&snap.state)) == digest {
+                out.push(snap);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The number of events (equals the head seq on a sound ledger).
+    pub fn count(&self) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Gives direct access for tests that must prove the database itself
+    /// refuses tampering.
+    #[doc(hidden)]
+    pub fn raw_connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+pub(crate) fn fields(seq: u64, d: &Draft) -> RowFields<'_> {
+    RowFields {
+        seq,
+        id: &d.id,
+        ts: d.ts,
+        thread: d.thread.as_u16(),
+        kind: d.kind,
+        key_version: d.key_version,
+        causation_id: d.causation_id.as_ref(),
+        correlation_id: d.correlation_id.as_ref(),
+        schema: d.schema,
+        payload: &d.payload,
+    }
+}
+
+fn same_content(row: &Row, d: &Draft, causation: Option<&str>, correlation: Option<&str>) -> bool {
+    row.ts == d.ts
+        && row.thread == d.thread.token()
+        && row.kind == d.kind
+        && row.key_version == d.key_version
+        && row.causation_id.as_deref() == causation
+        && row.correlation_id.as_deref() == correlation
+        && row.schema == d.schema
+        && row.payload == d.payload
+}
+
+pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        ts: r.get(2)?,
+        thread: r.get(3)?,
+        kind: r.get(4)?,
+        key_version: r.get(5)?,
+        causation_id: r.get(6)?,
+        correlation_id: r.get(7)?,
+        schema: r.get(8)?,
+        payload: r.get(9)?,
+        prev_hash: r.get(10)?,
+        hash: r.get(11)?,
+    })
+}
+
+/// Turns SQLite's codes into errors that say what is wrong with the file.
+pub(crate) fn classify(path: &Path, error: rusqlite::Error) -> LedgerError {
+    let path = path.to_path_buf();
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => LedgerError::NotADatabase(path),
+        Some(ErrorCode::DatabaseCorrupt) => LedgerError::Corrupt {
+            path,
+            detail: error.to_string(),
+        },
+        Some(ErrorCode::DiskFull) => LedgerError::DiskFull(path),
+        _ => LedgerError::Sqlite { path, error },
+    }
+}
+
+fn take_lock(path: &Path) -> Result<File, LedgerError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let io = |error| LedgerError::Io {
+        path: lock_path.clone(),
+        error,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(LedgerError::Locked {
+                path: path.to_path_buf(),
+                holder: if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    write!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
+}
+
+/// For callers that keep key versions as numbers.
+pub fn key_version_of(row: &Row) -> Option<KeyVersion> {
+    row.key_version.and_then(KeyVersion::new)
+}
