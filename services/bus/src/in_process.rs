@@ -1,0 +1,125 @@
+//! The bus inside one process: the embedded default, where all five actors
+//! run in one `tes` without a NATS server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::subject::{matches, validate_pattern, validate_subject};
+use crate::{Bus, BusError, Message, Subscription};
+
+/// Messages queued per subscriber before it counts as a slow consumer and
+/// further messages to it are dropped (what a NATS server does too).
+const SUBSCRIBER_CAPACITY: usize = 65_536;
+
+#[derive(Clone, Default)]
+pub struct InProcessBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    subs: Mutex<Vec<Sub>>,
+    round_robin: AtomicUsize,
+}
+
+struct Sub {
+    pattern: String,
+    queue: Option<String>,
+    tx: mpsc::Sender<Message>,
+}
+
+impl InProcessBus {
+    pub fn new() -> InProcessBus {
+        InProcessBus::default()
+    }
+
+    /// Delivers to every matching plain subscriber and one member of each
+    /// matching queue group; returns how many received it.
+    fn deliver(&self, message: &Message) -> usize {
+        let targets: Vec<mpsc::Sender<Message>> = {
+            let mut subs = self.inner.subs.lock().expect("bus lock poisoned");
+            subs.retain(|s| !s.tx.is_closed());
+            let mut targets = Vec::new();
+            let mut groups: Vec<(&str, Vec<&Sub>)> = Vec::new();
+            for sub in subs
+                .iter()
+                .filter(|s| matches(&s.pattern, &message.subject))
+            {
+                match &sub.queue {
+                    None => targets.push(sub.tx.clone()),
+                    Some(q) => match groups.iter_mut().find(|(name, _)| name == q) {
+                        Some((_, members)) => members.push(sub),
+                        None => groups.push((q, vec![sub])),
+                    },
+                }
+            }
+            let turn = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+            for (_, members) in groups {
+                targets.push(members[turn % members.len()].tx.clone());
+            }
+            targets
+        };
+        let mut delivered = 0;
+        for tx in targets {
+            match tx.try_send(message.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(subject = %message.subject, "slow consumer: message dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, message: Message) -> Result<(), BusError> {
+        validate_subject(&message.subject)?;
+        self.deliver(&message);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &str,
+        queue: Option<&str>,
+    ) -> Result<Subscription, BusError> {
+        validate_pattern(pattern)?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
+        self.inner
+            .subs
+            .lock()
+            .expect("bus lock poisoned")
+            .push(Sub {
+                pattern: pattern.to_string(),
+                queue: queue.map(str::to_string),
+                tx,
+            });
+        Ok(Subscription::new(rx))
+    }
+
+    async fn request(&self, mut message: Message, timeout: Duration) -> Result<Message, BusError> {
+        validate_subject(&message.subject)?;
+        let inbox = format!("_INBOX.{}", uuid::Uuid::now_v7().simple());
+        let mut replies = self.subscribe(&inbox, None).await?;
+        message.reply = Some(inbox);
+        let subject = message.subject.clone();
+        if self.deliver(&message) == 0 {
+            return Err(BusError::NoResponders(subject));
+        }
+        match tokio::time::timeout(timeout, replies.next()).await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(BusError::Closed),
+            Err(_) => Err(BusError::TimedOut {
+                subject,
+                after: timeout,
+            }),
+        }
+    }
+}

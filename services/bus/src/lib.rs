@@ -1,0 +1,99 @@
+//! The bus: what actors publish to, subscribe on and make requests over.
+//!
+//! One trait, [`Bus`], with NATS semantics (subjects with `*` and `>`,
+//! queue groups, request/reply with "no responders"), so the same actors run
+//! in one process over [`InProcessBus`] (the embedded default) or as
+//! separate processes over a NATS server. [`conformance`] is the behaviour
+//! both must show; each implementation's tests run it.
+
+pub mod conformance;
+mod in_process;
+pub mod subject;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use in_process::InProcessBus;
+
+/// Header name → value.
+pub type Headers = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub subject: String,
+    /// Where a reply goes (request/reply).
+    pub reply: Option<String>,
+    pub headers: Headers,
+    pub payload: Bytes,
+}
+
+impl Message {
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Message {
+        Message {
+            subject: subject.into(),
+            reply: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Message {
+        self.headers.insert(name.to_string(), value.into());
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// Nobody is subscribed: the actor is down.
+    #[error("no responders on {0}: the actor that serves it is not running")]
+    NoResponders(String),
+    #[error("no reply on {subject} within {after:?}: the actor is running but did not answer")]
+    TimedOut { subject: String, after: Duration },
+    #[error("invalid subject {0:?}")]
+    InvalidSubject(String),
+    #[error("the bus is closed")]
+    Closed,
+    #[error("bus transport: {0}")]
+    Transport(String),
+}
+
+/// A stream of messages on a subscription; dropping it unsubscribes.
+pub struct Subscription {
+    rx: tokio::sync::mpsc::Receiver<Message>,
+}
+
+impl Subscription {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Message>) -> Subscription {
+        Subscription { rx }
+    }
+
+    /// The next message; `None` once the bus is gone.
+    pub async fn next(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Fire and forget (core NATS semantics: at most once).
+    async fn publish(&self, message: Message) -> Result<(), BusError>;
+
+    /// Subscribes to a subject pattern; with a queue group, each message goes
+    /// to one member of the group.
+    async fn subscribe(&self, pattern: &str, queue: Option<&str>)
+        -> Result<Subscription, BusError>;
+
+    /// Sends `message` and waits for one reply.
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message, BusError>;
+}
