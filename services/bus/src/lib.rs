@@ -9,6 +9,7 @@
 pub mod conformance;
 mod in_process;
 pub mod subject;
+pub mod typed;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -21,7 +21,7 @@ pub mod verify;
 pub use chain::{Hash, GENESIS};
 pub use error::{DecodeError, LedgerError};
 pub use store::{Appended, Head, Ledger, Row, Snapshot};
-pub use verify::{verify, BreakReason, ChainBreak, Verified, VerifyError};
+pub use verify::{verify, walk, BreakReason, ChainBreak, Verified, VerifyError};
 
 /// The ledger's file name inside a data directory (DESIGN.md §6).
 pub const LEDGER_FILE: &str = "ledger.db";

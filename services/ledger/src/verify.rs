@@ -2,9 +2,10 @@
 
 use std::fmt;
 
-use crate::chain::{self, RowFields, GENESIS};
+use crate::chain::{self, RowFields};
 use crate::store::{Head, Ledger};
 use crate::LedgerError;
+use tes_proto::{Envelope, Event};
 
 /// A sound chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +65,25 @@ pub enum VerifyError {
 /// e.g. on the bus: the ledger must contain it, which catches a truncated or
 /// wholly replaced file that is otherwise self-consistent.
 pub fn verify(ledger: &Ledger, checkpoint: Option<(u64, String)>) -> Result<Verified, VerifyError> {
-    let mut prev = GENESIS;
-    let mut expected = 1u64;
-    let mut checkpoint_ok = checkpoint.is_none();
-    ledger.for_each_row(1, u64::MAX, |row| {
+    walk(ledger, Head::EMPTY, u64::MAX, checkpoint, |_, _| true)
+}
+
+/// Walks the chain from just after `start` (a head already trusted, e.g. a
+/// snapshot's) up to seq `to`, checking every row as [`verify`] does and
+/// handing each decoded event to `visit`, which may stop the walk early by
+/// returning `false`. Replay and verification share this one loop, so a
+/// replay never folds a row that verification would reject.
+pub fn walk(
+    ledger: &Ledger,
+    start: Head,
+    to: u64,
+    checkpoint: Option<(u64, String)>,
+    mut visit: impl FnMut(u64, Envelope<Event>) -> bool,
+) -> Result<Verified, VerifyError> {
+    let mut prev = start.hash;
+    let mut expected = start.seq + 1;
+    let mut checkpoint_ok = checkpoint.as_ref().is_none_or(|(seq, _)| *seq <= start.seq);
+    ledger.for_each_row(start.seq + 1, to, |row| {
         let brk = |reason| {
             Err(VerifyError::Broken(ChainBreak {
                 seq: row.seq,
@@ -122,7 +138,7 @@ pub fn verify(ledger: &Ledger, checkpoint: Option<(u64, String)>) -> Result<Veri
         }
         prev = hash;
         expected += 1;
-        Ok(true)
+        Ok(visit(row.seq, envelope))
     })?;
     if !checkpoint_ok {
         let (seq, expected_hash) = checkpoint.expect("checked above");
@@ -133,7 +149,7 @@ pub fn verify(ledger: &Ledger, checkpoint: Option<(u64, String)>) -> Result<Veri
         .into());
     }
     Ok(Verified {
-        events: expected - 1,
+        events: expected - 1 - start.seq,
         head: Head {
             seq: expected - 1,
             hash: prev,

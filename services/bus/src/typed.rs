@@ -1,0 +1,122 @@
+//! TES messages on the bus: typed commands with their replies, events with
+//! their envelopes, in either wire form (DESIGN.md §2).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tes_proto::codec::{decode_incoming, Incoming};
+use tes_proto::subject::{CONTENT_TYPE_HEADER, MSG_ID_HEADER};
+use tes_proto::{
+    Channel, CodecError, CommandBody, ContentType, Envelope, ErrorReply, Event, MsgId, Reply,
+    ThreadId, Timestamp,
+};
+
+use crate::{Bus, BusError, Message};
+
+/// How long a client waits for an actor by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The actor answered with a refusal.
+    #[error("{0}")]
+    Refused(ErrorReply),
+    #[error("the reply could not be decoded: {0}")]
+    BadReply(#[from] CodecError),
+}
+
+/// A message carrying `value` in wire form `ct`, with the TES headers.
+pub fn message<T: Serialize>(
+    subject: String,
+    ct: ContentType,
+    id: Option<MsgId>,
+    value: &T,
+) -> Result<Message, CodecError> {
+    let mut m = Message::new(subject, Bytes::from(ct.encode(value)?))
+        .with_header(CONTENT_TYPE_HEADER, ct.mime());
+    if let Some(id) = id {
+        m = m.with_header(MSG_ID_HEADER, id.to_string());
+    }
+    Ok(m)
+}
+
+/// Sends command `body` to `thread` and waits for its typed reply.
+pub async fn call<C: CommandBody>(
+    bus: &dyn Bus,
+    thread: ThreadId,
+    ct: ContentType,
+    envelope: &Envelope<C>,
+    timeout: Duration,
+) -> Result<C::Reply, CallError> {
+    let request = message(C::subject(thread), ct, Some(envelope.id), envelope)?;
+    let reply = bus.request(request, timeout).await?;
+    let ct = ContentType::from_header(reply.header(CONTENT_TYPE_HEADER))?;
+    let reply: Reply<C::Reply> = ct.decode(&reply.payload)?;
+    reply.into_result().map_err(CallError::Refused)
+}
+
+/// A fresh command envelope (a client's shell: takes the clock and an id).
+pub fn command<C>(thread: ThreadId, body: C) -> Envelope<C> {
+    Envelope::new(
+        MsgId::generate(),
+        Timestamp::now(),
+        thread,
+        Channel::Command,
+        body,
+    )
+}
+
+/// Decodes a command as an actor receives it. A bare JSON body (from `nats
+/// pub` or another language) gets an envelope: its id from `Nats-Msg-Id`
+/// when present, so a retried publish is still recognised.
+pub fn decode_command<C: CommandBody>(
+    message: &Message,
+    thread: ThreadId,
+) -> Result<(ContentType, Envelope<C>), CodecError> {
+    let ct = ContentType::from_header(message.header(CONTENT_TYPE_HEADER))?;
+    let envelope = match decode_incoming::<C>(ct, &message.payload)? {
+        Incoming::Envelope(e) => e,
+        Incoming::Bare(body) => {
+            let id = message
+                .header(MSG_ID_HEADER)
+                .and_then(|h| MsgId::parse(h).ok())
+                .unwrap_or_else(MsgId::generate);
+            Envelope::new(id, Timestamp::now(), thread, Channel::Command, body)
+        }
+    };
+    Ok((ct, envelope))
+}
+
+/// Publishes an event on `tes.evt.<thread>.<kind>`.
+pub async fn publish_event(
+    bus: &dyn Bus,
+    ct: ContentType,
+    event: &Envelope<Event>,
+) -> Result<(), BusError> {
+    let subject = tes_proto::subject::event(event.thread, event.body.kind());
+    let m = message(subject, ct, Some(event.id), event)
+        .map_err(|e| BusError::Transport(e.to_string()))?;
+    bus.publish(m).await
+}
+
+/// Decodes an event as a subscriber receives it.
+pub fn decode_event(message: &Message) -> Result<Envelope<Event>, CodecError> {
+    ContentType::from_header(message.header(CONTENT_TYPE_HEADER))?.decode(&message.payload)
+}
+
+/// Sends a typed reply (if the message asked for one), in the requester's form.
+pub async fn respond<T: Serialize>(
+    bus: &dyn Bus,
+    request: &Message,
+    ct: ContentType,
+    reply: &Reply<T>,
+) -> Result<(), BusError> {
+    let Some(to) = request.reply.clone() else {
+        return Ok(());
+    };
+    let m = message(to, ct, None, reply).map_err(|e| BusError::Transport(e.to_string()))?;
+    bus.publish(m).await
+}

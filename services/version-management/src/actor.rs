@@ -1,0 +1,333 @@
+//! The bus-facing side of Version Management.
+//!
+//! The [`Engine`] runs on a thread of its own and takes jobs from a channel;
+//! everything that arrived while it was committing the last batch becomes
+//! the next batch (group commit without a timer). Commands arrive on
+//! `tes.cmd.0x6001.*`, each handled in its own task so many can be in
+//! flight; committed events are published on `tes.evt.0x6001.<kind>` in
+//! ledger order by one publisher task, after their transaction commits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tes_bus::typed::{decode_command, publish_event, respond};
+use tes_bus::{Bus, Message};
+use tes_ledger::Head;
+use tes_proto::command::{Bump, Rollback, Rotate, Sign, Status, Verify};
+use tes_proto::event::{Checkpoint, Event, Rejected};
+use tes_proto::subject::{self, verb};
+use tes_proto::{
+    Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
+    Timestamp,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::engine::{Engine, Outcome, Request, Response};
+
+const THREAD: ThreadId = ThreadId::VersionManagement;
+/// The most requests one transaction takes.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    /// The wire form of what this actor publishes.
+    pub wire: ContentType,
+    /// How often time is checked (grace windows, expiry).
+    pub tick_every: Duration,
+    /// The least time between two published checkpoints.
+    pub checkpoint_every: Duration,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig {
+            wire: ContentType::Binary,
+            tick_every: Duration::from_secs(1),
+            checkpoint_every: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Outcome>,
+}
+
+struct Committed {
+    events: Vec<Envelope<Event>>,
+    head: Head,
+}
+
+/// A way to hand requests to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl EngineHandle {
+    pub async fn call(&self, request: Request) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        let gone = || {
+            ErrorReply::new(
+                ErrorCode::Unavailable,
+                "Version Management is shutting down",
+            )
+        };
+        self.tx
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// Version Management, running.
+pub struct Running {
+    handle: EngineHandle,
+    tasks: Vec<JoinHandle<()>>,
+    publisher: JoinHandle<()>,
+    engine: std::thread::JoinHandle<Engine>,
+}
+
+impl Running {
+    /// A handle for in-process callers (the demo, tests).
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Stops taking commands, lets requests in flight finish, publishes
+    /// what was committed, and returns the engine (and its ledger lock).
+    pub async fn stop(self) -> Engine {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        drop(self.handle);
+        let engine = tokio::task::spawn_blocking(move || self.engine.join())
+            .await
+            .expect("join task")
+            .expect("engine thread panicked");
+        let _ = self.publisher.await;
+        engine
+    }
+}
+
+/// Starts the engine thread and the actor's tasks on `bus`.
+pub async fn start(
+    engine: Engine,
+    bus: Arc<dyn Bus>,
+    config: ActorConfig,
+) -> Result<Running, tes_bus::BusError> {
+    let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+    let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+    let engine = std::thread::Builder::new()
+        .name("tes-0x6001-engine".into())
+        .spawn(move || engine_loop(engine, rx, committed_tx))
+        .expect("spawn engine thread");
+    let handle = EngineHandle { tx };
+    let mut commands = bus.subscribe(&subject::commands_of(THREAD), None).await?;
+
+    let listener = {
+        let (bus, handle) = (bus.clone(), handle.clone());
+        tokio::spawn(async move {
+            while let Some(message) = commands.next().await {
+                let (bus, handle) = (bus.clone(), handle.clone());
+                tokio::spawn(async move { serve(&*bus, &handle, &message).await });
+            }
+        })
+    };
+    let ticker = {
+        let handle = handle.clone();
+        let every = config.tick_every;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if let Err(e) = handle.call(Request::Tick).await {
+                    tracing::warn!(error = %e, "tick failed");
+                }
+            }
+        })
+    };
+    let publisher = tokio::spawn(publish_committed(bus, committed_rx, config));
+    Ok(Running {
+        handle,
+        tasks: vec![listener, ticker],
+        publisher,
+        engine,
+    })
+}
+
+fn engine_loop(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<Job>,
+    committed: mpsc::UnboundedSender<Committed>,
+) -> Engine {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
+        let (outcomes, events) = engine.handle_batch(requests);
+        if !events.is_empty() {
+            let _ = committed.send(Committed {
+                events,
+                head: engine.head(),
+            });
+        }
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
+    engine
+}
+
+async fn publish_committed(
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::UnboundedReceiver<Committed>,
+    config: ActorConfig,
+) {
+    let mut last_checkpoint: Option<Instant> = None;
+    while let Some(batch) = rx.recv().await {
+        for event in &batch.events {
+            if let Err(error) = publish_event(&*bus, config.wire, event).await {
+                tracing::warn!(%error, kind = event.body.kind(), "could not publish event");
+            }
+        }
+        if last_checkpoint.is_none_or(|t| t.elapsed() >= config.checkpoint_every) {
+            last_checkpoint = Some(Instant::now());
+            let body = Event::Checkpoint(Checkpoint {
+                seq: batch.head.seq,
+                hash: batch.head.hash_hex(),
+            });
+            let _ = publish_event(&*bus, config.wire, &bus_event(body)).await;
+        }
+    }
+}
+
+fn bus_event(body: Event) -> Envelope<Event> {
+    Envelope::new(
+        MsgId::generate(),
+        Timestamp::now(),
+        THREAD,
+        Channel::Event,
+        body,
+    )
+}
+
+/// Handles one command message end to end.
+async fn serve(bus: &dyn Bus, engine: &EngineHandle, message: &Message) {
+    let verb = subject::parse(&message.subject).map(|p| p.last);
+    match verb {
+        Some(verb::SIGN) => {
+            serve_as::<Sign>(bus, engine, message, Request::Sign, |r| match r {
+                Response::Sign(s) => Some(s),
+                _ => None,
+            })
+            .await
+        }
+        Some(verb::VERIFY) => {
+            serve_as::<Verify>(bus, engine, message, Request::Verify, |r| match r {
+                Response::Verify(v) => Some(v),
+                _ => None,
+            })
+            .await
+        }
+        Some(verb::BUMP) => {
+            serve_as::<Bump>(bus, engine, message, Request::Bump, |r| match r {
+                Response::Bump(b) => Some(b),
+                _ => None,
+            })
+            .await
+        }
+        Some(verb::ROTATE) => {
+            serve_as::<Rotate>(bus, engine, message, Request::Rotate, |r| match r {
+                Response::Rotation(b) => Some(b),
+                _ => None,
+            })
+            .await
+        }
+        Some(verb::ROLLBACK) => {
+            serve_as::<Rollback>(bus, engine, message, Request::Rollback, |r| match r {
+                Response::Rotation(b) => Some(b),
+                _ => None,
+            })
+            .await
+        }
+        Some(verb::STATUS) => {
+            serve_as::<Status>(
+                bus,
+                engine,
+                message,
+                |_| Request::Status,
+                |r| match r {
+                    Response::Status(s) => Some(s),
+                    _ => None,
+                },
+            )
+            .await
+        }
+        _ => {
+            let error = ErrorReply::new(
+                ErrorCode::UnknownVerb,
+                format!("unknown command subject {:?} (verbs: rotate, rollback, sign, verify, bump, status)", message.subject),
+            );
+            refuse::<()>(bus, message, ContentType::Json, error).await;
+        }
+    }
+}
+
+async fn serve_as<C: CommandBody>(
+    bus: &dyn Bus,
+    engine: &EngineHandle,
+    message: &Message,
+    wrap: fn(Envelope<C>) -> Request,
+    unwrap: fn(Response) -> Option<C::Reply>,
+) {
+    let (ct, envelope) = match decode_command::<C>(message, THREAD) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let error = ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{} command refused: {e}", C::VERB),
+            );
+            return refuse::<C::Reply>(bus, message, ContentType::Json, error).await;
+        }
+    };
+    match engine.call(wrap(envelope)).await {
+        Ok(response) => {
+            let reply = unwrap(response)
+                .expect("the engine answers each request with its own response type");
+            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
+                tracing::warn!(%error, "could not send reply");
+            }
+        }
+        Err(error) => refuse::<C::Reply>(bus, message, ct, error).await,
+    }
+}
+
+/// Answers with an error and tells everyone watching with a `rejected` event.
+async fn refuse<T: serde::Serialize>(
+    bus: &dyn Bus,
+    message: &Message,
+    ct: ContentType,
+    error: ErrorReply,
+) {
+    tracing::info!(subject = %message.subject, code = ?error.code, reason = %error.message, "command refused");
+    let rejected = bus_event(Event::Rejected(Rejected {
+        subject: message.subject.clone(),
+        code: error.code,
+        reason: error.message.clone(),
+    }));
+    let _ = publish_event(bus, ct, &rejected).await;
+    let _ = respond(bus, message, ct, &Reply::<T>::Err(error)).await;
+}

@@ -1,0 +1,330 @@
+//! Commands to events: `decide(state, command, context) -> Result<Vec<Event>, Rejection>`.
+//!
+//! Every rule about which transitions are allowed lives here. A rejection
+//! changes nothing; accepted events are applied by [`super::evolve`] in the
+//! order returned.
+
+use tes_proto::command::Scope;
+use tes_proto::event::{
+    Event, KeyProvisioned, KeyRetired, KeyRollback, KeyRotate, RetireReason, RotationFailed,
+    RotationReason, VersionBump,
+};
+use tes_proto::reply::KeyStatus;
+use tes_proto::{ErrorCode, ErrorReply, KeyVersion};
+
+use super::manifest;
+use super::state::State;
+use super::Context;
+
+/// A command the decider understands. Signing and verification are planned
+/// in [`super::signing`]; they need key material the core never sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Records the keys this signer holds; on a new ledger, activates the
+    /// lowest one.
+    Provision,
+    Rotate {
+        to: Option<KeyVersion>,
+        requested_by: String,
+        forced: bool,
+    },
+    Rollback {
+        requested_by: String,
+    },
+    /// Time passed: retire versions whose grace ended, rotate an expired
+    /// active version away.
+    Tick,
+    /// A semver bump, signed with `key_version`.
+    Bump {
+        entity: String,
+        scope: Scope,
+        key_version: KeyVersion,
+    },
+}
+
+/// Why a command was refused. Converted to an [`ErrorReply`] for the caller
+/// and a `rejected` event for everyone watching.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Rejection {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Rejection> for ErrorReply {
+    fn from(r: Rejection) -> ErrorReply {
+        ErrorReply::new(r.code, r.message)
+    }
+}
+
+pub fn decide(
+    state: &State,
+    command: &Command,
+    ctx: &Context<'_>,
+) -> Result<Vec<Event>, Rejection> {
+    match command {
+        Command::Provision => Ok(provision(state, ctx)),
+        Command::Rotate {
+            to,
+            requested_by,
+            forced,
+        } => rotate(state, *to, requested_by, *forced, ctx).map(|e| vec![e]),
+        Command::Rollback { requested_by } => rollback(state, requested_by, ctx).map(|e| vec![e]),
+        Command::Tick => Ok(tick(state, ctx)),
+        Command::Bump {
+            entity,
+            scope,
+            key_version,
+        } => bump(state, entity, *scope, *key_version).map(|e| vec![e]),
+    }
+}
+
+fn provision(state: &State, ctx: &Context<'_>) -> Vec<Event> {
+    let mut out = Vec::new();
+    for (version, fingerprint) in ctx.held {
+        let known = state.keys.get(version);
+        let changed =
+            known.is_some_and(|k| k.fingerprint != *fingerprint && k.status != KeyStatus::Retired);
+        if known.is_none() || changed {
+            out.push(Event::KeyProvisioned(KeyProvisioned {
+                version: *version,
+                fingerprint: fingerprint.clone(),
+            }));
+        }
+    }
+    if state.active.is_none() {
+        if let Some(first) = ctx.held.keys().next() {
+            out.push(Event::KeyRotate(KeyRotate {
+                from: None,
+                to: *first,
+                reason: RotationReason::Initial,
+                requested_by: "genesis".to_string(),
+                forced: false,
+                grace_until: None,
+                expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
+            }));
+        }
+    }
+    out
+}
+
+fn not_configured(after: KeyVersion) -> Rejection {
+    let next = after.next();
+    Rejection::new(
+        ErrorCode::NoNextVersion,
+        format!(
+            "{next} key not configured: no key version after {after} is provisioned. \
+             Provision one with `openssl rand -hex 32 | tes secret put --version {n}` \
+             or VERSION_SIGNING_KEY_V{n}",
+            n = next.get()
+        ),
+    )
+}
+
+fn expired(state: &State, v: KeyVersion, ctx: &Context<'_>) -> bool {
+    state
+        .keys
+        .get(&v)
+        .and_then(|k| k.expires_at)
+        .is_some_and(|at| at <= ctx.now)
+}
+
+fn rotate(
+    state: &State,
+    to: Option<KeyVersion>,
+    requested_by: &str,
+    forced: bool,
+    ctx: &Context<'_>,
+) -> Result<Event, Rejection> {
+    let Some(active) = state.active else {
+        return Err(Rejection::new(
+            ErrorCode::NoNextVersion,
+            "no version is active yet: start the daemon once with VERSION_SIGNING_KEY set (or let it generate v1)",
+        ));
+    };
+    let target = match to {
+        None => state.next_version().ok_or_else(|| not_configured(active))?,
+        Some(v) => match state.status_of(v) {
+            None => return Err(unknown(v)),
+            Some(KeyStatus::Retired) => return Err(retired(v)),
+            Some(KeyStatus::Active) => {
+                return Err(Rejection::new(
+                    ErrorCode::NoNextVersion,
+                    format!("{v} is already the active version"),
+                ))
+            }
+            Some(_) => v,
+        },
+    };
+    if !forced && !ctx.held.contains_key(&target) {
+        return Err(Rejection::new(
+            ErrorCode::MissingKey,
+            format!(
+                "{target} is provisioned in the ledger but this signer does not hold its material; \
+                 provide VERSION_SIGNING_KEY_V{} here, or force the rotation (signing will fall back to {active})",
+                target.get()
+            ),
+        ));
+    }
+    if expired(state, target, ctx) {
+        return Err(Rejection::new(
+            ErrorCode::RetiredVersion,
+            format!("{target} has expired and cannot become active again"),
+        ));
+    }
+    Ok(Event::KeyRotate(KeyRotate {
+        from: Some(active),
+        to: target,
+        reason: RotationReason::Requested,
+        requested_by: requested_by.to_string(),
+        forced,
+        grace_until: Some(ctx.now.saturating_add(ctx.policy.grace)),
+        expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
+    }))
+}
+
+fn rollback(state: &State, requested_by: &str, ctx: &Context<'_>) -> Result<Event, Rejection> {
+    let nothing = |why: String| Rejection::new(ErrorCode::NothingToRollBack, why);
+    let Some(active) = state.active else {
+        return Err(nothing(
+            "nothing to roll back: no version is active yet".into(),
+        ));
+    };
+    let Some(previous) = state.previous else {
+        return Err(nothing(format!(
+            "nothing to roll back to: {active} is active and no previous version is still verifying"
+        )));
+    };
+    let still_verifying = state.keys.get(&previous).is_some_and(|k| {
+        k.status == KeyStatus::Verifying && k.grace_until.is_none_or(|g| ctx.now < g)
+    });
+    if !still_verifying {
+        return Err(nothing(format!(
+            "nothing to roll back to: {previous}'s grace window has ended"
+        )));
+    }
+    if expired(state, previous, ctx) {
+        return Err(nothing(format!(
+            "cannot roll back to {previous}: it has expired"
+        )));
+    }
+    if !ctx.held.contains_key(&previous) {
+        return Err(Rejection::new(
+            ErrorCode::MissingKey,
+            format!("cannot roll back to {previous}: this signer does not hold its material"),
+        ));
+    }
+    Ok(Event::KeyRollback(KeyRollback {
+        from: active,
+        to: previous,
+        requested_by: requested_by.to_string(),
+        grace_until: ctx.now.saturating_add(ctx.policy.grace),
+    }))
+}
+
+fn tick(state: &State, ctx: &Context<'_>) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut scratch = state.clone();
+    let mut emit = |scratch: &mut State, e: Event| {
+        scratch.apply(ctx.now, &e);
+        out.push(e);
+    };
+    let elapsed: Vec<KeyVersion> = state
+        .keys
+        .iter()
+        .filter(|(_, k)| {
+            k.status == KeyStatus::Verifying && k.grace_until.is_some_and(|g| g <= ctx.now)
+        })
+        .map(|(v, _)| *v)
+        .collect();
+    for version in elapsed {
+        emit(
+            &mut scratch,
+            Event::KeyRetired(KeyRetired {
+                version,
+                reason: RetireReason::GraceElapsed,
+            }),
+        );
+    }
+    if let Some(active) = scratch.active.filter(|a| expired(&scratch, *a, ctx)) {
+        let next = scratch
+            .next_version()
+            .filter(|n| ctx.held.contains_key(n) && !expired(&scratch, *n, ctx));
+        match next {
+            Some(to) => {
+                let e = Event::KeyRotate(KeyRotate {
+                    from: Some(active),
+                    to,
+                    reason: RotationReason::Expired,
+                    requested_by: "expiry".to_string(),
+                    forced: false,
+                    grace_until: Some(ctx.now.saturating_add(ctx.policy.grace)),
+                    expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
+                });
+                emit(&mut scratch, e);
+            }
+            None if scratch.expiry_failure_reported != Some(active) => {
+                let e = Event::RotationFailed(RotationFailed {
+                    from: Some(active),
+                    reason: format!(
+                        "{active} expired and there is no provisioned version to rotate to; {}",
+                        not_configured(active).message
+                    ),
+                });
+                emit(&mut scratch, e);
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+fn bump(
+    state: &State,
+    entity: &str,
+    scope: Scope,
+    key_version: KeyVersion,
+) -> Result<Event, Rejection> {
+    if entity.is_empty() || entity.len() > 128 || entity.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            ErrorCode::Malformed,
+            "entity names are 1 to 128 printable characters",
+        ));
+    }
+    let from = state
+        .entities
+        .get(entity)
+        .cloned()
+        .unwrap_or_else(|| manifest::INITIAL_VERSION.to_string());
+    let to = manifest::bump(&from, scope).map_err(|e| Rejection::new(ErrorCode::Malformed, e))?;
+    Ok(Event::VersionBump(VersionBump {
+        entity: entity.to_string(),
+        scope,
+        from,
+        to,
+        key_version,
+    }))
+}
+
+pub(crate) fn unknown(v: KeyVersion) -> Rejection {
+    Rejection::new(
+        ErrorCode::UnknownVersion,
+        format!("key version {v} is unknown to this ledger"),
+    )
+}
+
+pub(crate) fn retired(v: KeyVersion) -> Rejection {
+    Rejection::new(
+        ErrorCode::RetiredVersion,
+        format!("key version {v} is retired: it neither signs nor verifies"),
+    )
+}

@@ -1,0 +1,182 @@
+//! The state of key versions and entities, and the fold that builds it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tes_proto::event::Event;
+use tes_proto::reply::KeyStatus;
+use tes_proto::{Envelope, Fingerprint, KeyVersion, Timestamp};
+
+/// Version of the snapshot encoding of [`State`]. Bump it when `State`
+/// changes shape: old snapshots are then ignored and the state is rebuilt
+/// from the events (snapshots are caches; events are the truth).
+pub const STATE_SCHEMA: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub status: KeyStatus,
+    pub fingerprint: Fingerprint,
+    /// How many times the material behind this version changed.
+    pub material_changes: u32,
+    pub activated_at: Option<Timestamp>,
+    /// While verifying: until when.
+    pub grace_until: Option<Timestamp>,
+    /// Fixed at first activation.
+    pub expires_at: Option<Timestamp>,
+    pub signatures: u64,
+    pub verifications: u64,
+    pub failed_verifications: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub keys: BTreeMap<KeyVersion, KeyRecord>,
+    /// The one version that signs.
+    pub active: Option<KeyVersion>,
+    /// The version a rollback returns to (the active one before the last rotation).
+    pub previous: Option<KeyVersion>,
+    pub rotation_timestamp: Option<Timestamp>,
+    pub last_sig_version: Option<KeyVersion>,
+    /// The expired active version a rotation failure was already reported
+    /// for, so a tick does not report it again every second.
+    pub expiry_failure_reported: Option<KeyVersion>,
+    /// Entity name → semver.
+    pub entities: BTreeMap<String, String>,
+    pub fallbacks: u64,
+    /// Number of events folded in (the ledger seq this state is at).
+    pub seq: u64,
+}
+
+impl State {
+    /// Folds one event in. Events are facts: this never fails, and an event
+    /// that names an unknown version is recorded as well as it can be.
+    pub fn apply(&mut self, at: Timestamp, event: &Event) {
+        if !event.is_ledgered() {
+            return;
+        }
+        self.seq += 1;
+        match event {
+            Event::KeyProvisioned(e) => match self.keys.get_mut(&e.version) {
+                Some(k) => {
+                    if k.fingerprint != e.fingerprint {
+                        k.fingerprint = e.fingerprint.clone();
+                        k.material_changes += 1;
+                    }
+                }
+                None => {
+                    self.keys.insert(
+                        e.version,
+                        KeyRecord {
+                            status: KeyStatus::Provisioned,
+                            fingerprint: e.fingerprint.clone(),
+                            material_changes: 0,
+                            activated_at: None,
+                            grace_until: None,
+                            expires_at: None,
+                            signatures: 0,
+                            verifications: 0,
+                            failed_verifications: 0,
+                        },
+                    );
+                }
+            },
+            Event::KeyRotate(e) => {
+                if let Some(from) = e.from.and_then(|f| self.keys.get_mut(&f)) {
+                    from.status = KeyStatus::Verifying;
+                    from.grace_until = e.grace_until;
+                }
+                if let Some(to) = self.keys.get_mut(&e.to) {
+                    to.status = KeyStatus::Active;
+                    to.grace_until = None;
+                    to.activated_at = Some(at);
+                    if to.expires_at.is_none() {
+                        to.expires_at = e.expires_at;
+                    }
+                }
+                self.active = Some(e.to);
+                self.previous = e.from;
+                self.rotation_timestamp = Some(at);
+                self.expiry_failure_reported = None;
+            }
+            Event::KeyRollback(e) => {
+                if let Some(from) = self.keys.get_mut(&e.from) {
+                    from.status = KeyStatus::Verifying;
+                    from.grace_until = Some(e.grace_until);
+                }
+                if let Some(to) = self.keys.get_mut(&e.to) {
+                    to.status = KeyStatus::Active;
+                    to.grace_until = None;
+                }
+                self.active = Some(e.to);
+                // One step back only: a second rollback would need a second
+                // rotation to undo first.
+                self.previous = None;
+                self.rotation_timestamp = Some(at);
+                self.expiry_failure_reported = None;
+            }
+            Event::KeyRetired(e) => {
+                if let Some(k) = self.keys.get_mut(&e.version) {
+                    k.status = KeyStatus::Retired;
+                    k.grace_until = None;
+                }
+                if self.previous == Some(e.version) {
+                    self.previous = None;
+                }
+            }
+            Event::KeyFallback(_) => self.fallbacks += 1,
+            Event::RotationFailed(e) => self.expiry_failure_reported = e.from,
+            Event::SignatureGenerated(e) => {
+                if let Some(k) = self.keys.get_mut(&e.key_version) {
+                    k.signatures += 1;
+                }
+                self.last_sig_version = Some(e.key_version);
+            }
+            Event::SignatureVerified(e) => {
+                if let Some(k) = self.keys.get_mut(&e.key_version) {
+                    k.verifications += 1;
+                    if !e.valid {
+                        k.failed_verifications += 1;
+                    }
+                }
+            }
+            Event::VersionBump(e) => {
+                self.entities.insert(e.entity.clone(), e.to.clone());
+            }
+            Event::Rejected(_) | Event::Checkpoint(_) => unreachable!("not ledgered"),
+        }
+    }
+
+    pub fn status_of(&self, v: KeyVersion) -> Option<KeyStatus> {
+        self.keys.get(&v).map(|k| k.status)
+    }
+
+    /// Versions that verify at `now`: the active one and those still in grace.
+    pub fn verifying_set(&self, now: Timestamp) -> impl Iterator<Item = KeyVersion> + '_ {
+        self.keys.iter().filter_map(move |(v, k)| match k.status {
+            KeyStatus::Active => Some(*v),
+            KeyStatus::Verifying if k.grace_until.is_none_or(|g| now < g) => Some(*v),
+            _ => None,
+        })
+    }
+
+    /// The version a plain rotation moves to: the lowest version above the
+    /// active one that is provisioned or still verifying (not retired).
+    pub fn next_version(&self) -> Option<KeyVersion> {
+        let active = self.active?;
+        self.keys
+            .range(active.next()..)
+            .find(|(_, k)| matches!(k.status, KeyStatus::Provisioned | KeyStatus::Verifying))
+            .map(|(v, _)| *v)
+    }
+
+    /// Every count and status, as `tes replay` prints it.
+    pub fn total_signatures(&self) -> u64 {
+        self.keys.values().map(|k| k.signatures).sum()
+    }
+}
+
+/// The fold as a function: `evolve(state, event) -> state`.
+pub fn evolve(mut state: State, event: &Envelope<Event>) -> State {
+    state.apply(event.time, &event.body);
+    state
+}

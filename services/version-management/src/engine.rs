@@ -1,0 +1,566 @@
+//! The Version Management shell: owns the ledger (the only writer), the
+//! keyring and the folded state, and turns requests into decide → append →
+//! reply. It is synchronous and runs on a thread of its own
+//! ([`crate::actor`]), because SQLite blocks.
+//!
+//! Group commit: [`Engine::handle_batch`] takes every request that arrived
+//! together, decides each against the state as it evolves, appends all their
+//! events in one transaction, and only then hands out replies — so no
+//! signature or rotation is acknowledged before its audit record is durable.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tes_keyring::Keyring;
+use tes_ledger::{Head, Ledger, LedgerError, VerifyError};
+use tes_proto::command::{Bump, Rollback, Rotate, Sign, Verify};
+use tes_proto::event::Event;
+use tes_proto::reply::{
+    BumpReply, EntityView, KeyView, Manifest, RotationReply, SignReply, StatusReply, VerifyReply,
+    VersionedSignature,
+};
+use tes_proto::thread::colour;
+use tes_proto::{
+    Channel, Envelope, ErrorCode, ErrorReply, Fingerprint, KeyVersion, MsgId, ThreadId, Timestamp,
+};
+
+use crate::core::signing::{self, SigningPlan};
+use crate::core::state::STATE_SCHEMA;
+use crate::core::{decide, manifest, Command, Context, Policy, State};
+use crate::replay::{replay, Until};
+
+/// The clock the shell reads; injectable so tests can move time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub ledger_path: PathBuf,
+    pub policy: Policy,
+    /// Save a snapshot every this many events (0: never).
+    pub snapshot_every: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("this signer holds no key material at all")]
+    NoKeys,
+}
+
+/// What can be asked of Version Management.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Rotate(Envelope<Rotate>),
+    Rollback(Envelope<Rollback>),
+    Sign(Envelope<Sign>),
+    Verify(Envelope<Verify>),
+    Bump(Envelope<Bump>),
+    Status,
+    /// Time passed (grace windows, expiry).
+    Tick,
+    /// The keyring changed (a `tes secret put` while running).
+    Rekey(Keyring),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Rotation(RotationReply),
+    Sign(SignReply),
+    Verify(VerifyReply),
+    Bump(BumpReply),
+    Status(StatusReply),
+    Done,
+}
+
+pub type Outcome = Result<Response, ErrorReply>;
+
+/// A request's decision, waiting for its events to become durable.
+struct Pending {
+    /// Index into the batch's events of the event whose seq the reply names.
+    primary: Option<usize>,
+    response: Response,
+}
+
+pub struct Engine {
+    ledger: Ledger,
+    state: State,
+    keyring: Keyring,
+    held: BTreeMap<KeyVersion, Fingerprint>,
+    policy: Policy,
+    snapshot_every: u64,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("ledger", &self.ledger)
+            .field("keyring", &self.keyring)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the ledger for writing, rebuilds the state (newest snapshot,
+    /// then the tail, all checked against the chain), and records the keys
+    /// this signer holds (activating v1 on a new ledger).
+    pub fn open(
+        config: EngineConfig,
+        keyring: Keyring,
+        clock: Clock,
+    ) -> Result<Engine, EngineError> {
+        if keyring.is_empty() {
+            return Err(EngineError::NoKeys);
+        }
+        let ledger = Ledger::open_writer(&config.ledger_path)?;
+        let replayed = replay(&ledger, Until::Head)?;
+        let held = keyring.held();
+        let mut engine = Engine {
+            ledger,
+            state: replayed.state,
+            keyring,
+            held,
+            policy: config.policy,
+            snapshot_every: config.snapshot_every,
+            clock,
+        };
+        let (outcomes, _) = engine.handle_batch(vec![Request::Rekey(engine.keyring.clone())]);
+        if let Some(Err(e)) = outcomes.into_iter().next() {
+            return Err(EngineError::Ledger(LedgerError::Io {
+                path: config.ledger_path,
+                error: std::io::Error::other(e.message),
+            }));
+        }
+        Ok(engine)
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn head(&self) -> Head {
+        self.ledger.head()
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Handles requests that arrived together. Returns one outcome per
+    /// request, in order, and the events that were committed, in ledger order.
+    pub fn handle_batch(&mut self, requests: Vec<Request>) -> (Vec<Outcome>, Vec<Envelope<Event>>) {
+        let now = (self.clock)();
+        let mut events: Vec<Envelope<Event>> = Vec::new();
+        let mut decided: Vec<Result<Pending, ErrorReply>> = Vec::with_capacity(requests.len());
+        let mut seen_ids = HashSet::new();
+        for request in requests {
+            let first = events.len();
+            let result = self.prepare(request, now, &mut seen_ids, &mut events);
+            if result.is_err() {
+                // A refused request leaves nothing behind.
+                events.truncate(first);
+            }
+            decided.push(result);
+        }
+        if events.is_empty() {
+            return (
+                decided.into_iter().map(|d| d.map(|p| p.response)).collect(),
+                events,
+            );
+        }
+        let before = self.ledger.head().seq;
+        match self.ledger.append(&events) {
+            Ok(appended) => {
+                self.maybe_snapshot(before);
+                let outcomes = decided
+                    .into_iter()
+                    .map(|d| {
+                        d.map(|mut p| {
+                            if let Some(i) = p.primary {
+                                set_seq(&mut p.response, appended[i].seq);
+                            }
+                            p.response
+                        })
+                    })
+                    .collect();
+                (outcomes, events)
+            }
+            Err(error) => {
+                tracing::error!(%error, "ledger append failed; nothing from this batch was handed out");
+                // The state already folded the lost events: rebuild it from
+                // what is durable.
+                match replay(&self.ledger, Until::Head) {
+                    Ok(r) => self.state = r.state,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not rebuild state after a failed append")
+                    }
+                }
+                let refusal = ErrorReply::new(
+                    ErrorCode::Storage,
+                    format!(
+                        "the ledger could not be written ({error}); nothing was signed or changed"
+                    ),
+                );
+                let outcomes = decided
+                    .into_iter()
+                    .map(|d| match d {
+                        Ok(p) if p.primary.is_some() => Err(refusal.clone()),
+                        other => other.map(|p| p.response),
+                    })
+                    .collect();
+                (outcomes, Vec::new())
+            }
+        }
+    }
+
+    /// Decides one request; its events are pushed (and folded into the
+    /// state) only if it is accepted.
+    fn prepare(
+        &mut self,
+        request: Request,
+        now: Timestamp,
+        seen: &mut HashSet<MsgId>,
+        events: &mut Vec<Envelope<Event>>,
+    ) -> Result<Pending, ErrorReply> {
+        let cause = match &request {
+            Request::Rotate(e) => Some((e.id, e.correlation_id)),
+            Request::Rollback(e) => Some((e.id, e.correlation_id)),
+            Request::Sign(e) => Some((e.id, e.correlation_id)),
+            Request::Verify(e) => Some((e.id, e.correlation_id)),
+            Request::Bump(e) => Some((e.id, e.correlation_id)),
+            _ => None,
+        };
+        if let Some((id, _)) = cause {
+            let again = !seen.insert(id);
+            let earlier = self.ledger.caused_by(&id).map_err(|e| {
+                ErrorReply::new(ErrorCode::Storage, format!("ledger lookup failed: {e}"))
+            })?;
+            if again || earlier.is_some() {
+                return Err(ErrorReply::new(
+                    ErrorCode::Duplicate,
+                    match earlier {
+                        Some(seq) => format!("command {id} was already applied (ledger seq {seq}); not applied again"),
+                        None => format!("command {id} was sent twice in one batch; applied once"),
+                    },
+                ));
+            }
+        }
+        let start = events.len();
+        let mut emit = |state: &mut State, body: Event| {
+            state.apply(now, &body);
+            let mut env = Envelope::new(
+                MsgId::generate(),
+                now,
+                ThreadId::VersionManagement,
+                Channel::Event,
+                body,
+            );
+            if let Some((id, correlation)) = cause {
+                env.causation_id = Some(id);
+                env.correlation_id = Some(correlation.unwrap_or(id));
+            }
+            events.push(env);
+        };
+        match request {
+            Request::Rekey(keyring) => {
+                self.held = keyring.held();
+                self.keyring = keyring;
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                for e in decide(&self.state, &Command::Provision, &ctx).map_err(ErrorReply::from)? {
+                    emit(&mut self.state, e);
+                }
+                Ok(Pending {
+                    primary: (events.len() > start).then_some(start),
+                    response: Response::Done,
+                })
+            }
+            Request::Tick => {
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                for e in decide(&self.state, &Command::Tick, &ctx).map_err(ErrorReply::from)? {
+                    emit(&mut self.state, e);
+                }
+                Ok(Pending {
+                    primary: (events.len() > start).then_some(start),
+                    response: Response::Done,
+                })
+            }
+            Request::Status => Ok(Pending {
+                primary: None,
+                response: Response::Status(self.status()),
+            }),
+            Request::Rotate(cmd) => {
+                let from = self.state.active;
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                let command = Command::Rotate {
+                    to: cmd.body.to,
+                    requested_by: cmd.body.requested_by.clone(),
+                    forced: cmd.body.force,
+                };
+                for e in decide(&self.state, &command, &ctx).map_err(ErrorReply::from)? {
+                    emit(&mut self.state, e);
+                }
+                Ok(Pending {
+                    primary: Some(start),
+                    response: self.rotation_reply(from, now, cmd.body.force, "rotation"),
+                })
+            }
+            Request::Rollback(cmd) => {
+                let from = self.state.active;
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                let command = Command::Rollback {
+                    requested_by: cmd.body.requested_by.clone(),
+                };
+                for e in decide(&self.state, &command, &ctx).map_err(ErrorReply::from)? {
+                    emit(&mut self.state, e);
+                }
+                Ok(Pending {
+                    primary: Some(start),
+                    response: self.rotation_reply(from, now, false, "rollback"),
+                })
+            }
+            Request::Sign(cmd) => {
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                let plan = signing::plan(&self.state, cmd.body.key_version, &ctx)
+                    .map_err(ErrorReply::from)?;
+                let (signatures, audit) = self.sign_under(&plan, cmd.body.payload.as_bytes());
+                let primary = start + usize::from(plan.fallback_from.is_some());
+                for e in audit {
+                    emit(&mut self.state, e);
+                }
+                Ok(Pending {
+                    primary: Some(primary),
+                    response: Response::Sign(SignReply {
+                        payload: cmd.body.payload,
+                        signature: signatures[0].signature.clone(),
+                        key_version: plan.primary,
+                        signatures,
+                        fallback_from: plan.fallback_from,
+                        seq: 0,
+                    }),
+                })
+            }
+            Request::Verify(cmd) => {
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                let v = cmd.body.key_version;
+                signing::check_verifiable(&self.state, v, &ctx).map_err(ErrorReply::from)?;
+                let key = self
+                    .keyring
+                    .get(v)
+                    .expect("check_verifiable checks the key is held");
+                let valid = key.verify_hex(cmd.body.payload.as_bytes(), &cmd.body.signature);
+                emit(&mut self.state, signing::verification_event(v, valid));
+                Ok(Pending {
+                    primary: Some(start),
+                    response: Response::Verify(VerifyReply {
+                        valid,
+                        key_version: v,
+                    }),
+                })
+            }
+            Request::Bump(cmd) => {
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                let plan = signing::plan(&self.state, cmd.body.key_version, &ctx)
+                    .map_err(ErrorReply::from)?;
+                let command = Command::Bump {
+                    entity: cmd.body.entity.clone(),
+                    scope: cmd.body.scope,
+                    key_version: plan.primary,
+                };
+                let bumped = decide(&self.state, &command, &ctx).map_err(ErrorReply::from)?;
+                let Some(Event::VersionBump(b)) = bumped.first().cloned() else {
+                    unreachable!("a bump decides one version_bump event");
+                };
+                let manifest = Manifest {
+                    entity: b.entity.clone(),
+                    version: b.to.clone(),
+                    previous: b.from.clone(),
+                    scope: b.scope,
+                    key_version: plan.primary,
+                    timestamp: now,
+                };
+                let payload = manifest::canonical(&manifest);
+                let (signatures, audit) = self.sign_under(&plan, payload.as_bytes());
+                let primary = start + bumped.len() + usize::from(plan.fallback_from.is_some());
+                for e in bumped {
+                    emit(&mut self.state, e);
+                }
+                for e in audit {
+                    emit(&mut self.state, e);
+                }
+                Ok(Pending {
+                    primary: Some(primary),
+                    response: Response::Bump(BumpReply {
+                        manifest,
+                        payload,
+                        signature: signatures[0].signature.clone(),
+                        key_version: plan.primary,
+                        signatures,
+                        fallback_from: plan.fallback_from,
+                        seq: 0,
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Signs under every version of the plan; returns the signatures and
+    /// their audit events.
+    fn sign_under(
+        &self,
+        plan: &SigningPlan,
+        payload: &[u8],
+    ) -> (Vec<VersionedSignature>, Vec<Event>) {
+        let signatures: Vec<VersionedSignature> = plan
+            .versions()
+            .map(|v| VersionedSignature {
+                key_version: v,
+                signature: self
+                    .keyring
+                    .get(v)
+                    .expect("plans use held keys only")
+                    .sign_hex(payload),
+            })
+            .collect();
+        let digest = hex::encode(Sha256::digest(payload));
+        let pairs: Vec<(KeyVersion, String)> = signatures
+            .iter()
+            .map(|s| (s.key_version, s.signature.clone()))
+            .collect();
+        let audit = signing::audit_events(plan, &pairs, &digest);
+        (signatures, audit)
+    }
+
+    fn rotation_reply(
+        &self,
+        from: Option<KeyVersion>,
+        now: Timestamp,
+        forced: bool,
+        what: &str,
+    ) -> Response {
+        let to = self
+            .state
+            .active
+            .expect("a rotation or rollback leaves a version active");
+        let grace_until = from
+            .and_then(|f| self.state.keys.get(&f))
+            .and_then(|k| k.grace_until);
+        let hsl = if what == "rollback" {
+            colour::FALLBACK_ORANGE
+        } else {
+            colour::VERSION_PURPLE
+        };
+        Response::Rotation(RotationReply {
+            success: true,
+            message: format!("Key {what} to {} completed", to.to_string().to_uppercase()),
+            from,
+            key_version: to,
+            rotation_timestamp: now,
+            grace_until,
+            forced,
+            seq: 0,
+            hsl: hsl.to_string(),
+        })
+    }
+
+    pub fn status(&self) -> StatusReply {
+        status_view(&self.state, &self.held, self.ledger.head())
+    }
+
+    fn maybe_snapshot(&mut self, before: u64) {
+        let every = self.snapshot_every;
+        if every == 0 || self.ledger.head().seq / every == before / every {
+            return;
+        }
+        let bytes = postcard::to_stdvec(&self.state).expect("state serializes");
+        if let Err(error) = self.ledger.put_snapshot(STATE_SCHEMA, &bytes) {
+            // Snapshots are a cache; the events are safe.
+            tracing::warn!(%error, "could not save a snapshot");
+        }
+    }
+}
+
+fn set_seq(response: &mut Response, seq: u64) {
+    match response {
+        Response::Rotation(r) => r.seq = seq,
+        Response::Sign(r) => r.seq = seq,
+        Response::Bump(r) => r.seq = seq,
+        Response::Verify(_) | Response::Status(_) | Response::Done => {}
+    }
+}
+
+/// The status reply for a state (also what `tes replay` prints).
+pub fn status_view(
+    state: &State,
+    held: &BTreeMap<KeyVersion, Fingerprint>,
+    head: Head,
+) -> StatusReply {
+    StatusReply {
+        key_version: state.active,
+        previous: state.previous,
+        next: state.next_version(),
+        last_sig_version: state.last_sig_version,
+        rotation_timestamp: state.rotation_timestamp,
+        keys: state
+            .keys
+            .iter()
+            .map(|(v, k)| KeyView {
+                version: *v,
+                status: k.status,
+                fingerprint: k.fingerprint.clone(),
+                activated_at: k.activated_at,
+                grace_until: k.grace_until,
+                expires_at: k.expires_at,
+                signatures: k.signatures,
+                held: held.contains_key(v),
+            })
+            .collect(),
+        entities: state
+            .entities
+            .iter()
+            .map(|(e, v)| EntityView {
+                entity: e.clone(),
+                version: v.clone(),
+            })
+            .collect(),
+        fallbacks: state.fallbacks,
+        head_seq: head.seq,
+        head_hash: head.hash_hex(),
+    }
+}

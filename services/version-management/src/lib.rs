@@ -1,0 +1,16 @@
+//! Version Management (thread 0x6001): the only writer of the ledger, the
+//! holder of the keyring, the signer.
+//!
+//! - [`core`]: the pure decider (state, evolve, decide, signing plans).
+//! - [`engine`]: the synchronous shell around it: ledger + keyring + state,
+//!   group commit.
+//! - [`replay`]: rebuilding state from any ledger, to a seq or a time.
+//! - [`actor`]: the bus-facing side: `tes.cmd.0x6001.*` in, replies and
+//!   `tes.evt.0x6001.*` out.
+
+pub mod actor;
+pub mod core;
+pub mod engine;
+pub mod replay;
+
+pub use engine::{Engine, EngineConfig, EngineError, Request, Response};
