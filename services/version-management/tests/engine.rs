@@ -1,0 +1,450 @@
+//! The Version Management engine against a real SQLite ledger and real keys:
+//! the story of a rotation, bad requests that change nothing, fallback,
+//! grace and expiry with a moved clock, idempotency, snapshots, and that the
+//! secrets never reach the ledger.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tes_keyring::{KeyStore, Keyring};
+use tes_ledger::Ledger;
+use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Verify};
+use tes_proto::event::Event;
+use tes_proto::reply::KeyStatus;
+use tes_proto::{Channel, Envelope, ErrorCode, KeyVersion, MsgId, ThreadId, Timestamp};
+use tes_version_management::core::Policy;
+use tes_version_management::engine::{Clock, Outcome};
+use tes_version_management::replay::{replay, Until};
+use tes_version_management::{Engine, EngineConfig, Request, Response};
+
+const V1_SECRET: &str = "known-v1-secret-7f3a9c0e55d2b8a1";
+const V2_SECRET: &str = "known-v2-secret-19be44c7d0a36f52";
+
+fn v(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
+
+fn keyring(secrets: &[(u32, &str)]) -> Keyring {
+    let env = secrets.iter().map(|(n, s)| {
+        let var = if *n == 1 {
+            "VERSION_SIGNING_KEY".to_string()
+        } else {
+            format!("VERSION_SIGNING_KEY_V{n}")
+        };
+        (var, s.to_string())
+    });
+    Keyring::load(env, &KeyStore::new("/nonexistent/keystore.json"), false).unwrap()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    now: Arc<AtomicU64>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            now: Arc::new(AtomicU64::new(1_764_000_000_000)),
+        }
+    }
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ledger.db")
+    }
+    fn clock(&self) -> Clock {
+        let now = self.now.clone();
+        Arc::new(move || Timestamp::from_millis(now.load(Ordering::SeqCst)))
+    }
+    fn advance(&self, d: Duration) {
+        self.now.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    fn engine(&self, secrets: &[(u32, &str)], policy: Policy, snapshot_every: u64) -> Engine {
+        let config = EngineConfig {
+            ledger_path: self.path(),
+            policy,
+            snapshot_every,
+        };
+        Engine::open(config, keyring(secrets), self.clock()).unwrap()
+    }
+}
+
+fn cmd<C>(body: C) -> Envelope<C> {
+    Envelope::new(
+        MsgId::generate(),
+        Timestamp::from_millis(0),
+        ThreadId::VersionManagement,
+        Channel::Command,
+        body,
+    )
+}
+
+fn one(engine: &mut Engine, request: Request) -> Outcome {
+    engine.handle_batch(vec![request]).0.remove(0)
+}
+
+fn sign(engine: &mut Engine, payload: &str, pin: Option<KeyVersion>) -> Outcome {
+    one(
+        engine,
+        Request::Sign(cmd(Sign {
+            payload: payload.into(),
+            key_version: pin,
+        })),
+    )
+}
+
+fn rotate(engine: &mut Engine) -> Outcome {
+    one(
+        engine,
+        Request::Rotate(cmd(Rotate {
+            requested_by: "test".into(),
+            ..Rotate::default()
+        })),
+    )
+}
+
+fn rollback(engine: &mut Engine) -> Outcome {
+    one(
+        engine,
+        Request::Rollback(cmd(Rollback {
+            requested_by: "test".into(),
+        })),
+    )
+}
+
+fn code(outcome: Outcome) -> ErrorCode {
+    outcome.expect_err("expected a refusal").code
+}
+
+/// HMAC-SHA256 as openssl computes it, independently of the keyring.
+fn openssl_hmac(secret: &str, payload: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(payload.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn assert_secret_absent(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for secret in [V1_SECRET, V2_SECRET] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a secret reached {dir:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_rotation_story_with_known_keys() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    assert_eq!(e.state().active, Some(KeyVersion::V1));
+
+    let Response::Sign(s1) = sign(&mut e, "manifest-1", None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(s1.key_version, v(1));
+    assert_eq!(s1.signature, openssl_hmac(V1_SECRET, "manifest-1"));
+    assert_eq!(
+        s1.signatures.len(),
+        1,
+        "no dual signature outside a grace window"
+    );
+
+    let Response::Rotation(r) = rotate(&mut e).unwrap() else {
+        panic!()
+    };
+    assert_eq!((r.from, r.key_version, r.success), (Some(v(1)), v(2), true));
+    assert_eq!(r.message, "Key rotation to V2 completed");
+
+    let Response::Sign(s2) = sign(&mut e, "manifest-2", None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(s2.key_version, v(2));
+    assert_eq!(s2.signature, openssl_hmac(V2_SECRET, "manifest-2"));
+    assert_eq!(s2.signatures.len(), 2, "during grace the old key signs too");
+    assert_eq!(
+        s2.signatures[1].signature,
+        openssl_hmac(V1_SECRET, "manifest-2")
+    );
+
+    for (payload, sig, ver) in [
+        ("manifest-1", &s1.signature, v(1)),
+        ("manifest-2", &s2.signature, v(2)),
+    ] {
+        let out = one(
+            &mut e,
+            Request::Verify(cmd(Verify {
+                payload: payload.into(),
+                signature: sig.clone(),
+                key_version: ver,
+            })),
+        );
+        assert!(
+            matches!(out, Ok(Response::Verify(ref r)) if r.valid),
+            "{ver} verifies: {out:?}"
+        );
+    }
+    let tampered = one(
+        &mut e,
+        Request::Verify(cmd(Verify {
+            payload: "manifest-X".into(),
+            signature: s2.signature.clone(),
+            key_version: v(2),
+        })),
+    );
+    assert!(matches!(tampered, Ok(Response::Verify(ref r)) if !r.valid));
+
+    let Response::Rotation(back) = rollback(&mut e).unwrap() else {
+        panic!()
+    };
+    assert_eq!((back.from, back.key_version), (Some(v(2)), v(1)));
+    assert_eq!(
+        code(rollback(&mut e)),
+        ErrorCode::NothingToRollBack,
+        "one step back only"
+    );
+
+    let Response::Bump(b) = one(
+        &mut e,
+        Request::Bump(cmd(Bump {
+            entity: "tes".into(),
+            scope: Scope::Minor,
+            key_version: None,
+        })),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (b.manifest.previous.as_str(), b.manifest.version.as_str()),
+        ("1.0.0", "1.1.0")
+    );
+    assert_eq!(b.signature, openssl_hmac(V1_SECRET, &b.payload));
+    assert!(
+        b.payload
+            .starts_with(r#"{"entity":"tes","keyVersion":"v1","#),
+        "{}",
+        b.payload
+    );
+
+    // Replay gives exactly the live state, and the ledger holds no secret.
+    let live = e.state().clone();
+    drop(e);
+    let replayed = replay(&Ledger::open_reader(&f.path()).unwrap(), Until::Head).unwrap();
+    assert_eq!(replayed.state, live);
+    assert_secret_absent(f.dir.path());
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET)], Policy::default(), 0);
+    let head = e.head();
+    assert_eq!(code(rotate(&mut e)), ErrorCode::NoNextVersion);
+    let err = rotate(&mut e).unwrap_err();
+    assert!(
+        err.message.starts_with("v2 key not configured"),
+        "{}",
+        err.message
+    );
+    assert_eq!(err.hsl, "#FF0000");
+    assert_eq!(code(rollback(&mut e)), ErrorCode::NothingToRollBack);
+    assert_eq!(
+        code(sign(&mut e, "x", Some(v(7)))),
+        ErrorCode::UnknownVersion
+    );
+    let bad_verify = Request::Verify(cmd(Verify {
+        payload: "x".into(),
+        signature: "zz".into(),
+        key_version: v(9),
+    }));
+    assert_eq!(code(one(&mut e, bad_verify)), ErrorCode::UnknownVersion);
+    let bad_entity = Request::Bump(cmd(Bump {
+        entity: String::new(),
+        scope: Scope::Patch,
+        key_version: None,
+    }));
+    assert_eq!(code(one(&mut e, bad_entity)), ErrorCode::Malformed);
+    assert_eq!(e.head(), head, "nothing was appended");
+    assert!(!format!("{:?}", e).contains(V1_SECRET));
+}
+
+#[test]
+fn retired_versions_neither_sign_nor_verify() {
+    let f = Fixture::new();
+    let mut e = f.engine(
+        &[(1, V1_SECRET), (2, V2_SECRET)],
+        Policy {
+            grace: Duration::from_secs(3600),
+            ..Policy::default()
+        },
+        0,
+    );
+    let Response::Sign(old) = sign(&mut e, "p", None).unwrap() else {
+        panic!()
+    };
+    rotate(&mut e).unwrap();
+    // Pinned v1 still signs during grace.
+    assert!(sign(&mut e, "p", Some(v(1))).is_ok());
+    f.advance(Duration::from_secs(3601));
+    one(&mut e, Request::Tick).unwrap();
+    assert_eq!(e.state().status_of(v(1)), Some(KeyStatus::Retired));
+    assert_eq!(
+        code(sign(&mut e, "p", Some(v(1)))),
+        ErrorCode::RetiredVersion
+    );
+    let verify_old = Request::Verify(cmd(Verify {
+        payload: "p".into(),
+        signature: old.signature,
+        key_version: v(1),
+    }));
+    assert_eq!(code(one(&mut e, verify_old)), ErrorCode::RetiredVersion);
+    let Response::Sign(now) = sign(&mut e, "p", None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        now.signatures.len(),
+        1,
+        "no dual signature once grace is over"
+    );
+    assert_eq!(code(rollback(&mut e)), ErrorCode::NothingToRollBack);
+}
+
+#[test]
+fn missing_active_material_falls_back_with_an_event() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    rotate(&mut e).unwrap();
+    drop(e);
+    // This signer restarts without v2's material.
+    let mut e = f.engine(&[(1, V1_SECRET)], Policy::default(), 0);
+    let (outcomes, events) = e.handle_batch(vec![Request::Sign(cmd(Sign {
+        payload: "p".into(),
+        key_version: None,
+    }))]);
+    let Ok(Response::Sign(s)) = &outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!((s.key_version, s.fallback_from), (v(1), Some(v(2))));
+    assert_eq!(s.signature, openssl_hmac(V1_SECRET, "p"));
+    assert!(matches!(&events[0].body, Event::KeyFallback(f) if f.from == v(2) && f.to == v(1)));
+    assert_eq!(events[0].body.seed_label(), "key:fallback_v2_to_v1");
+    // A pinned v2 does not fall back.
+    assert_eq!(code(sign(&mut e, "p", Some(v(2)))), ErrorCode::MissingKey);
+}
+
+#[test]
+fn an_expired_active_version_rotates_away_or_fails_once() {
+    let f = Fixture::new();
+    let policy = Policy {
+        key_ttl: Some(Duration::from_secs(7200)),
+        ..Policy::default()
+    };
+    let mut e = f.engine(&[(1, V1_SECRET)], policy.clone(), 0);
+    f.advance(Duration::from_secs(7201));
+    one(&mut e, Request::Tick).unwrap();
+    one(&mut e, Request::Tick).unwrap();
+    let failures = |e: &Engine| {
+        e.ledger()
+            .events_from(1)
+            .unwrap()
+            .iter()
+            .filter(|(_, ev)| matches!(ev.body, Event::RotationFailed(_)))
+            .count()
+    };
+    assert_eq!(failures(&e), 1);
+    drop(e);
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], policy, 0);
+    one(&mut e, Request::Tick).unwrap();
+    assert_eq!(
+        e.state().active,
+        Some(v(2)),
+        "v2 arrived, expiry rotates to it"
+    );
+}
+
+#[test]
+fn a_command_id_is_applied_at_most_once() {
+    let f = Fixture::new();
+    let mut e = f.engine(
+        &[(1, V1_SECRET), (2, V2_SECRET), (3, "third-secret")],
+        Policy::default(),
+        0,
+    );
+    let command = cmd(Rotate {
+        requested_by: "retry".into(),
+        ..Rotate::default()
+    });
+    assert!(one(&mut e, Request::Rotate(command.clone())).is_ok());
+    assert_eq!(
+        code(one(&mut e, Request::Rotate(command.clone()))),
+        ErrorCode::Duplicate
+    );
+    assert_eq!(e.state().active, Some(v(2)), "not rotated twice");
+    // Twice in one batch: applied once.
+    let again = cmd(Sign {
+        payload: "p".into(),
+        key_version: None,
+    });
+    let (outcomes, _) = e.handle_batch(vec![Request::Sign(again.clone()), Request::Sign(again)]);
+    assert!(outcomes[0].is_ok());
+    assert_eq!(outcomes[1].as_ref().unwrap_err().code, ErrorCode::Duplicate);
+}
+
+#[test]
+fn a_batch_is_one_transaction_and_replies_name_their_seq() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET)], Policy::default(), 0);
+    let start = e.head().seq;
+    let requests: Vec<_> = (0..50)
+        .map(|i| {
+            Request::Sign(cmd(Sign {
+                payload: format!("p{i}"),
+                key_version: None,
+            }))
+        })
+        .collect();
+    let (outcomes, events) = e.handle_batch(requests);
+    assert_eq!(events.len(), 50);
+    for (i, o) in outcomes.iter().enumerate() {
+        let Ok(Response::Sign(s)) = o else { panic!() };
+        assert_eq!(s.seq, start + 1 + i as u64);
+    }
+}
+
+#[test]
+fn snapshots_make_restart_fast_and_agree_with_a_full_replay() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 10);
+    for i in 0..25 {
+        sign(&mut e, &format!("p{i}"), None).unwrap();
+        if i == 12 {
+            f.advance(Duration::from_secs(60));
+            rotate(&mut e).unwrap();
+        }
+    }
+    let live = e.state().clone();
+    drop(e);
+    let ledger = Ledger::open_reader(&f.path()).unwrap();
+    assert!(!ledger.snapshots().unwrap().is_empty());
+    let fast = replay(&ledger, Until::Head).unwrap();
+    assert!(fast.from_snapshot > 0, "started from a snapshot");
+    assert_eq!(fast.state, live);
+    // A replay to an earlier seq ignores later snapshots.
+    let early = replay(&ledger, Until::Seq(5)).unwrap();
+    assert_eq!((early.state.seq, early.head.seq), (5, 5));
+    // A replay to a time before the rotation shows v1 active.
+    let before_rotation = replay(
+        &ledger,
+        Until::Time(Timestamp::from_millis(1_764_000_000_000)),
+    )
+    .unwrap();
+    assert_eq!(before_rotation.state.active, Some(v(1)));
+    // Reopening for writing resumes from the same state.
+    let e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 10);
+    assert_eq!(e.state(), &live);
+}
