@@ -120,3 +120,32 @@ pub async fn respond<T: Serialize>(
     let m = message(to, ct, None, reply).map_err(|e| BusError::Transport(e.to_string()))?;
     bus.publish(m).await
 }
+
+/// Refuses a command: answers the requester with `error` and tells everyone
+/// watching with a `rejected` event from `thread`. Nothing else happens.
+pub async fn refuse<T: Serialize>(
+    bus: &dyn Bus,
+    thread: ThreadId,
+    request: &Message,
+    ct: ContentType,
+    error: ErrorReply,
+) {
+    tracing::info!(subject = %request.subject, code = ?error.code, reason = %error.message, "command refused");
+    let rejected = Envelope::new(
+        MsgId::generate(),
+        Timestamp::now(),
+        thread,
+        Channel::Event,
+        Event::Rejected(tes_proto::event::Rejected {
+            subject: request.subject.clone(),
+            code: error.code,
+            reason: error.message.clone(),
+        }),
+    );
+    if let Err(e) = publish_event(bus, ct, &rejected).await {
+        tracing::warn!(error = %e, "could not publish a rejected event");
+    }
+    if let Err(e) = respond(bus, request, ct, &Reply::<T>::Err(error)).await {
+        tracing::warn!(error = %e, "could not send an error reply");
+    }
+}

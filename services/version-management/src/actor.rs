@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tes_bus::typed::{decode_command, publish_event, respond};
+use tes_bus::typed::{decode_command, publish_event, refuse, respond};
 use tes_bus::{Bus, Message};
 use tes_ledger::Head;
 use tes_proto::command::{Bump, Rollback, Rotate, Sign, Status, Verify};
-use tes_proto::event::{Checkpoint, Event, Rejected};
+use tes_proto::event::{Checkpoint, Event};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -281,7 +281,7 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, message: &Message) {
                 ErrorCode::UnknownVerb,
                 format!("unknown command subject {:?} (verbs: rotate, rollback, sign, verify, bump, status)", message.subject),
             );
-            refuse::<()>(bus, message, ContentType::Json, error).await;
+            refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
         }
     }
 }
@@ -300,7 +300,7 @@ async fn serve_as<C: CommandBody>(
                 ErrorCode::Malformed,
                 format!("{} command refused: {e}", C::VERB),
             );
-            return refuse::<C::Reply>(bus, message, ContentType::Json, error).await;
+            return refuse::<C::Reply>(bus, THREAD, message, ContentType::Json, error).await;
         }
     };
     match engine.call(wrap(envelope)).await {
@@ -311,23 +311,6 @@ async fn serve_as<C: CommandBody>(
                 tracing::warn!(%error, "could not send reply");
             }
         }
-        Err(error) => refuse::<C::Reply>(bus, message, ct, error).await,
+        Err(error) => refuse::<C::Reply>(bus, THREAD, message, ct, error).await,
     }
-}
-
-/// Answers with an error and tells everyone watching with a `rejected` event.
-async fn refuse<T: serde::Serialize>(
-    bus: &dyn Bus,
-    message: &Message,
-    ct: ContentType,
-    error: ErrorReply,
-) {
-    tracing::info!(subject = %message.subject, code = ?error.code, reason = %error.message, "command refused");
-    let rejected = bus_event(Event::Rejected(Rejected {
-        subject: message.subject.clone(),
-        code: error.code,
-        reason: error.message.clone(),
-    }));
-    let _ = publish_event(bus, ct, &rejected).await;
-    let _ = respond(bus, message, ct, &Reply::<T>::Err(error)).await;
 }

@@ -1,0 +1,152 @@
+//! The Supervisor's shell. Commands are handled one at a time, in arrival
+//! order, so there is never more than one rotation in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tes_bus::typed::{call, decode_command, refuse, respond, CallError};
+use tes_bus::{Bus, BusError, Message};
+use tes_proto::command::{Rollback, Rotate, Status};
+use tes_proto::reply::{RotationReply, StatusReply};
+use tes_proto::subject::{self, verb};
+use tes_proto::{
+    Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
+    Timestamp,
+};
+use tokio::task::JoinHandle;
+
+use crate::gate;
+
+const THREAD: ThreadId = ThreadId::Supervisor;
+
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub wire: ContentType,
+    /// How long to wait for Version Management.
+    pub timeout: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            wire: ContentType::Binary,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Subscribes to `tes.cmd.0x1001.*` and serves until the task is aborted.
+pub async fn start(
+    bus: Arc<dyn Bus>,
+    config: SupervisorConfig,
+) -> Result<JoinHandle<()>, BusError> {
+    let mut commands = bus.subscribe(&subject::commands_of(THREAD), None).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = commands.next().await {
+            serve(&*bus, &config, &message).await;
+        }
+    }))
+}
+
+async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
+    match subject::parse(&message.subject).map(|p| p.last) {
+        Some(verb::ROTATE) => {
+            gated::<Rotate>(bus, config, message, |status, cmd| {
+                gate::check_rotate(status, cmd).map(|_| ())
+            })
+            .await
+        }
+        Some(verb::ROLLBACK) => {
+            gated::<Rollback>(bus, config, message, |status, _| {
+                gate::check_rollback(status).map(|_| ())
+            })
+            .await
+        }
+        _ => {
+            let error = ErrorReply::new(
+                ErrorCode::UnknownVerb,
+                format!(
+                    "the Supervisor takes rotate and rollback, not {:?}",
+                    message.subject
+                ),
+            );
+            refuse::<RotationReply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    }
+}
+
+/// Decodes, asks 0x6001 for its status, applies the gate, forwards.
+async fn gated<C>(
+    bus: &dyn Bus,
+    config: &SupervisorConfig,
+    message: &Message,
+    check: fn(&StatusReply, &C) -> Result<(), ErrorReply>,
+) where
+    C: CommandBody<Reply = RotationReply>,
+{
+    let (ct, envelope) = match decode_command::<C>(message, THREAD) {
+        Ok(d) => d,
+        Err(e) => {
+            let error = ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{} command refused: {e}", C::VERB),
+            );
+            return refuse::<RotationReply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    let outcome = async {
+        let status_request = Envelope::new(
+            MsgId::generate(),
+            Timestamp::now(),
+            ThreadId::VersionManagement,
+            Channel::Command,
+            Status {},
+        )
+        .caused_by(&envelope);
+        let status = call::<Status>(
+            bus,
+            ThreadId::VersionManagement,
+            config.wire,
+            &status_request,
+            config.timeout,
+        )
+        .await
+        .map_err(unavailable)?;
+        check(&status, &envelope.body)?;
+        // Forwarded under the same id: Version Management applies a command
+        // id at most once, so a client's retry cannot rotate twice.
+        let mut forward = envelope.clone();
+        forward.thread = ThreadId::VersionManagement;
+        call::<C>(
+            bus,
+            ThreadId::VersionManagement,
+            config.wire,
+            &forward,
+            config.timeout,
+        )
+        .await
+        .map_err(unavailable)
+    }
+    .await;
+    match outcome {
+        Ok(reply) => {
+            tracing::info!(verb = C::VERB, to = %reply.key_version, "forwarded and applied");
+            let _ = respond(bus, message, ct, &Reply::Ok(reply)).await;
+        }
+        Err(error) => refuse::<RotationReply>(bus, THREAD, message, ct, error).await,
+    }
+}
+
+fn unavailable(e: CallError) -> ErrorReply {
+    match e {
+        CallError::Refused(r) => r,
+        CallError::Bus(BusError::NoResponders(_)) => ErrorReply::new(
+            ErrorCode::Unavailable,
+            "Version Management (0x6001) is not running",
+        ),
+        other => ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!("Version Management (0x6001): {other}"),
+        ),
+    }
+}

@@ -1,0 +1,161 @@
+//! The gate: may this rotation or rollback go through, given what Version
+//! Management reports? Pure: the status is passed in.
+
+use tes_proto::command::Rotate;
+use tes_proto::reply::{KeyStatus, StatusReply};
+use tes_proto::{ErrorCode, ErrorReply, KeyVersion};
+
+/// A rotation needs a target (the one asked for, or the next provisioned),
+/// and — unless forced — the target's material must be held by the signer
+/// (Tink's propagation rule: never promote a key a signer cannot use).
+pub fn check_rotate(status: &StatusReply, command: &Rotate) -> Result<KeyVersion, ErrorReply> {
+    let Some(active) = status.key_version else {
+        return Err(ErrorReply::new(
+            ErrorCode::NoNextVersion,
+            "no version is active yet",
+        ));
+    };
+    let target = match command.to {
+        Some(v) => v,
+        None => status.next.ok_or_else(|| {
+            let next = active.next();
+            ErrorReply::new(
+                ErrorCode::NoNextVersion,
+                format!(
+                    "{next} key not configured: no key version after {active} is provisioned. \
+                     Provision one with `openssl rand -hex 32 | tes secret put --version {n}` or VERSION_SIGNING_KEY_V{n}",
+                    n = next.get()
+                ),
+            )
+        })?,
+    };
+    let Some(key) = status.keys.iter().find(|k| k.version == target) else {
+        return Err(ErrorReply::new(
+            ErrorCode::UnknownVersion,
+            format!("key version {target} is unknown to the ledger"),
+        ));
+    };
+    if key.status == KeyStatus::Retired {
+        return Err(ErrorReply::new(
+            ErrorCode::RetiredVersion,
+            format!("key version {target} is retired"),
+        ));
+    }
+    if !key.held && !command.force {
+        return Err(ErrorReply::new(
+            ErrorCode::Gated,
+            format!(
+                "refusing to promote {target}: a live signer does not hold its material yet \
+                 (fingerprint {}); provision it there, or pass --force to rotate anyway (recorded as forced)",
+                key.fingerprint
+            ),
+        ));
+    }
+    Ok(target)
+}
+
+/// A rollback needs a previous version that still verifies.
+pub fn check_rollback(status: &StatusReply) -> Result<KeyVersion, ErrorReply> {
+    let previous = status.previous.ok_or_else(|| {
+        ErrorReply::new(
+            ErrorCode::NothingToRollBack,
+            match status.key_version {
+                Some(a) => format!("nothing to roll back to: {a} is active and no previous version is still verifying"),
+                None => "nothing to roll back: no version is active yet".to_string(),
+            },
+        )
+    })?;
+    Ok(previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tes_proto::reply::KeyView;
+    use tes_proto::Fingerprint;
+
+    fn key(n: u32, status: KeyStatus, held: bool) -> KeyView {
+        KeyView {
+            version: KeyVersion::new(n).unwrap(),
+            status,
+            fingerprint: Fingerprint::parse("0123456789abcdef").unwrap(),
+            activated_at: None,
+            grace_until: None,
+            expires_at: None,
+            signatures: 0,
+            held,
+        }
+    }
+
+    fn status(keys: Vec<KeyView>, next: Option<u32>, previous: Option<u32>) -> StatusReply {
+        StatusReply {
+            key_version: Some(KeyVersion::V1),
+            previous: previous.and_then(KeyVersion::new),
+            next: next.and_then(KeyVersion::new),
+            last_sig_version: None,
+            rotation_timestamp: None,
+            keys,
+            entities: vec![],
+            fallbacks: 0,
+            head_seq: 0,
+            head_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn rotation_needs_a_held_next_version_unless_forced() {
+        let none = status(vec![key(1, KeyStatus::Active, true)], None, None);
+        assert_eq!(
+            check_rotate(&none, &Rotate::default()).unwrap_err().code,
+            ErrorCode::NoNextVersion
+        );
+
+        let unheld = status(
+            vec![
+                key(1, KeyStatus::Active, true),
+                key(2, KeyStatus::Provisioned, false),
+            ],
+            Some(2),
+            None,
+        );
+        assert_eq!(
+            check_rotate(&unheld, &Rotate::default()).unwrap_err().code,
+            ErrorCode::Gated
+        );
+        let forced = Rotate {
+            force: true,
+            ..Rotate::default()
+        };
+        assert_eq!(check_rotate(&unheld, &forced).unwrap().get(), 2);
+
+        let ok = status(
+            vec![
+                key(1, KeyStatus::Active, true),
+                key(2, KeyStatus::Provisioned, true),
+            ],
+            Some(2),
+            None,
+        );
+        assert_eq!(check_rotate(&ok, &Rotate::default()).unwrap().get(), 2);
+        let to_retired = Rotate {
+            to: KeyVersion::new(1),
+            ..Rotate::default()
+        };
+        let retired = status(vec![key(1, KeyStatus::Retired, true)], None, None);
+        assert_eq!(
+            check_rotate(&retired, &to_retired).unwrap_err().code,
+            ErrorCode::RetiredVersion
+        );
+    }
+
+    #[test]
+    fn rollback_needs_a_previous_version() {
+        let s = status(vec![], None, None);
+        assert_eq!(
+            check_rollback(&s).unwrap_err().code,
+            ErrorCode::NothingToRollBack
+        );
+        let s = status(vec![], None, Some(1));
+        assert_eq!(check_rollback(&s).unwrap(), KeyVersion::V1);
+    }
+}

@@ -1,0 +1,11 @@
+//! Supervisor (thread 0x1001): every rotation and rollback signal goes
+//! through here. [`gate`] decides (pure) whether it may go through;
+//! [`actor`] is the shell that asks Version Management for its status,
+//! applies the gate, forwards what passes to `tes.cmd.0x6001.<verb>` and
+//! publishes a `rejected` event for what does not.
+//!
+//! Invariant: only the Supervisor sends `tes.cmd.0x6001.rotate|rollback`
+//! (the NATS permissions in `ops/` enforce it on a real server).
+
+pub mod actor;
+pub mod gate;
