@@ -413,7 +413,13 @@ impl Ledger {
         let to = to.min(i64::MAX as u64);
         let mut rows = stmt.query(params![from, to]).map_err(|e| self.sql(e))?;
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
-            let row = read_row(r).map_err(|e| self.sql(e))?;
+            let row = read_row(r).map_err(|e| match e {
+                RowError::Sql(e) => self.sql(e),
+                RowError::Type { seq, field, detail } => LedgerError::Decode {
+                    seq,
+                    error: DecodeError::BadField { field, detail },
+                },
+            })?;
             if !f(row)? {
                 break;
             }
@@ -528,21 +534,79 @@ fn same_content(row: &Row, d: &Draft, causation: Option<&str>, correlation: Opti
         && row.payload == d.payload
 }
 
-pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+/// Reads a row, strictly: a column stored with another SQLite type than the
+/// schema's (a tampered file can hold anything) is a decode error at that
+/// row's seq, never a silent conversion.
+pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, RowError> {
+    use rusqlite::types::ValueRef;
+    let seq: u64 = r.get(0)?;
+    let bad = |field: &'static str, v: ValueRef<'_>, expected: &str| RowError::Type {
+        seq,
+        field,
+        detail: format!("stored as {:?}, expected {expected}", v.data_type()),
+    };
+    let text = |i: usize, field: &'static str| -> Result<String, RowError> {
+        match r.get_ref(i)? {
+            ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
+            v => Err(bad(field, v, "TEXT")),
+        }
+    };
+    let opt_text = |i: usize, field: &'static str| -> Result<Option<String>, RowError> {
+        match r.get_ref(i)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) => Ok(Some(String::from_utf8_lossy(t).into_owned())),
+            v => Err(bad(field, v, "TEXT or NULL")),
+        }
+    };
+    let int = |i: usize, field: &'static str| -> Result<i64, RowError> {
+        match r.get_ref(i)? {
+            ValueRef::Integer(n) => Ok(n),
+            v => Err(bad(field, v, "INTEGER")),
+        }
+    };
+    let ranged = |field: &'static str, n: i64, max: i64| {
+        (0..=max).contains(&n).then_some(n).ok_or(RowError::Type {
+            seq,
+            field,
+            detail: format!("{n} is out of range"),
+        })
+    };
     Ok(Row {
-        seq: r.get(0)?,
-        id: r.get(1)?,
-        ts: r.get(2)?,
-        thread: r.get(3)?,
-        kind: r.get(4)?,
-        key_version: r.get(5)?,
-        causation_id: r.get(6)?,
-        correlation_id: r.get(7)?,
-        schema: r.get(8)?,
-        payload: r.get(9)?,
-        prev_hash: r.get(10)?,
-        hash: r.get(11)?,
+        seq,
+        id: text(1, "id")?,
+        ts: ranged("ts", int(2, "ts")?, i64::MAX)? as u64,
+        thread: text(3, "thread")?,
+        kind: text(4, "kind")?,
+        key_version: match r.get_ref(5)? {
+            ValueRef::Null => None,
+            ValueRef::Integer(n) => Some(ranged("key_version", n, u32::MAX.into())? as u32),
+            v => return Err(bad("key_version", v, "INTEGER or NULL")),
+        },
+        causation_id: opt_text(6, "causation_id")?,
+        correlation_id: opt_text(7, "correlation_id")?,
+        schema: ranged("schema", int(8, "schema")?, u16::MAX.into())? as u16,
+        payload: match r.get_ref(9)? {
+            ValueRef::Blob(b) => b.to_vec(),
+            v => return Err(bad("payload", v, "BLOB")),
+        },
+        prev_hash: text(10, "prev_hash")?,
+        hash: text(11, "hash")?,
     })
+}
+
+pub(crate) enum RowError {
+    Sql(rusqlite::Error),
+    Type {
+        seq: u64,
+        field: &'static str,
+        detail: String,
+    },
+}
+
+impl From<rusqlite::Error> for RowError {
+    fn from(e: rusqlite::Error) -> RowError {
+        RowError::Sql(e)
+    }
 }
 
 /// Turns SQLite's codes into errors that say what is wrong with the file.

@@ -83,63 +83,74 @@ pub fn walk(
     let mut prev = start.hash;
     let mut expected = start.seq + 1;
     let mut checkpoint_ok = checkpoint.as_ref().is_none_or(|(seq, _)| *seq <= start.seq);
-    ledger.for_each_row(start.seq + 1, to, |row| {
-        let brk = |reason| {
-            Err(VerifyError::Broken(ChainBreak {
-                seq: row.seq,
-                reason,
-            }))
-        };
-        if row.seq != expected {
-            return brk(BreakReason::Gap { expected });
-        }
-        if chain::from_hex(&row.prev_hash) != Some(prev) {
-            return brk(BreakReason::Link);
-        }
-        let envelope = match row.decode() {
-            Ok(e) => e,
-            Err(LedgerError::Decode { error, .. }) => {
-                return brk(BreakReason::Decode(error.to_string()))
+    ledger
+        .for_each_row(start.seq + 1, to, |row| {
+            let brk = |reason| {
+                Err(VerifyError::Broken(ChainBreak {
+                    seq: row.seq,
+                    reason,
+                }))
+            };
+            if row.seq != expected {
+                return brk(BreakReason::Gap { expected });
             }
-            Err(other) => return Err(other.into()),
-        };
-        // Hash the stored columns as they are (not a re-encoding), so a change
-        // to any column, the key_version column included, is caught.
-        let id = *envelope.id.0.as_bytes();
-        let causation = envelope.causation_id.map(|m| *m.0.as_bytes());
-        let correlation = envelope.correlation_id.map(|m| *m.0.as_bytes());
-        let hash = chain::row_hash(
-            &prev,
-            &RowFields {
-                seq: row.seq,
-                id: &id,
-                ts: row.ts,
-                thread: envelope.thread.as_u16(),
-                kind: &row.kind,
-                key_version: row.key_version,
-                causation_id: causation.as_ref(),
-                correlation_id: correlation.as_ref(),
-                schema: row.schema,
-                payload: &row.payload,
-            },
-        );
-        if chain::from_hex(&row.hash) != Some(hash) {
-            return brk(BreakReason::Hash);
-        }
-        if let Some((seq, ref expected_hash)) = checkpoint {
-            if row.seq == seq {
-                if row.hash != *expected_hash {
-                    return brk(BreakReason::HeadMismatch {
-                        expected_hash: expected_hash.clone(),
-                    });
+            if chain::from_hex(&row.prev_hash) != Some(prev) {
+                return brk(BreakReason::Link);
+            }
+            let envelope = match row.decode() {
+                Ok(e) => e,
+                Err(LedgerError::Decode { error, .. }) => {
+                    return brk(BreakReason::Decode(error.to_string()))
                 }
-                checkpoint_ok = true;
+                Err(other) => return Err(other.into()),
+            };
+            // Hash the stored columns as they are (not a re-encoding), so a change
+            // to any column, the key_version column included, is caught.
+            let id = *envelope.id.0.as_bytes();
+            let causation = envelope.causation_id.map(|m| *m.0.as_bytes());
+            let correlation = envelope.correlation_id.map(|m| *m.0.as_bytes());
+            let hash = chain::row_hash(
+                &prev,
+                &RowFields {
+                    seq: row.seq,
+                    id: &id,
+                    ts: row.ts,
+                    thread: envelope.thread.as_u16(),
+                    kind: &row.kind,
+                    key_version: row.key_version,
+                    causation_id: causation.as_ref(),
+                    correlation_id: correlation.as_ref(),
+                    schema: row.schema,
+                    payload: &row.payload,
+                },
+            );
+            if chain::from_hex(&row.hash) != Some(hash) {
+                return brk(BreakReason::Hash);
             }
-        }
-        prev = hash;
-        expected += 1;
-        Ok(visit(row.seq, envelope))
-    })?;
+            if let Some((seq, ref expected_hash)) = checkpoint {
+                if row.seq == seq {
+                    if row.hash != *expected_hash {
+                        return brk(BreakReason::HeadMismatch {
+                            expected_hash: expected_hash.clone(),
+                        });
+                    }
+                    checkpoint_ok = true;
+                }
+            }
+            prev = hash;
+            expected += 1;
+            Ok(visit(row.seq, envelope))
+        })
+        .map_err(|e| match e {
+            // A row that cannot even be read is a break at that row.
+            VerifyError::Ledger(LedgerError::Decode { seq, error }) => {
+                VerifyError::Broken(ChainBreak {
+                    seq,
+                    reason: BreakReason::Decode(error.to_string()),
+                })
+            }
+            other => other,
+        })?;
     if !checkpoint_ok {
         let (seq, expected_hash) = checkpoint.expect("checked above");
         return Err(ChainBreak {

@@ -299,3 +299,24 @@ proptest! {
         prop_assert_eq!(seq, target);
     }
 }
+
+#[test]
+fn a_column_stored_with_another_type_is_a_break_at_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_with(dir.path(), 4);
+    let copy = tamperable_copy(&path, dir.path());
+    let c = rusqlite::Connection::open(&copy).unwrap();
+    // Same bytes, stored as TEXT instead of BLOB.
+    c.execute(
+        "UPDATE events SET payload = CAST(payload AS TEXT) WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let (seq, reason) = broken_at(&copy);
+    assert_eq!(seq, 3);
+    assert!(
+        matches!(reason, BreakReason::Decode(ref d) if d.contains("payload")),
+        "{reason}"
+    );
+}

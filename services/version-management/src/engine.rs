@@ -27,7 +27,7 @@ use tes_proto::{
 };
 
 use crate::core::signing::{self, SigningPlan};
-use crate::core::state::STATE_SCHEMA;
+use crate::core::state::{encode_snapshot, STATE_SCHEMA};
 use crate::core::{decide, manifest, Command, Context, Policy, State};
 use crate::replay::{replay, Until};
 
@@ -508,7 +508,7 @@ impl Engine {
         if every == 0 || self.ledger.head().seq / every == before / every {
             return;
         }
-        let bytes = postcard::to_stdvec(&self.state).expect("state serializes");
+        let bytes = encode_snapshot(&self.state);
         if let Err(error) = self.ledger.put_snapshot(STATE_SCHEMA, &bytes) {
             // Snapshots are a cache; the events are safe.
             tracing::warn!(%error, "could not save a snapshot");

@@ -4,7 +4,7 @@
 use tes_ledger::{Head, Ledger, LedgerError, VerifyError};
 use tes_proto::Timestamp;
 
-use crate::core::state::{State, STATE_SCHEMA};
+use crate::core::state::{decode_snapshot, State, STATE_SCHEMA};
 
 /// How far to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ fn best_snapshot(ledger: &Ledger, until: Until) -> Result<Option<(State, Head)>,
         if snap.schema != STATE_SCHEMA {
             continue;
         }
-        let Ok(state) = postcard::from_bytes::<State>(&snap.state) else {
+        let Some(state) = decode_snapshot(&snap.state) else {
             continue;
         };
         let Some(hash) = tes_ledger::chain::from_hex(&snap.hash) else {

@@ -175,6 +175,16 @@ impl State {
     }
 }
 
+/// A snapshot's bytes (postcard; [`STATE_SCHEMA`] is stored beside them).
+pub fn encode_snapshot(state: &State) -> Vec<u8> {
+    postcard::to_stdvec(state).expect("state serializes")
+}
+
+/// `None` for bytes that are not a state of [`STATE_SCHEMA`].
+pub fn decode_snapshot(bytes: &[u8]) -> Option<State> {
+    postcard::from_bytes(bytes).ok()
+}
+
 /// The fold as a function: `evolve(state, event) -> state`.
 pub fn evolve(mut state: State, event: &Envelope<Event>) -> State {
     state.apply(event.time, &event.body);

@@ -1,0 +1,197 @@
+//! The command line: every verb and option, in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tes_proto::command::Scope;
+use tes_proto::KeyVersion;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tes",
+    version,
+    about = "TES key ledger: zero-downtime HMAC-SHA256 signing-key rotation over an append-only, hash-chained event log",
+    after_help = "Exit codes: 0 success, 1 a check failed (verification, audit) or a runtime fault, 2 usage or input error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Data directory; the ledger is DIR/ledger.db.
+    #[arg(long, global = true, env = "TES_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Key store file (mode 0600) for generated and `secret put` keys.
+    #[arg(long, global = true, env = "TES_KEY_STORE")]
+    pub key_store: Option<PathBuf>,
+    /// Print JSON (one object per line) instead of words.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Write logs (stderr) as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+impl Global {
+    pub fn ledger_path(&self) -> PathBuf {
+        self.data_dir.join(tes_ledger::LEDGER_FILE)
+    }
+
+    pub fn key_store_path(&self) -> PathBuf {
+        self.key_store
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(tes_keyring::store::DEFAULT_FILE))
+    }
+}
+
+/// How the actors run: policy and wire options shared by the daemon, the
+/// demo and the one-shot verbs.
+#[derive(Debug, Clone, Args)]
+pub struct RunOptions {
+    /// How long the previous version keeps verifying after a rotation.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Rotate an active version away after this long (e.g. 30d). Default: never.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub key_ttl: Option<Duration>,
+    /// Do not add the verifying version's signature during a grace window.
+    #[arg(long)]
+    pub no_dual_sign: bool,
+    /// Save a state snapshot every N events (0: never).
+    #[arg(long, default_value_t = 1000)]
+    pub snapshot_every: u64,
+    /// Wire form of published messages (receivers accept both).
+    #[arg(long, value_enum, default_value_t = Wire::Binary)]
+    pub wire: Wire,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Wire {
+    Binary,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Play the whole story on the embedded default: sign, rotate, sign,
+    /// verify old and new, roll back, replay, audit.
+    Demo(#[command(flatten)] RunOptions),
+    /// Run the actors (Supervisor 0x1001 and Version Management 0x6001) in
+    /// one process over the embedded bus until Ctrl-C.
+    Daemon(#[command(flatten)] RunOptions),
+    /// Rotate to the next provisioned key version (through the Supervisor).
+    Rotate {
+        /// A specific target version.
+        #[arg(long)]
+        to: Option<KeyVersion>,
+        /// Rotate even if a signer lacks the key (recorded as forced).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "cli")]
+        requested_by: String,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Roll back to the previous version while it still verifies.
+    Rollback {
+        #[arg(long, default_value = "cli")]
+        requested_by: String,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Sign a payload (the exact bytes given; `-` reads stdin).
+    Sign {
+        payload: String,
+        /// Pin a key version (default: the active one).
+        #[arg(long)]
+        key_version: Option<KeyVersion>,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Verify a signature; exits 1 if it does not verify.
+    Verify {
+        payload: String,
+        signature: String,
+        #[arg(long)]
+        key_version: KeyVersion,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Bump a versioned entity and get its signed canonical manifest.
+    Bump {
+        #[arg(value_parser = parse_scope)]
+        scope: Scope,
+        #[arg(long, default_value = tes_proto::command::DEFAULT_ENTITY)]
+        entity: String,
+        #[arg(long)]
+        key_version: Option<KeyVersion>,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Show key versions, their states, and the ledger head.
+    Status(#[command(flatten)] RunOptions),
+    /// Rebuild the state from the ledger and print it.
+    Replay {
+        /// Stop after this seq.
+        #[arg(long, conflicts_with = "until")]
+        to_seq: Option<u64>,
+        /// Stop at the first event after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<tes_proto::Timestamp>,
+    },
+    /// Check the ledger.
+    #[command(subcommand)]
+    Audit(Audit),
+    /// Provision and list key material.
+    #[command(subcommand)]
+    Secret(Secret),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Audit {
+    /// Walk the hash chain; exit 0 if sound, 1 naming the first bad seq.
+    Verify {
+        /// A head seen elsewhere (e.g. a published checkpoint), SEQ:HASH;
+        /// catches a truncated or replaced ledger.
+        #[arg(long, value_parser = parse_checkpoint)]
+        checkpoint: Option<(u64, String)>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Secret {
+    /// Store a version's secret, read from stdin:
+    /// `openssl rand -hex 32 | tes secret put --version 2`.
+    Put {
+        #[arg(long)]
+        version: KeyVersion,
+        /// Overwrite existing material for this version.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List held versions with fingerprints and sources (never values).
+    List,
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    s.parse()
+}
+
+fn parse_time(s: &str) -> Result<tes_proto::Timestamp, String> {
+    tes_proto::Timestamp::parse_rfc3339(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+}
+
+fn parse_checkpoint(s: &str) -> Result<(u64, String), String> {
+    let (seq, hash) = s.split_once(':').ok_or("expected SEQ:HASH")?;
+    let seq = seq.parse().map_err(|_| format!("{seq:?} is not a seq"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("the hash is 64 hex characters".into());
+    }
+    Ok((seq, hash.to_ascii_lowercase()))
+}

@@ -1,0 +1,199 @@
+//! The one-shot verbs (`rotate`, `rollback`, `sign`, `verify`, `bump`,
+//! `status`): each starts the actors on the data directory, sends its command
+//! over the bus exactly as a remote client would, prints the reply and stops.
+
+use std::io::Read;
+
+use anyhow::anyhow;
+use serde_json::json;
+use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Verify};
+use tes_proto::{KeyVersion, ThreadId};
+
+use crate::cli::{Global, RunOptions};
+use crate::commands::replay::{describe, json_view};
+use crate::failure::{from_call, Failure, Result};
+use crate::output::Printer;
+use crate::runtime::Embedded;
+
+async fn with_runtime<T>(
+    global: &Global,
+    run: &RunOptions,
+    f: impl AsyncFnOnce(&Embedded) -> Result<T>,
+) -> Result<T> {
+    let rt = Embedded::start(global, run).await?;
+    let out = f(&rt).await;
+    rt.stop().await;
+    out
+}
+
+pub async fn rotate(
+    global: &Global,
+    run: &RunOptions,
+    to: Option<KeyVersion>,
+    force: bool,
+    requested_by: String,
+) -> Result<()> {
+    let body = Rotate {
+        requested_by,
+        force,
+        to,
+    };
+    let reply = with_runtime(global, run, async |rt| {
+        rt.call(ThreadId::Supervisor, body).await.map_err(from_call)
+    })
+    .await?;
+    let grace = reply
+        .grace_until
+        .map(|g| {
+            format!(
+                "; {} verifies until {g}",
+                reply.from.map(|f| f.to_string()).unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    Printer { json: global.json }.emit(
+        format!("{} (ledger seq {}){grace}", reply.message, reply.seq),
+        &reply,
+    );
+    Ok(())
+}
+
+pub async fn rollback(global: &Global, run: &RunOptions, requested_by: String) -> Result<()> {
+    let reply = with_runtime(global, run, async |rt| {
+        rt.call(ThreadId::Supervisor, Rollback { requested_by })
+            .await
+            .map_err(from_call)
+    })
+    .await?;
+    Printer { json: global.json }.emit(
+        format!("{} (ledger seq {})", reply.message, reply.seq),
+        &reply,
+    );
+    Ok(())
+}
+
+fn payload_arg(payload: String) -> Result<String> {
+    if payload != "-" {
+        return Ok(payload);
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| Failure::input(anyhow!("cannot read the payload from stdin: {e}")))?;
+    Ok(s)
+}
+
+pub async fn sign(
+    global: &Global,
+    run: &RunOptions,
+    payload: String,
+    key_version: Option<KeyVersion>,
+) -> Result<()> {
+    let body = Sign {
+        payload: payload_arg(payload)?,
+        key_version,
+    };
+    let reply = with_runtime(global, run, async |rt| {
+        rt.call(ThreadId::VersionManagement, body)
+            .await
+            .map_err(from_call)
+    })
+    .await?;
+    let mut words = format!("{}  {}", reply.key_version, reply.signature);
+    for extra in reply.signatures.iter().skip(1) {
+        words += &format!(
+            "\n{}  {}  (dual signature during the grace window)",
+            extra.key_version, extra.signature
+        );
+    }
+    if let Some(from) = reply.fallback_from {
+        words += &format!("\n(fell back from {from}: its material is missing on this signer)");
+    }
+    Printer { json: global.json }.emit(words, &reply);
+    Ok(())
+}
+
+pub async fn verify(
+    global: &Global,
+    run: &RunOptions,
+    payload: String,
+    signature: String,
+    key_version: KeyVersion,
+) -> Result<()> {
+    let body = Verify {
+        payload: payload_arg(payload)?,
+        signature,
+        key_version,
+    };
+    let reply = with_runtime(global, run, async |rt| {
+        rt.call(ThreadId::VersionManagement, body)
+            .await
+            .map_err(from_call)
+    })
+    .await?;
+    let words = if reply.valid {
+        format!("valid ({key_version})")
+    } else {
+        format!("INVALID: the signature does not match the payload under {key_version}")
+    };
+    Printer { json: global.json }.emit(words, &reply);
+    if reply.valid {
+        Ok(())
+    } else {
+        Err(Failure::check(anyhow!(
+            "signature does not verify under {key_version}"
+        )))
+    }
+}
+
+pub async fn bump(
+    global: &Global,
+    run: &RunOptions,
+    scope: Scope,
+    entity: String,
+    key_version: Option<KeyVersion>,
+) -> Result<()> {
+    let body = Bump {
+        entity,
+        scope,
+        key_version,
+    };
+    let reply = with_runtime(global, run, async |rt| {
+        rt.call(ThreadId::VersionManagement, body)
+            .await
+            .map_err(from_call)
+    })
+    .await?;
+    let words = format!(
+        "{} {} → {} signed with {}: {}\npayload: {}",
+        reply.manifest.entity,
+        reply.manifest.previous,
+        reply.manifest.version,
+        reply.key_version,
+        reply.signature,
+        reply.payload
+    );
+    Printer { json: global.json }.emit(words, &reply);
+    Ok(())
+}
+
+pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
+    let view = with_runtime(global, run, async |rt| rt.status().await).await?;
+    let mut value = json_view(&view, view.head_seq);
+    value.as_object_mut().map(|o| {
+        o.insert(
+            "heldHere".into(),
+            json!(view
+                .keys
+                .iter()
+                .filter(|k| k.held)
+                .map(|k| k.version)
+                .collect::<Vec<_>>()),
+        )
+    });
+    Printer { json: global.json }.emit(
+        describe(&view, &format!("Ledger holds {} events.", view.head_seq)),
+        &value,
+    );
+    Ok(())
+}

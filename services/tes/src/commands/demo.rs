@@ -1,0 +1,264 @@
+//! `tes demo`: the whole story on the embedded default, told in plain words
+//! (or one JSON object per step with `--json`): sign under the active
+//! version, rotate through the Supervisor, sign under the new version,
+//! verify the old and the new signature, roll back, sign again, replay the
+//! ledger and audit its chain.
+
+use std::collections::BTreeMap;
+
+use anyhow::anyhow;
+use serde_json::json;
+use tes_keyring::{Keyring, Secret};
+use tes_ledger::{verify, Ledger};
+use tes_proto::command::{Bump, Rollback, Rotate, Scope, Verify};
+use tes_proto::reply::BumpReply;
+use tes_proto::{KeyVersion, ThreadId};
+use tes_version_management::engine::status_view;
+use tes_version_management::replay::{replay, Until};
+
+use crate::cli::{Global, RunOptions};
+use crate::commands::replay::{json_view, verify_failure};
+use crate::failure::{from_call, Failure, Result};
+use crate::output::{short, Printer};
+use crate::runtime::{environment, Embedded};
+
+pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
+    let p = Printer { json: global.json };
+    p.say(format!(
+        "TES key ledger demo: all actors in this process on the embedded bus, ledger {}",
+        global.ledger_path().display()
+    ));
+    let rt = Embedded::start(global, run).await?;
+    let outcome = story(&rt, p).await;
+    let live = match &outcome {
+        Ok(()) => Some(rt.status().await?),
+        Err(_) => None,
+    };
+    rt.stop().await;
+    outcome?;
+    let live = live.expect("status read after a successful story");
+
+    // 7. Replay: a fresh fold of the ledger must give the live state.
+    let ledger = Ledger::open_reader(&global.ledger_path()).map_err(Failure::check)?;
+    let replayed = replay(&ledger, Until::Head).map_err(verify_failure)?;
+    let view = status_view(&replayed.state, &BTreeMap::new(), replayed.head);
+    if view.key_version != live.key_version || view.head_seq != live.head_seq {
+        return Err(Failure::check(anyhow!(
+            "replay disagrees with the live state"
+        )));
+    }
+    let mut line = json_view(&view, replayed.state.seq);
+    line.as_object_mut()
+        .expect("object")
+        .insert("step".into(), json!("replay"));
+    p.emit(
+        format!(
+            "7. Replayed all {} events from the ledger: keyVersion {} — the same state the live actors ended with.",
+            replayed.state.seq,
+            view.key_version.map(|v| v.bare()).unwrap_or_default()
+        ),
+        &line,
+    );
+
+    // 8. Audit the chain.
+    let ok = verify(&ledger, None).map_err(verify_failure)?;
+    p.emit(
+        format!(
+            "8. Audit: the hash chain is sound ({} events, head seq {} hash {}…). `tes audit verify` names the first bad seq if a byte changes.",
+            ok.events,
+            ok.head.seq,
+            short(&ok.head.hash_hex())
+        ),
+        &json!({"step": "audit", "ok": true, "events": ok.events, "headSeq": ok.head.seq, "headHash": ok.head.hash_hex()}),
+    );
+    p.say(format!(
+        "Done. Inspect it yourself: tes replay --data-dir {0} · tes audit verify --data-dir {0}",
+        global.data_dir.display()
+    ));
+    Ok(())
+}
+
+async fn story(rt: &Embedded, p: Printer) -> Result<()> {
+    keys(rt, p).await?;
+
+    // 1. Sign under the active version.
+    let first = bump(rt, Scope::Patch).await?;
+    p.emit(
+        format!(
+            "1. Signed manifest {} {} under {}: {}\n   payload {}",
+            first.manifest.entity,
+            first.manifest.version,
+            first.key_version,
+            first.signature,
+            first.payload
+        ),
+        &sign_line(&first),
+    );
+
+    // 2. Rotate through the Supervisor, as any operator would.
+    let rotated = rt
+        .call(
+            ThreadId::Supervisor,
+            Rotate {
+                requested_by: "demo".into(),
+                ..Rotate::default()
+            },
+        )
+        .await
+        .map_err(from_call)?;
+    let from = rotated.from.map(|v| v.to_string()).unwrap_or_default();
+    p.emit(
+        format!(
+            "2. Rotated {from} → {} through the Supervisor (0x1001): {} (ledger seq {}). {from} keeps verifying until {}.",
+            rotated.key_version,
+            rotated.message,
+            rotated.seq,
+            rotated.grace_until.map(|g| g.to_string()).unwrap_or_else(|| "—".into())
+        ),
+        &json!({"step": "rotate", "from": rotated.from, "keyVersion": rotated.key_version, "seq": rotated.seq, "graceUntil": rotated.grace_until}),
+    );
+
+    // 3. Sign under the new version (with the old one too, during grace).
+    let second = bump(rt, Scope::Minor).await?;
+    let dual = if second.signatures.len() > 1 {
+        format!(
+            "\n   During the grace window the manifest also carries a {} signature, so verifiers that know only the old key still succeed.",
+            second.signatures[1].key_version
+        )
+    } else {
+        String::new()
+    };
+    p.emit(
+        format!(
+            "3. Signed manifest {} {} under {}: {}{dual}",
+            second.manifest.entity, second.manifest.version, second.key_version, second.signature
+        ),
+        &sign_line(&second),
+    );
+
+    // 4. Verify the old and the new signature.
+    for (n, signed) in [("old", &first), ("new", &second)] {
+        let reply = rt
+            .call(
+                ThreadId::VersionManagement,
+                Verify {
+                    payload: signed.payload.clone(),
+                    signature: signed.signature.clone(),
+                    key_version: signed.key_version,
+                },
+            )
+            .await
+            .map_err(from_call)?;
+        if !reply.valid {
+            return Err(Failure::check(anyhow!(
+                "the {n} {} signature did not verify",
+                signed.key_version
+            )));
+        }
+        p.emit(
+            format!("4. Verified the {n} signature under {}: valid.", reply.key_version),
+            &json!({"step": "verify", "which": n, "keyVersion": reply.key_version, "valid": reply.valid}),
+        );
+    }
+
+    // 5. Roll back while the old version still verifies.
+    let back = rt
+        .call(
+            ThreadId::Supervisor,
+            Rollback {
+                requested_by: "demo".into(),
+            },
+        )
+        .await
+        .map_err(from_call)?;
+    p.emit(
+        format!(
+            "5. Rolled back {} → {}: {} (ledger seq {}).",
+            back.from.map(|v| v.to_string()).unwrap_or_default(),
+            back.key_version,
+            back.message,
+            back.seq
+        ),
+        &json!({"step": "rollback", "from": back.from, "keyVersion": back.key_version, "seq": back.seq}),
+    );
+
+    // 6. Sign again, under the version rolled back to.
+    let third = bump(rt, Scope::Patch).await?;
+    p.emit(
+        format!(
+            "6. Signed manifest {} {} under {} again: {}",
+            third.manifest.entity, third.manifest.version, third.key_version, third.signature
+        ),
+        &sign_line(&third),
+    );
+    Ok(())
+}
+
+/// Shows the keys, and makes sure there is a version to rotate to: one from
+/// the environment (`VERSION_SIGNING_KEY_V2`) or, failing that, a fresh
+/// random one in the key store, exactly as
+/// `openssl rand -hex 32 | tes secret put --version N` would store it.
+async fn keys(rt: &Embedded, p: Printer) -> Result<()> {
+    let status = rt.status().await?;
+    if status.next.is_none() {
+        let highest = status
+            .keys
+            .iter()
+            .map(|k| k.version)
+            .max()
+            .unwrap_or(KeyVersion::V1);
+        let next = highest.next();
+        let secret = Secret::generate().map_err(Failure::check)?;
+        rt.key_store()
+            .put(next, &secret, false)
+            .map_err(Failure::input)?;
+        rt.rekey().await?;
+        p.say(format!(
+            "   (no {next} secret in the environment: generated one into {}, as `openssl rand -hex 32 | tes secret put --version {}` would)",
+            rt.key_store().path().display(),
+            next.get()
+        ));
+    }
+    let ring = Keyring::load(environment(), rt.key_store(), false).map_err(Failure::input)?;
+    let status = rt.status().await?;
+    for k in &status.keys {
+        let source = ring
+            .entries()
+            .find(|(v, _)| **v == k.version)
+            .map(|(_, l)| l.source.to_string())
+            .unwrap_or_default();
+        p.emit(
+            format!("   key {}: {} · fingerprint {} · from {source}", k.version, k.status.as_str(), k.fingerprint),
+            &json!({"step": "key", "keyVersion": k.version, "status": k.status, "fingerprint": k.fingerprint, "source": source}),
+        );
+    }
+    Ok(())
+}
+
+async fn bump(rt: &Embedded, scope: Scope) -> Result<BumpReply> {
+    rt.call(
+        ThreadId::VersionManagement,
+        Bump {
+            entity: tes_proto::command::DEFAULT_ENTITY.into(),
+            scope,
+            key_version: None,
+        },
+    )
+    .await
+    .map_err(from_call)
+}
+
+/// A signing step as one JSON line: `payload` (the exact signed string),
+/// `signature` (lowercase hex) and `keyVersion` (`"v1"`) — the contract
+/// outside checks rely on.
+fn sign_line(reply: &BumpReply) -> serde_json::Value {
+    json!({
+        "step": "sign",
+        "payload": reply.payload,
+        "signature": reply.signature,
+        "keyVersion": reply.key_version,
+        "signatures": reply.signatures,
+        "manifest": reply.manifest,
+        "seq": reply.seq,
+    })
+}

@@ -1,0 +1,8 @@
+//! One module per verb (or family of verbs).
+
+pub mod audit;
+pub mod client;
+pub mod daemon;
+pub mod demo;
+pub mod replay;
+pub mod secret;

@@ -1,0 +1,89 @@
+//! `tes`: the TES key ledger's one binary. Parses the command line, sets up
+//! logging, runs the verb, and turns its outcome into the exit code of the
+//! contract (DESIGN.md §6).
+
+mod cli;
+mod commands;
+mod failure;
+mod output;
+mod runtime;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Audit, Cli, Command, Secret};
+use crate::commands::{audit, client, daemon, demo, replay, secret};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> failure::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Demo(run) => demo::run(g, &run).await,
+        Command::Daemon(run) => daemon::run(g, &run).await,
+        Command::Rotate {
+            to,
+            force,
+            requested_by,
+            run,
+        } => client::rotate(g, &run, to, force, requested_by).await,
+        Command::Rollback { requested_by, run } => client::rollback(g, &run, requested_by).await,
+        Command::Sign {
+            payload,
+            key_version,
+            run,
+        } => client::sign(g, &run, payload, key_version).await,
+        Command::Verify {
+            payload,
+            signature,
+            key_version,
+            run,
+        } => client::verify(g, &run, payload, signature, key_version).await,
+        Command::Bump {
+            scope,
+            entity,
+            key_version,
+            run,
+        } => client::bump(g, &run, scope, entity, key_version).await,
+        Command::Status(run) => client::status(g, &run).await,
+        Command::Replay { to_seq, until } => replay::run(g, to_seq, until),
+        Command::Audit(Audit::Verify { checkpoint }) => audit::verify(g, checkpoint),
+        Command::Secret(Secret::Put { version, replace }) => secret::put(g, version, replace),
+        Command::Secret(Secret::List) => secret::list(g),
+    }
+}
+
+/// Logs go to stderr (stdout is for results). The daemon logs at info, the
+/// other verbs at warn; `RUST_LOG` overrides.
+fn init_logging(cli: &Cli) {
+    let default = if matches!(cli.command, Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.global.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

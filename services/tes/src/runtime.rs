@@ -1,0 +1,147 @@
+//! The embedded default: all actors in this process over the in-process bus,
+//! on one data directory. The demo, the daemon and the one-shot verbs all
+//! start it the same way.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tes_bus::typed::{self, CallError};
+use tes_bus::{Bus, InProcessBus};
+use tes_keyring::{KeyStore, Keyring};
+use tes_proto::command::Status;
+use tes_proto::reply::StatusReply;
+use tes_proto::{CommandBody, ContentType, ThreadId};
+use tes_supervisor::actor::SupervisorConfig;
+use tes_version_management::actor::{self, ActorConfig, Running};
+use tes_version_management::core::Policy;
+use tes_version_management::engine::system_clock;
+use tes_version_management::{Engine, EngineConfig, Request};
+use tokio::task::JoinHandle;
+
+use crate::cli::{Global, RunOptions, Wire};
+use crate::failure::{Failure, Result};
+
+pub struct Embedded {
+    bus: Arc<dyn Bus>,
+    version: Running,
+    supervisor: JoinHandle<()>,
+    key_store: KeyStore,
+    env: Vec<(String, String)>,
+    wire: ContentType,
+    pub ledger_path: PathBuf,
+}
+
+/// The process environment, read once: key secrets come from here.
+pub fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+pub fn wire(w: Wire) -> ContentType {
+    match w {
+        Wire::Binary => ContentType::Binary,
+        Wire::Json => ContentType::Json,
+    }
+}
+
+impl Embedded {
+    pub async fn start(global: &Global, run: &RunOptions) -> Result<Embedded> {
+        let env = environment();
+        let key_store = KeyStore::new(global.key_store_path());
+        let keyring = Keyring::load(env.clone(), &key_store, true).map_err(Failure::input)?;
+        let config = EngineConfig {
+            ledger_path: global.ledger_path(),
+            policy: Policy {
+                grace: run.grace,
+                key_ttl: run.key_ttl,
+                dual_sign: !run.no_dual_sign,
+            },
+            snapshot_every: run.snapshot_every,
+        };
+        let engine = Engine::open(config, keyring, system_clock())
+            .map_err(Failure::input)
+            .map_err(|f| Failure {
+                error: f.error.context("cannot open Version Management"),
+                ..f
+            })?;
+        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+        let wire = wire(run.wire);
+        let version = actor::start(
+            engine,
+            bus.clone(),
+            ActorConfig {
+                wire,
+                ..ActorConfig::default()
+            },
+        )
+        .await
+        .context("starting Version Management (0x6001)")?;
+        let supervisor = tes_supervisor::actor::start(
+            bus.clone(),
+            SupervisorConfig {
+                wire,
+                ..SupervisorConfig::default()
+            },
+        )
+        .await
+        .context("starting the Supervisor (0x1001)")?;
+        Ok(Embedded {
+            bus,
+            version,
+            supervisor,
+            key_store,
+            env,
+            wire,
+            ledger_path: global.ledger_path(),
+        })
+    }
+
+    pub fn key_store(&self) -> &KeyStore {
+        &self.key_store
+    }
+
+    /// Sends a command to an actor over the bus, as any client would.
+    pub async fn call<C: CommandBody>(
+        &self,
+        thread: ThreadId,
+        body: C,
+    ) -> Result<C::Reply, CallError> {
+        let envelope = typed::command(thread, body);
+        typed::call::<C>(
+            &*self.bus,
+            thread,
+            self.wire,
+            &envelope,
+            typed::DEFAULT_TIMEOUT,
+        )
+        .await
+    }
+
+    pub async fn status(&self) -> Result<StatusReply> {
+        self.call(ThreadId::VersionManagement, Status {})
+            .await
+            .map_err(crate::failure::from_call)
+    }
+
+    /// Reloads the keyring (environment + key store) and tells Version
+    /// Management, which records newly provisioned versions.
+    pub async fn rekey(&self) -> Result<()> {
+        let keyring =
+            Keyring::load(self.env.clone(), &self.key_store, false).map_err(Failure::input)?;
+        self.version
+            .handle()
+            .call(Request::Rekey(keyring))
+            .await
+            .map_err(|e| Failure::check(anyhow::anyhow!(e.message)))?;
+        Ok(())
+    }
+
+    /// Stops the actors, letting work in flight finish; releases the ledger.
+    pub async fn stop(self) {
+        self.supervisor.abort();
+        let _ = self.supervisor.await;
+        drop(self.version.stop().await);
+    }
+}
