@@ -448,3 +448,54 @@ fn snapshots_make_restart_fast_and_agree_with_a_full_replay() {
     let e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 10);
     assert_eq!(e.state(), &live);
 }
+
+#[test]
+fn a_full_disk_hands_nothing_out_and_loses_nothing() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET)], Policy::default(), 0);
+    sign(&mut e, "before", None).unwrap();
+    let (head, state) = (e.head(), e.state().clone());
+    let conn = e.ledger().raw_connection();
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    // The file may not grow any more: the next page SQLite needs fails as
+    // SQLITE_FULL, exactly as a full disk does.
+    let _: i64 = conn
+        .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let requests: Vec<_> = (0..400)
+        .map(|i| {
+            Request::Sign(cmd(Sign {
+                payload: format!("p{i}"),
+                key_version: None,
+            }))
+        })
+        .collect();
+    let (outcomes, committed) = e.handle_batch(requests);
+    assert!(committed.is_empty());
+    for o in &outcomes {
+        let err = o
+            .as_ref()
+            .expect_err("no signature without its audit record");
+        assert_eq!(err.code, ErrorCode::Storage);
+        assert!(err.message.contains("full"), "{}", err.message);
+    }
+    assert_eq!(
+        (e.head(), e.state()),
+        (head, &state),
+        "nothing half-written"
+    );
+    // Space again: signing resumes where it left off.
+    let _: i64 = e
+        .ledger()
+        .raw_connection()
+        .query_row("PRAGMA max_page_count = 1000000", [], |r| r.get(0))
+        .unwrap();
+    let Response::Sign(s) = sign(&mut e, "after", None).unwrap() else {
+        panic!()
+    };
+    assert_eq!(s.seq, head.seq + 1);
+}
