@@ -1,12 +1,13 @@
-//! The bus inside one process: the embedded default, where all five actors
-//! run in one `tes` without a NATS server.
+//! The bus inside one process: the embedded default, where all actors run in
+//! one `tes` without a NATS server.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::subject::{matches, validate_pattern, validate_subject};
 use crate::{Bus, BusError, Message, Subscription};
@@ -14,6 +15,8 @@ use crate::{Bus, BusError, Message, Subscription};
 /// Messages queued per subscriber before it counts as a slow consumer and
 /// further messages to it are dropped (what a NATS server does too).
 const SUBSCRIBER_CAPACITY: usize = 65_536;
+/// Prefix of reply subjects made by [`Bus::request`].
+const INBOX_PREFIX: &str = "_INBOX.";
 
 #[derive(Clone, Default)]
 pub struct InProcessBus {
@@ -23,6 +26,9 @@ pub struct InProcessBus {
 #[derive(Default)]
 struct Inner {
     subs: Mutex<Vec<Sub>>,
+    /// Requests waiting for their one reply, by inbox subject. A reply is a
+    /// map lookup, not a scan of every subscription.
+    waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
     round_robin: AtomicUsize,
 }
 
@@ -42,7 +48,9 @@ impl InProcessBus {
     fn deliver(&self, message: &Message) -> usize {
         let targets: Vec<mpsc::Sender<Message>> = {
             let mut subs = self.inner.subs.lock().expect("bus lock poisoned");
-            subs.retain(|s| !s.tx.is_closed());
+            if subs.iter().any(|s| s.tx.is_closed()) {
+                subs.retain(|s| !s.tx.is_closed());
+            }
             let mut targets = Vec::new();
             let mut groups: Vec<(&str, Vec<&Sub>)> = Vec::new();
             for sub in subs
@@ -57,9 +65,11 @@ impl InProcessBus {
                     },
                 }
             }
-            let turn = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
-            for (_, members) in groups {
-                targets.push(members[turn % members.len()].tx.clone());
+            if !groups.is_empty() {
+                let turn = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+                for (_, members) in groups {
+                    targets.push(members[turn % members.len()].tx.clone());
+                }
             }
             targets
         };
@@ -81,6 +91,17 @@ impl InProcessBus {
 impl Bus for InProcessBus {
     async fn publish(&self, message: Message) -> Result<(), BusError> {
         validate_subject(&message.subject)?;
+        if message.subject.starts_with(INBOX_PREFIX) {
+            let waiter = self
+                .inner
+                .waiting
+                .lock()
+                .expect("bus lock poisoned")
+                .remove(&message.subject);
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(message.clone());
+            }
+        }
         self.deliver(&message);
         Ok(())
     }
@@ -106,20 +127,36 @@ impl Bus for InProcessBus {
 
     async fn request(&self, mut message: Message, timeout: Duration) -> Result<Message, BusError> {
         validate_subject(&message.subject)?;
-        let inbox = format!("_INBOX.{}", uuid::Uuid::now_v7().simple());
-        let mut replies = self.subscribe(&inbox, None).await?;
-        message.reply = Some(inbox);
+        let inbox = format!("{INBOX_PREFIX}{}", uuid::Uuid::now_v7().simple());
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .waiting
+            .lock()
+            .expect("bus lock poisoned")
+            .insert(inbox.clone(), tx);
+        let forget = || {
+            self.inner
+                .waiting
+                .lock()
+                .expect("bus lock poisoned")
+                .remove(&inbox)
+        };
+        message.reply = Some(inbox.clone());
         let subject = message.subject.clone();
         if self.deliver(&message) == 0 {
+            forget();
             return Err(BusError::NoResponders(subject));
         }
-        match tokio::time::timeout(timeout, replies.next()).await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(BusError::Closed),
-            Err(_) => Err(BusError::TimedOut {
-                subject,
-                after: timeout,
-            }),
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => {
+                forget();
+                Err(BusError::TimedOut {
+                    subject,
+                    after: timeout,
+                })
+            }
         }
     }
 }

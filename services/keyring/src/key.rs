@@ -60,7 +60,9 @@ impl SigningKey {
 
     /// The signature as lowercase hex (the seed's and openssl's form).
     pub fn sign_hex(&self, message: &[u8]) -> String {
-        hex::encode(self.sign(message))
+        let mut out = [0u8; 2 * SIGNATURE_LEN];
+        hex::encode_to_slice(self.sign(message), &mut out).expect("buffer fits");
+        String::from_utf8(out.to_vec()).expect("hex is ASCII")
     }
 
     /// Checks a hex signature (either case) in constant time. A signature

@@ -63,8 +63,12 @@ fn optional(h: &mut Sha256, value: Option<&[u8]>) {
     }
 }
 
+/// Lowercase hex of a hash. Table lookups into a stack buffer: `hex::encode`
+/// goes character by character and showed up in the signing profile.
 pub fn to_hex(hash: &Hash) -> String {
-    hex::encode(hash)
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(hash, &mut out).expect("64 bytes hold 32 in hex");
+    String::from_utf8(out.to_vec()).expect("hex is ASCII")
 }
 
 pub fn from_hex(s: &str) -> Option<Hash> {

@@ -311,7 +311,8 @@ impl Ledger {
                 .prepare_cached(
                     "INSERT INTO events (seq, id, ts, thread, kind, key_version, causation_id,
                                          correlation_id, schema, payload, prev_hash, hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (id) DO NOTHING",
                 )
                 .map_err(sql)?;
             for event in events {
@@ -319,41 +320,11 @@ impl Ledger {
                 let id = event.id.to_string();
                 let causation = event.causation_id.map(|m| m.to_string());
                 let correlation = event.correlation_id.map(|m| m.to_string());
-                let existing = find
-                    .query_row([&id], |r| {
-                        Ok((
-                            r.get::<_, u64>(0)?,
-                            Row {
-                                seq: r.get(0)?,
-                                id: id.clone(),
-                                ts: r.get(1)?,
-                                thread: r.get(2)?,
-                                kind: r.get(3)?,
-                                key_version: r.get(4)?,
-                                causation_id: r.get(5)?,
-                                correlation_id: r.get(6)?,
-                                schema: r.get(7)?,
-                                payload: r.get(8)?,
-                                prev_hash: String::new(),
-                                hash: String::new(),
-                            },
-                        ))
-                    })
-                    .optional()
-                    .map_err(sql)?;
-                if let Some((seq, row)) = existing {
-                    if same_content(&row, &draft, causation.as_deref(), correlation.as_deref()) {
-                        out.push(Appended {
-                            seq,
-                            duplicate: true,
-                        });
-                        continue;
-                    }
-                    return Err(LedgerError::Conflict { id, seq });
-                }
                 let seq = head.seq + 1;
                 let hash = chain::row_hash(&head.hash, &fields(seq, &draft));
-                insert
+                // Insert first and look only on a clash: the common case
+                // (a new id) costs one statement.
+                let inserted = insert
                     .execute(params![
                         seq,
                         id,
@@ -369,10 +340,46 @@ impl Ledger {
                         chain::to_hex(&hash),
                     ])
                     .map_err(sql)?;
-                head = Head { seq, hash };
+                if inserted == 1 {
+                    head = Head { seq, hash };
+                    out.push(Appended {
+                        seq,
+                        duplicate: false,
+                    });
+                    continue;
+                }
+                let stored = find
+                    .query_row([&id], |r| {
+                        Ok(Row {
+                            seq: r.get(0)?,
+                            id: id.clone(),
+                            ts: r.get(1)?,
+                            thread: r.get(2)?,
+                            kind: r.get(3)?,
+                            key_version: r.get(4)?,
+                            causation_id: r.get(5)?,
+                            correlation_id: r.get(6)?,
+                            schema: r.get(7)?,
+                            payload: r.get(8)?,
+                            prev_hash: String::new(),
+                            hash: String::new(),
+                        })
+                    })
+                    .map_err(sql)?;
+                if !same_content(
+                    &stored,
+                    &draft,
+                    causation.as_deref(),
+                    correlation.as_deref(),
+                ) {
+                    return Err(LedgerError::Conflict {
+                        id,
+                        seq: stored.seq,
+                    });
+                }
                 out.push(Appended {
-                    seq,
-                    duplicate: false,
+                    seq: stored.seq,
+                    duplicate: true,
                 });
             }
         }

@@ -458,7 +458,7 @@ impl Engine {
                     .sign_hex(payload),
             })
             .collect();
-        let digest = hex::encode(Sha256::digest(payload));
+        let digest = tes_ledger::chain::to_hex(&Sha256::digest(payload).into());
         let pairs: Vec<(KeyVersion, String)> = signatures
             .iter()
             .map(|s| (s.key_version, s.signature.clone()))
