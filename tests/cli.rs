@@ -539,3 +539,60 @@ fn the_checked_in_v1_fixture_ledger_still_replays_and_verifies() {
     .unwrap();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn the_os_key_store_keeps_secrets_off_the_disk() {
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = tes_keyring::kernel::remove_all(&self.0);
+        }
+    }
+    let ns = format!("tes-e2e-{}", std::process::id());
+    let _cleanup = Cleanup(ns.clone());
+    let store = format!("os:{ns}");
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut put = tes(dir.path());
+    put.args(["--key-store", &store, "secret", "put", "--version", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = put.spawn().unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(V2.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // v1 is generated into the OS store too; the demo rotates to the stored v2.
+    let r = run(args(
+        tes(dir.path()),
+        &["--key-store", &store, "demo", "--json"],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines = json_lines(&r.stdout);
+    let v2_sign = lines
+        .iter()
+        .find(|l| l["step"] == "sign" && l["keyVersion"] == "v2")
+        .expect("a v2 signature");
+    assert_eq!(
+        v2_sign["signature"].as_str().unwrap(),
+        outside_hmac(V2, v2_sign["payload"].as_str().unwrap())
+    );
+    assert!(
+        !dir.path().join("keystore.json").exists(),
+        "nothing was written to a key store file"
+    );
+    assert_no_secret_in(dir.path());
+}

@@ -35,6 +35,8 @@ pub enum KeyringError {
     KeyStorePermissions { path: PathBuf, mode: u32 },
     #[error("key version {0} already has material in the key store; refusing to replace it (pass --replace to overwrite)")]
     AlreadyProvisioned(KeyVersion),
+    #[error("OS key store: {0}")]
+    OsStore(String),
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
 }

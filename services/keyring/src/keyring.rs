@@ -44,7 +44,7 @@ impl Keyring {
                 version,
                 LoadedKey {
                     key,
-                    source: Source::KeyStore(store.path().to_path_buf()),
+                    source: Source::KeyStore(store.describe()),
                 },
             );
         }
@@ -134,7 +134,7 @@ mod tests {
         let env = vec![("VERSION_SIGNING_KEY".to_string(), "given".to_string())];
         Keyring::load(env, &store, true).unwrap();
         assert!(
-            !store.path().exists(),
+            !store.path().unwrap().exists(),
             "env secrets are never copied to disk"
         );
     }

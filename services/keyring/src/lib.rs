@@ -11,6 +11,7 @@
 //! shows versions and fingerprints only.
 
 mod error;
+pub mod kernel;
 mod key;
 mod keyring;
 mod secret;

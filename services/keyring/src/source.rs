@@ -20,7 +20,7 @@ pub const FILE_SUFFIX: &str = "_FILE";
 pub enum Source {
     Env(String),
     File { var: String, path: PathBuf },
-    KeyStore(PathBuf),
+    KeyStore(String),
 }
 
 impl fmt::Display for Source {
@@ -28,7 +28,7 @@ impl fmt::Display for Source {
         match self {
             Source::Env(var) => write!(f, "env {var}"),
             Source::File { var, path } => write!(f, "file {} (from {var})", path.display()),
-            Source::KeyStore(path) => write!(f, "key store {}", path.display()),
+            Source::KeyStore(store) => f.write_str(store),
         }
     }
 }

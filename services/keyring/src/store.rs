@@ -1,6 +1,8 @@
-//! The key store: a JSON file (mode 0600) beside the ledger, never inside it,
-//! holding generated and `tes secret put` secrets. Writes are atomic (temp
-//! file, fsync, rename), so a crash or a full disk leaves the old file whole.
+//! The key store: where generated and `tes secret put` secrets live, outside
+//! the ledger. Either a JSON file (mode 0600; writes are atomic — temp file,
+//! fsync, rename — so a crash or a full disk leaves the old file whole) or
+//! the OS credential store ([`crate::kernel`], the Linux kernel keyring: the
+//! seed's `Bun.secrets` on a server).
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -19,9 +21,18 @@ const FORMAT: &str = "tes-keystore/1";
 /// The default file name inside the data directory.
 pub const DEFAULT_FILE: &str = "keystore.json";
 
-#[derive(Debug, Clone)]
-pub struct KeyStore {
-    path: PathBuf,
+/// `--key-store os` (or `os:NAME`) selects the OS credential store.
+pub const OS_STORE: &str = "os";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStore {
+    File {
+        path: PathBuf,
+    },
+    /// The kernel keyring of this user; entries are `<namespace>:v<N>`.
+    Os {
+        namespace: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,30 +51,86 @@ impl Drop for File {
 }
 
 impl KeyStore {
+    /// A key store file.
     pub fn new(path: impl Into<PathBuf>) -> KeyStore {
-        KeyStore { path: path.into() }
+        KeyStore::File { path: path.into() }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// `os` or `os:NAME` → the OS credential store (namespace `tes` or NAME);
+    /// anything else is a file path.
+    pub fn parse(spec: &str) -> KeyStore {
+        match spec.strip_prefix(OS_STORE) {
+            Some("") => KeyStore::Os {
+                namespace: "tes".to_string(),
+            },
+            Some(rest) if rest.starts_with(':') && rest.len() > 1 => KeyStore::Os {
+                namespace: rest[1..].to_string(),
+            },
+            _ => KeyStore::new(spec),
+        }
     }
 
+    /// The file, for a file store.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            KeyStore::File { path } => Some(path),
+            KeyStore::Os { .. } => None,
+        }
+    }
+
+    /// For people: where the secrets are.
+    pub fn describe(&self) -> String {
+        match self {
+            KeyStore::File { path } => format!("key store {}", path.display()),
+            KeyStore::Os { namespace } => {
+                format!("OS key store (kernel keyring, {namespace}:v<N>)")
+            }
+        }
+    }
+
+    /// Every secret in the store; an absent file is an empty store.
+    pub fn load(&self) -> Result<BTreeMap<KeyVersion, Secret>, KeyringError> {
+        match self {
+            KeyStore::File { path } => FileStore { path }.load(),
+            KeyStore::Os { namespace } => crate::kernel::load(namespace),
+        }
+    }
+
+    /// Adds a version's secret. Refuses to replace existing material unless
+    /// `replace`: signatures made under the old material would stop verifying.
+    pub fn put(
+        &self,
+        version: KeyVersion,
+        secret: &Secret,
+        replace: bool,
+    ) -> Result<(), KeyringError> {
+        match self {
+            KeyStore::File { path } => FileStore { path }.put(version, secret, replace),
+            KeyStore::Os { namespace } => crate::kernel::put(namespace, version, secret, replace),
+        }
+    }
+}
+
+struct FileStore<'a> {
+    path: &'a Path,
+}
+
+impl FileStore<'_> {
     fn io(&self, error: std::io::Error) -> KeyringError {
         KeyringError::KeyStoreIo {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             error,
         }
     }
 
     fn corrupt(&self, reason: impl Into<String>) -> KeyringError {
         KeyringError::KeyStoreCorrupt {
-            path: self.path.clone(),
+            path: self.path.to_path_buf(),
             reason: reason.into(),
         }
     }
 
-    /// Every secret in the store; an absent file is an empty store.
-    pub fn load(&self) -> Result<BTreeMap<KeyVersion, Secret>, KeyringError> {
+    fn load(&self) -> Result<BTreeMap<KeyVersion, Secret>, KeyringError> {
         let Some(file) = self.read()? else {
             return Ok(BTreeMap::new());
         };
@@ -77,18 +144,18 @@ impl KeyStore {
     }
 
     fn read(&self) -> Result<Option<File>, KeyringError> {
-        let bytes = match fs::read(&self.path) {
+        let bytes = match fs::read(self.path) {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
         };
-        let mode = fs::metadata(&self.path)
+        let mode = fs::metadata(self.path)
             .map_err(|e| self.io(e))?
             .permissions()
             .mode();
         if mode & 0o077 != 0 {
             return Err(KeyringError::KeyStorePermissions {
-                path: self.path.clone(),
+                path: self.path.to_path_buf(),
                 mode: mode & 0o777,
             });
         }
@@ -153,7 +220,7 @@ impl KeyStore {
             f.set_permissions(fs::Permissions::from_mode(0o600))?;
             f.write_all(bytes)?;
             f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
+            fs::rename(&tmp, self.path)?;
             fs::File::open(dir)?.sync_all()
         })();
         if result.is_err() {
@@ -180,11 +247,32 @@ mod tests {
         store
             .put(KeyVersion::new(2).unwrap(), &secret("two"), false)
             .unwrap();
-        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        let mode = fs::metadata(store.path().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let loaded = store.load().unwrap();
         assert_eq!(loaded[&KeyVersion::V1].expose(), b"one");
         assert_eq!(loaded.len(), 2);
+    }
+
+    #[test]
+    fn parses_os_and_paths() {
+        assert_eq!(
+            KeyStore::parse("os"),
+            KeyStore::Os {
+                namespace: "tes".into()
+            }
+        );
+        assert_eq!(
+            KeyStore::parse("os:prod"),
+            KeyStore::Os {
+                namespace: "prod".into()
+            }
+        );
+        assert_eq!(KeyStore::parse("os:"), KeyStore::new("os:"));
+        assert_eq!(KeyStore::parse("./ks.json"), KeyStore::new("./ks.json"));
     }
 
     #[test]

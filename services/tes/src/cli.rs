@@ -26,9 +26,16 @@ pub struct Global {
     /// Data directory; the ledger is DIR/ledger.db.
     #[arg(long, global = true, env = "TES_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Key store file (mode 0600) for generated and `secret put` keys.
-    #[arg(long, global = true, env = "TES_KEY_STORE")]
-    pub key_store: Option<PathBuf>,
+    /// Where generated and `tes secret put` keys live: a file (mode 0600;
+    /// default DIR/keystore.json), or `os` / `os:NAME` for the OS credential
+    /// store (the kernel keyring).
+    #[arg(
+        long,
+        global = true,
+        env = "TES_KEY_STORE",
+        value_name = "PATH|os[:NAME]"
+    )]
+    pub key_store: Option<String>,
     /// Print JSON (one object per line) instead of words.
     #[arg(long, global = true)]
     pub json: bool,
@@ -42,10 +49,13 @@ impl Global {
         self.data_dir.join(tes_ledger::LEDGER_FILE)
     }
 
-    pub fn key_store_path(&self) -> PathBuf {
-        self.key_store
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join(tes_keyring::store::DEFAULT_FILE))
+    pub fn key_store(&self) -> tes_keyring::KeyStore {
+        match &self.key_store {
+            Some(spec) => tes_keyring::KeyStore::parse(spec),
+            None => {
+                tes_keyring::KeyStore::new(self.data_dir.join(tes_keyring::store::DEFAULT_FILE))
+            }
+        }
     }
 }
 

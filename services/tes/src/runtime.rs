@@ -2,6 +2,7 @@
 //! on one data directory. The demo, the daemon and the one-shot verbs all
 //! start it the same way.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tes_bus::{Bus, InProcessBus};
 use tes_keyring::{KeyStore, Keyring};
 use tes_proto::command::Status;
 use tes_proto::reply::StatusReply;
-use tes_proto::{CommandBody, ContentType, ThreadId};
+use tes_proto::{CommandBody, ContentType, Fingerprint, KeyVersion, ThreadId};
 use tes_supervisor::actor::SupervisorConfig;
 use tes_version_management::actor::{self, ActorConfig, Running};
 use tes_version_management::core::Policy;
@@ -28,6 +29,8 @@ pub struct Embedded {
     supervisor: JoinHandle<()>,
     key_store: KeyStore,
     env: Vec<(String, String)>,
+    /// The versions (and fingerprints) Version Management was last given.
+    held: BTreeMap<KeyVersion, Fingerprint>,
     wire: ContentType,
     pub ledger_path: PathBuf,
 }
@@ -49,8 +52,9 @@ pub fn wire(w: Wire) -> ContentType {
 impl Embedded {
     pub async fn start(global: &Global, run: &RunOptions) -> Result<Embedded> {
         let env = environment();
-        let key_store = KeyStore::new(global.key_store_path());
+        let key_store = global.key_store();
         let keyring = Keyring::load(env.clone(), &key_store, true).map_err(Failure::input)?;
+        let held = keyring.held();
         let config = EngineConfig {
             ledger_path: global.ledger_path(),
             policy: Policy {
@@ -93,6 +97,7 @@ impl Embedded {
             supervisor,
             key_store,
             env,
+            held,
             wire,
             ledger_path: global.ledger_path(),
         })
@@ -125,17 +130,22 @@ impl Embedded {
             .map_err(crate::failure::from_call)
     }
 
-    /// Reloads the keyring (environment + key store) and tells Version
-    /// Management, which records newly provisioned versions.
-    pub async fn rekey(&self) -> Result<()> {
+    /// Reloads the keyring (environment + key store) and, if the versions or
+    /// their material changed, hands it to Version Management, which records
+    /// newly provisioned versions. Returns whether anything changed.
+    pub async fn rekey(&mut self) -> Result<bool> {
         let keyring =
             Keyring::load(self.env.clone(), &self.key_store, false).map_err(Failure::input)?;
+        if keyring.held() == self.held {
+            return Ok(false);
+        }
+        self.held = keyring.held();
         self.version
             .handle()
             .call(Request::Rekey(keyring))
             .await
             .map_err(|e| Failure::check(anyhow::anyhow!(e.message)))?;
-        Ok(())
+        Ok(true)
     }
 
     /// Stops the actors, letting work in flight finish; releases the ledger.

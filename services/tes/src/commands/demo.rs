@@ -28,8 +28,8 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         "TES key ledger demo: all actors in this process on the embedded bus, ledger {}",
         global.ledger_path().display()
     ));
-    let rt = Embedded::start(global, run).await?;
-    let outcome = story(&rt, p).await;
+    let mut rt = Embedded::start(global, run).await?;
+    let outcome = story(&mut rt, p).await;
     let live = match &outcome {
         Ok(()) => Some(rt.status().await?),
         Err(_) => None,
@@ -78,7 +78,7 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     Ok(())
 }
 
-async fn story(rt: &Embedded, p: Printer) -> Result<()> {
+async fn story(rt: &mut Embedded, p: Printer) -> Result<()> {
     keys(rt, p).await?;
 
     // 1. Sign under the active version.
@@ -198,7 +198,7 @@ async fn story(rt: &Embedded, p: Printer) -> Result<()> {
 /// the environment (`VERSION_SIGNING_KEY_V2`) or, failing that, a fresh
 /// random one in the key store, exactly as
 /// `openssl rand -hex 32 | tes secret put --version N` would store it.
-async fn keys(rt: &Embedded, p: Printer) -> Result<()> {
+async fn keys(rt: &mut Embedded, p: Printer) -> Result<()> {
     let status = rt.status().await?;
     if status.next.is_none() {
         let highest = status
@@ -214,8 +214,8 @@ async fn keys(rt: &Embedded, p: Printer) -> Result<()> {
             .map_err(Failure::input)?;
         rt.rekey().await?;
         p.say(format!(
-            "   (no {next} secret in the environment: generated one into {}, as `openssl rand -hex 32 | tes secret put --version {}` would)",
-            rt.key_store().path().display(),
+            "   (no {next} secret in the environment: generated one into the {}, as `openssl rand -hex 32 | tes secret put --version {}` would)",
+            rt.key_store().describe(),
             next.get()
         ));
     }

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read};
 
 use anyhow::anyhow;
 use serde_json::json;
-use tes_keyring::{KeyStore, Keyring, Secret, SigningKey};
+use tes_keyring::{Keyring, Secret, SigningKey};
 use tes_proto::KeyVersion;
 
 use crate::cli::Global;
@@ -27,29 +27,29 @@ pub fn put(global: &Global, version: KeyVersion, replace: bool) -> Result<()> {
         .read_to_end(&mut bytes)
         .map_err(|e| Failure::input(anyhow!("cannot read stdin: {e}")))?;
     let secret = Secret::from_text("the secret on stdin", bytes).map_err(Failure::input)?;
-    let store = KeyStore::new(global.key_store_path());
+    let store = global.key_store();
     store
         .put(version, &secret, replace)
         .map_err(Failure::input)?;
     let fingerprint = SigningKey::new(version, &secret).fingerprint().clone();
     Printer { json: global.json }.emit(
         format!(
-            "stored {version} (fingerprint {fingerprint}) in key store {}; a running daemon picks it up within seconds",
-            store.path().display()
+            "stored {version} (fingerprint {fingerprint}) in the {}; a running daemon picks it up within seconds",
+            store.describe()
         ),
-        &json!({"version": version, "fingerprint": fingerprint, "keyStore": store.path()}),
+        &json!({"version": version, "fingerprint": fingerprint, "keyStore": store.describe()}),
     );
     Ok(())
 }
 
 pub fn list(global: &Global) -> Result<()> {
-    let store = KeyStore::new(global.key_store_path());
+    let store = global.key_store();
     let ring = Keyring::load(environment(), &store, false).map_err(Failure::input)?;
     let p = Printer { json: global.json };
     if ring.is_empty() {
         p.say(format!(
-            "no key material: set VERSION_SIGNING_KEY, or run the daemon once to generate v1 in {}",
-            store.path().display()
+            "no key material: set VERSION_SIGNING_KEY, or run the daemon once to generate v1 in the {}",
+            store.describe()
         ));
     }
     for (version, loaded) in ring.entries() {
