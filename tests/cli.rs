@@ -60,6 +60,28 @@ fn args(mut c: Command, a: &[&str]) -> Command {
     c
 }
 
+/// `tes secret put --version 2` with `secret` piped on stdin; must succeed.
+fn secret_put(mut c: Command, secret: &str) {
+    use std::io::Write;
+    c.args(["secret", "put", "--version", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn json_lines(s: &str) -> Vec<Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -470,27 +492,7 @@ fn a_second_daemon_on_the_same_ledger_is_refused() {
 #[test]
 fn secret_put_reads_stdin_and_list_shows_fingerprints_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut put = tes(dir.path());
-    put.args(["secret", "put", "--version", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = put.spawn().unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{V2}\n").as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    secret_put(tes(dir.path()), &format!("{V2}\n"));
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(dir.path().join("keystore.json"))
             .unwrap()
@@ -553,27 +555,7 @@ fn the_os_key_store_keeps_secrets_off_the_disk() {
     let store = format!("os:{ns}");
     let dir = tempfile::tempdir().unwrap();
 
-    let mut put = tes(dir.path());
-    put.args(["--key-store", &store, "secret", "put", "--version", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = put.spawn().unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(V2.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    secret_put(args(tes(dir.path()), &["--key-store", &store]), V2);
 
     // v1 is generated into the OS store too; the demo rotates to the stored v2.
     let r = run(args(

@@ -11,7 +11,7 @@ use tes_bus::{Bus, InProcessBus, Message};
 use tes_keyring::{KeyStore, Keyring};
 use tes_proto::command::{Rollback, Rotate, Sign, Status};
 use tes_proto::event::Event;
-use tes_proto::reply::{Reply, RotationReply, SignReply};
+use tes_proto::reply::{Reply, RotationReply, SignReply, StatusReply};
 use tes_proto::subject::{self, CONTENT_TYPE_HEADER};
 use tes_proto::{ContentType, ErrorCode, KeyVersion, ThreadId};
 use tes_supervisor::actor::SupervisorConfig;
@@ -50,6 +50,14 @@ async fn system(secrets: &[(&str, &str)]) -> System {
         version,
         _dir: dir,
     }
+}
+
+/// Version Management's status, asked in wire form `ct`.
+async fn status(bus: &dyn Bus, ct: ContentType) -> StatusReply {
+    let c = typed::command(ThreadId::VersionManagement, Status {});
+    call::<Status>(bus, ThreadId::VersionManagement, ct, &c, T)
+        .await
+        .unwrap()
 }
 
 const BOTH: &[(&str, &str)] = &[
@@ -103,15 +111,7 @@ async fn a_bare_json_rotate_from_another_client_goes_through_the_supervisor() {
 async fn garbage_gets_an_error_reply_and_a_rejected_event_and_the_actor_lives_on() {
     let s = system(BOTH).await;
     let mut rejected = s.bus.subscribe("tes.evt.*.rejected", None).await.unwrap();
-    let before: tes_proto::reply::StatusReply = call::<Status>(
-        &*s.bus,
-        ThreadId::VersionManagement,
-        ContentType::Binary,
-        &typed::command(ThreadId::VersionManagement, Status {}),
-        T,
-    )
-    .await
-    .unwrap();
+    let before = status(&*s.bus, ContentType::Binary).await;
 
     let cases: Vec<(&str, Option<&str>, Vec<u8>, ErrorCode)> = vec![
         (
@@ -184,15 +184,7 @@ async fn garbage_gets_an_error_reply_and_a_rejected_event_and_the_actor_lives_on
         };
         assert_eq!(r.code, code);
     }
-    let after: tes_proto::reply::StatusReply = call::<Status>(
-        &*s.bus,
-        ThreadId::VersionManagement,
-        ContentType::Json,
-        &typed::command(ThreadId::VersionManagement, Status {}),
-        T,
-    )
-    .await
-    .unwrap();
+    let after = status(&*s.bus, ContentType::Json).await;
     assert_eq!(
         (after.head_seq, after.head_hash),
         (before.head_seq, before.head_hash),
@@ -237,15 +229,7 @@ async fn a_retried_rotate_is_applied_once() {
         matches!(again, Err(CallError::Refused(ref e)) if e.code == ErrorCode::Duplicate),
         "{again:?}"
     );
-    let status = call::<Status>(
-        &*s.bus,
-        ThreadId::VersionManagement,
-        ContentType::Binary,
-        &typed::command(ThreadId::VersionManagement, Status {}),
-        T,
-    )
-    .await
-    .unwrap();
+    let status = status(&*s.bus, ContentType::Binary).await;
     assert_eq!(status.key_version.unwrap().get(), 2, "not rotated to v3");
 }
 

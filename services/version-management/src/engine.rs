@@ -231,14 +231,7 @@ impl Engine {
         seen: &mut HashSet<MsgId>,
         events: &mut Vec<Envelope<Event>>,
     ) -> Result<Pending, ErrorReply> {
-        let cause = match &request {
-            Request::Rotate(e) => Some((e.id, e.correlation_id)),
-            Request::Rollback(e) => Some((e.id, e.correlation_id)),
-            Request::Sign(e) => Some((e.id, e.correlation_id)),
-            Request::Verify(e) => Some((e.id, e.correlation_id)),
-            Request::Bump(e) => Some((e.id, e.correlation_id)),
-            _ => None,
-        };
+        let cause = request.cause();
         if let Some((id, _)) = cause {
             let again = !seen.insert(id);
             let earlier = self.ledger.caused_by(&id).map_err(|e| {
@@ -254,6 +247,17 @@ impl Engine {
                 ));
             }
         }
+        // A new keyring changes what this signer holds before anything is decided.
+        if let Request::Rekey(keyring) = &request {
+            self.held = keyring.held();
+            self.keyring = keyring.clone();
+        }
+        let ctx = Context {
+            now,
+            policy: &self.policy,
+            held: &self.held,
+        };
+        let (state, keyring) = (&mut self.state, &self.keyring);
         let start = events.len();
         let mut emit = |state: &mut State, body: Event| {
             state.apply(now, &body);
@@ -270,93 +274,67 @@ impl Engine {
             }
             events.push(env);
         };
-        match request {
-            Request::Rekey(keyring) => {
-                self.held = keyring.held();
-                self.keyring = keyring;
-                let ctx = Context {
-                    now,
-                    policy: &self.policy,
-                    held: &self.held,
+        let pending = match request {
+            Request::Rekey(_) | Request::Tick => {
+                let command = if matches!(request, Request::Tick) {
+                    Command::Tick
+                } else {
+                    Command::Provision
                 };
-                for e in decide(&self.state, &Command::Provision, &ctx).map_err(ErrorReply::from)? {
-                    emit(&mut self.state, e);
-                }
-                Ok(Pending {
-                    primary: (events.len() > start).then_some(start),
+                let decided = decide(state, &command, &ctx).map_err(ErrorReply::from)?;
+                let primary = (!decided.is_empty()).then_some(start);
+                decided.into_iter().for_each(|e| emit(state, e));
+                Pending {
+                    primary,
                     response: Response::Done,
-                })
-            }
-            Request::Tick => {
-                let ctx = Context {
-                    now,
-                    policy: &self.policy,
-                    held: &self.held,
-                };
-                for e in decide(&self.state, &Command::Tick, &ctx).map_err(ErrorReply::from)? {
-                    emit(&mut self.state, e);
                 }
-                Ok(Pending {
-                    primary: (events.len() > start).then_some(start),
-                    response: Response::Done,
-                })
             }
-            Request::Status => Ok(Pending {
+            Request::Status => Pending {
                 primary: None,
-                response: Response::Status(self.status()),
-            }),
+                response: Response::Status(status_view(state, ctx.held, self.ledger.head())),
+            },
             Request::Rotate(cmd) => {
-                let from = self.state.active;
-                let ctx = Context {
-                    now,
-                    policy: &self.policy,
-                    held: &self.held,
-                };
+                let from = state.active;
+                let Rotate {
+                    to,
+                    requested_by,
+                    force,
+                } = cmd.body;
                 let command = Command::Rotate {
-                    to: cmd.body.to,
-                    requested_by: cmd.body.requested_by.clone(),
-                    forced: cmd.body.force,
+                    to,
+                    requested_by,
+                    forced: force,
                 };
-                for e in decide(&self.state, &command, &ctx).map_err(ErrorReply::from)? {
-                    emit(&mut self.state, e);
-                }
-                Ok(Pending {
+                decide(state, &command, &ctx)
+                    .map_err(ErrorReply::from)?
+                    .into_iter()
+                    .for_each(|e| emit(state, e));
+                Pending {
                     primary: Some(start),
-                    response: self.rotation_reply(from, now, cmd.body.force, "rotation"),
-                })
+                    response: rotation_reply(state, from, now, force, "rotation"),
+                }
             }
             Request::Rollback(cmd) => {
-                let from = self.state.active;
-                let ctx = Context {
-                    now,
-                    policy: &self.policy,
-                    held: &self.held,
-                };
+                let from = state.active;
                 let command = Command::Rollback {
-                    requested_by: cmd.body.requested_by.clone(),
+                    requested_by: cmd.body.requested_by,
                 };
-                for e in decide(&self.state, &command, &ctx).map_err(ErrorReply::from)? {
-                    emit(&mut self.state, e);
-                }
-                Ok(Pending {
+                decide(state, &command, &ctx)
+                    .map_err(ErrorReply::from)?
+                    .into_iter()
+                    .for_each(|e| emit(state, e));
+                Pending {
                     primary: Some(start),
-                    response: self.rotation_reply(from, now, false, "rollback"),
-                })
+                    response: rotation_reply(state, from, now, false, "rollback"),
+                }
             }
             Request::Sign(cmd) => {
-                let ctx = Context {
-                    now,
-                    policy: &self.policy,
-                    held: &self.held,
-                };
-                let plan = signing::plan(&self.state, cmd.body.key_version, &ctx)
-                    .map_err(ErrorReply::from)?;
-                let (signatures, audit) = self.sign_under(&plan, cmd.body.payload.as_bytes());
+                let plan =
+                    signing::plan(state, cmd.body.key_version, &ctx).map_err(ErrorReply::from)?;
+                let (signatures, audit) = sign_under(keyring, &plan, cmd.body.payload.as_bytes());
                 let primary = start + usize::from(plan.fallback_from.is_some());
-                for e in audit {
-                    emit(&mut self.state, e);
-                }
-                Ok(Pending {
+                audit.into_iter().for_each(|e| emit(state, e));
+                Pending {
                     primary: Some(primary),
                     response: Response::Sign(SignReply {
                         payload: cmd.body.payload,
@@ -366,45 +344,34 @@ impl Engine {
                         fallback_from: plan.fallback_from,
                         seq: 0,
                     }),
-                })
+                }
             }
             Request::Verify(cmd) => {
-                let ctx = Context {
-                    now,
-                    policy: &self.policy,
-                    held: &self.held,
-                };
                 let v = cmd.body.key_version;
-                signing::check_verifiable(&self.state, v, &ctx).map_err(ErrorReply::from)?;
-                let key = self
-                    .keyring
+                signing::check_verifiable(state, v, &ctx).map_err(ErrorReply::from)?;
+                let key = keyring
                     .get(v)
                     .expect("check_verifiable checks the key is held");
                 let valid = key.verify_hex(cmd.body.payload.as_bytes(), &cmd.body.signature);
-                emit(&mut self.state, signing::verification_event(v, valid));
-                Ok(Pending {
+                emit(state, signing::verification_event(v, valid));
+                Pending {
                     primary: Some(start),
                     response: Response::Verify(VerifyReply {
                         valid,
                         key_version: v,
                     }),
-                })
+                }
             }
             Request::Bump(cmd) => {
-                let ctx = Context {
-                    now,
-                    policy: &self.policy,
-                    held: &self.held,
-                };
-                let plan = signing::plan(&self.state, cmd.body.key_version, &ctx)
-                    .map_err(ErrorReply::from)?;
+                let plan =
+                    signing::plan(state, cmd.body.key_version, &ctx).map_err(ErrorReply::from)?;
                 let command = Command::Bump {
-                    entity: cmd.body.entity.clone(),
+                    entity: cmd.body.entity,
                     scope: cmd.body.scope,
                     key_version: plan.primary,
                 };
-                let bumped = decide(&self.state, &command, &ctx).map_err(ErrorReply::from)?;
-                let Some(Event::VersionBump(b)) = bumped.first().cloned() else {
+                let bumped = decide(state, &command, &ctx).map_err(ErrorReply::from)?;
+                let Some(Event::VersionBump(b)) = bumped.first() else {
                     unreachable!("a bump decides one version_bump event");
                 };
                 let manifest = Manifest {
@@ -416,15 +383,10 @@ impl Engine {
                     timestamp: now,
                 };
                 let payload = manifest::canonical(&manifest);
-                let (signatures, audit) = self.sign_under(&plan, payload.as_bytes());
+                let (signatures, audit) = sign_under(keyring, &plan, payload.as_bytes());
                 let primary = start + bumped.len() + usize::from(plan.fallback_from.is_some());
-                for e in bumped {
-                    emit(&mut self.state, e);
-                }
-                for e in audit {
-                    emit(&mut self.state, e);
-                }
-                Ok(Pending {
+                bumped.into_iter().chain(audit).for_each(|e| emit(state, e));
+                Pending {
                     primary: Some(primary),
                     response: Response::Bump(BumpReply {
                         manifest,
@@ -435,68 +397,10 @@ impl Engine {
                         fallback_from: plan.fallback_from,
                         seq: 0,
                     }),
-                })
+                }
             }
-        }
-    }
-
-    /// Signs under every version of the plan; returns the signatures and
-    /// their audit events.
-    fn sign_under(
-        &self,
-        plan: &SigningPlan,
-        payload: &[u8],
-    ) -> (Vec<VersionedSignature>, Vec<Event>) {
-        let signatures: Vec<VersionedSignature> = plan
-            .versions()
-            .map(|v| VersionedSignature {
-                key_version: v,
-                signature: self
-                    .keyring
-                    .get(v)
-                    .expect("plans use held keys only")
-                    .sign_hex(payload),
-            })
-            .collect();
-        let digest = tes_ledger::chain::to_hex(&Sha256::digest(payload).into());
-        let pairs: Vec<(KeyVersion, String)> = signatures
-            .iter()
-            .map(|s| (s.key_version, s.signature.clone()))
-            .collect();
-        let audit = signing::audit_events(plan, &pairs, &digest);
-        (signatures, audit)
-    }
-
-    fn rotation_reply(
-        &self,
-        from: Option<KeyVersion>,
-        now: Timestamp,
-        forced: bool,
-        what: &str,
-    ) -> Response {
-        let to = self
-            .state
-            .active
-            .expect("a rotation or rollback leaves a version active");
-        let grace_until = from
-            .and_then(|f| self.state.keys.get(&f))
-            .and_then(|k| k.grace_until);
-        let hsl = if what == "rollback" {
-            colour::FALLBACK_ORANGE
-        } else {
-            colour::VERSION_PURPLE
         };
-        Response::Rotation(RotationReply {
-            success: true,
-            message: format!("Key {what} to {} completed", to.to_string().to_uppercase()),
-            from,
-            key_version: to,
-            rotation_timestamp: now,
-            grace_until,
-            forced,
-            seq: 0,
-            hsl: hsl.to_string(),
-        })
+        Ok(pending)
     }
 
     pub fn status(&self) -> StatusReply {
@@ -512,6 +416,77 @@ impl Engine {
         if let Err(error) = self.ledger.put_snapshot(STATE_SCHEMA, &bytes) {
             // Snapshots are a cache; the events are safe.
             tracing::warn!(%error, "could not save a snapshot");
+        }
+    }
+}
+
+/// Signs under every version of the plan; returns the signatures and their
+/// audit events.
+fn sign_under(
+    keyring: &Keyring,
+    plan: &SigningPlan,
+    payload: &[u8],
+) -> (Vec<VersionedSignature>, Vec<Event>) {
+    let signatures: Vec<VersionedSignature> = plan
+        .versions()
+        .map(|v| VersionedSignature {
+            key_version: v,
+            signature: keyring
+                .get(v)
+                .expect("plans use held keys only")
+                .sign_hex(payload),
+        })
+        .collect();
+    let digest = tes_ledger::chain::to_hex(&Sha256::digest(payload).into());
+    let pairs: Vec<(KeyVersion, String)> = signatures
+        .iter()
+        .map(|s| (s.key_version, s.signature.clone()))
+        .collect();
+    let audit = signing::audit_events(plan, &pairs, &digest);
+    (signatures, audit)
+}
+
+fn rotation_reply(
+    state: &State,
+    from: Option<KeyVersion>,
+    now: Timestamp,
+    forced: bool,
+    what: &str,
+) -> Response {
+    let to = state
+        .active
+        .expect("a rotation or rollback leaves a version active");
+    let grace_until = from
+        .and_then(|f| state.keys.get(&f))
+        .and_then(|k| k.grace_until);
+    let hsl = if what == "rollback" {
+        colour::FALLBACK_ORANGE
+    } else {
+        colour::VERSION_PURPLE
+    };
+    Response::Rotation(RotationReply {
+        success: true,
+        message: format!("Key {what} to {} completed", to.to_string().to_uppercase()),
+        from,
+        key_version: to,
+        rotation_timestamp: now,
+        grace_until,
+        forced,
+        seq: 0,
+        hsl: hsl.to_string(),
+    })
+}
+
+impl Request {
+    /// The command id and correlation id of a request that came as a command.
+    fn cause(&self) -> Option<(MsgId, Option<MsgId>)> {
+        match self {
+            Request::Rotate(e) => Some((e.id, e.correlation_id)),
+            Request::Rollback(e) => Some((e.id, e.correlation_id)),
+            Request::Sign(e) => Some((e.id, e.correlation_id)),
+            Request::Verify(e) => Some((e.id, e.correlation_id)),
+            Request::Bump(e) => Some((e.id, e.correlation_id)),
+            Request::Status | Request::Tick | Request::Rekey(_) => None,
         }
     }
 }

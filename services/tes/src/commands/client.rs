@@ -7,7 +7,7 @@ use std::io::Read;
 use anyhow::anyhow;
 use serde_json::json;
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Verify};
-use tes_proto::{KeyVersion, ThreadId};
+use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
 use crate::cli::{Global, RunOptions};
 use crate::commands::replay::{describe, json_view};
@@ -26,6 +26,19 @@ async fn with_runtime<T>(
     out
 }
 
+/// Starts the actors, sends one command to `thread`, stops.
+async fn send<C: CommandBody>(
+    global: &Global,
+    run: &RunOptions,
+    thread: ThreadId,
+    body: C,
+) -> Result<C::Reply> {
+    with_runtime(global, run, async |rt| {
+        rt.call(thread, body).await.map_err(from_call)
+    })
+    .await
+}
+
 pub async fn rotate(
     global: &Global,
     run: &RunOptions,
@@ -38,10 +51,7 @@ pub async fn rotate(
         force,
         to,
     };
-    let reply = with_runtime(global, run, async |rt| {
-        rt.call(ThreadId::Supervisor, body).await.map_err(from_call)
-    })
-    .await?;
+    let reply = send(global, run, ThreadId::Supervisor, body).await?;
     let grace = reply
         .grace_until
         .map(|g| {
@@ -59,12 +69,7 @@ pub async fn rotate(
 }
 
 pub async fn rollback(global: &Global, run: &RunOptions, requested_by: String) -> Result<()> {
-    let reply = with_runtime(global, run, async |rt| {
-        rt.call(ThreadId::Supervisor, Rollback { requested_by })
-            .await
-            .map_err(from_call)
-    })
-    .await?;
+    let reply = send(global, run, ThreadId::Supervisor, Rollback { requested_by }).await?;
     Printer { json: global.json }.emit(
         format!("{} (ledger seq {})", reply.message, reply.seq),
         &reply,
@@ -93,12 +98,7 @@ pub async fn sign(
         payload: payload_arg(payload)?,
         key_version,
     };
-    let reply = with_runtime(global, run, async |rt| {
-        rt.call(ThreadId::VersionManagement, body)
-            .await
-            .map_err(from_call)
-    })
-    .await?;
+    let reply = send(global, run, ThreadId::VersionManagement, body).await?;
     let mut words = format!("{}  {}", reply.key_version, reply.signature);
     for extra in reply.signatures.iter().skip(1) {
         words += &format!(
@@ -125,12 +125,7 @@ pub async fn verify(
         signature,
         key_version,
     };
-    let reply = with_runtime(global, run, async |rt| {
-        rt.call(ThreadId::VersionManagement, body)
-            .await
-            .map_err(from_call)
-    })
-    .await?;
+    let reply = send(global, run, ThreadId::VersionManagement, body).await?;
     let words = if reply.valid {
         format!("valid ({key_version})")
     } else {
@@ -158,12 +153,7 @@ pub async fn bump(
         scope,
         key_version,
     };
-    let reply = with_runtime(global, run, async |rt| {
-        rt.call(ThreadId::VersionManagement, body)
-            .await
-            .map_err(from_call)
-    })
-    .await?;
+    let reply = send(global, run, ThreadId::VersionManagement, body).await?;
     let words = format!(
         "{} {} → {} signed with {}: {}\npayload: {}",
         reply.manifest.entity,
