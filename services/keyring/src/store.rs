@@ -174,9 +174,7 @@ impl FileStore<'_> {
         Ok(Some(file))
     }
 
-    /// Adds a version's secret. Refuses to replace existing material unless
-    /// `replace`: signatures made under the old material would stop verifying.
-    pub fn put(
+    fn put(
         &self,
         version: KeyVersion,
         secret: &Secret,
