@@ -227,6 +227,30 @@ fn demo_json_signatures_match_openssl_and_replay_agrees() {
     let audit = run(args(tes(dir.path()), &["audit", "verify"]));
     assert_eq!(audit.code, 0, "{}{}", audit.stdout, audit.stderr);
     assert_no_secret_in(dir.path());
+
+    // Replay to a seq: the state as it was then (v1 active, three events in).
+    let early = run(args(
+        tes(dir.path()),
+        &["replay", "--to-seq", "3", "--json"],
+    ));
+    let early: Value = serde_json::from_str(early.stdout.trim()).unwrap();
+    assert_eq!(
+        (early["events"].as_u64(), early["headSeq"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(early["keyVersion"], "1");
+    // Replay to a time before anything happened: nothing.
+    let none = run(args(
+        tes(dir.path()),
+        &["replay", "--until", "2000-01-01T00:00:00Z", "--json"],
+    ));
+    let none: Value = serde_json::from_str(none.stdout.trim()).unwrap();
+    assert_eq!(
+        (none["events"].as_u64(), &none["keyVersion"]),
+        (Some(0), &Value::Null)
+    );
+    let bad = run(args(tes(dir.path()), &["replay", "--until", "yesterday"]));
+    assert_eq!(bad.code, 2);
 }
 
 #[test]

@@ -174,12 +174,7 @@ impl FileStore<'_> {
         Ok(Some(file))
     }
 
-    fn put(
-        &self,
-        version: KeyVersion,
-        secret: &Secret,
-        replace: bool,
-    ) -> Result<(), KeyringError> {
+    fn put(&self, version: KeyVersion, secret: &Secret, replace: bool) -> Result<(), KeyringError> {
         let mut file = self.read()?.unwrap_or(File {
             format: FORMAT.to_string(),
             keys: BTreeMap::new(),
