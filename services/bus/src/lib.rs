@@ -3,12 +3,15 @@
 //! One trait, [`Bus`], with NATS semantics (subjects with `*` and `>`,
 //! queue groups, request/reply with "no responders"), so the same actors run
 //! in one process over [`InProcessBus`] (the embedded default) or as
-//! separate processes over a NATS server. [`conformance`] is the behaviour
+//! separate processes over a NATS server ([`NatsBus`]). [`conformance`] is the behaviour
 //! both must show; each implementation's tests run it.
 
 pub mod conformance;
 mod in_process;
+pub mod nats;
 pub mod subject;
+#[cfg(feature = "test-server")]
+pub mod test_server;
 pub mod typed;
 
 use std::collections::BTreeMap;
@@ -18,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use in_process::InProcessBus;
+pub use nats::{NatsBus, NatsConfig};
 
 /// Header name → value.
 pub type Headers = BTreeMap<String, String>;

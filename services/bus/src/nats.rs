@@ -1,0 +1,232 @@
+//! The bus on a NATS server (2.10 or newer), with the same semantics as the
+//! in-process bus: core NATS publish/subscribe, queue groups, and
+//! request/reply where "no responders" means the actor is down.
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, HeaderMap};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::subject::{validate_pattern, validate_subject};
+use crate::{Bus, BusError, Headers, Message, Subscription};
+
+/// Messages a subscription buffers before the reader falls behind (the
+/// server then counts it a slow consumer).
+const SUBSCRIPTION_BUFFER: usize = 65_536;
+
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+/// How to reach the server. Credentials may also be in the URL
+/// (`nats://user:password@host:4222`).
+#[derive(Debug, Clone, Default)]
+pub struct NatsConfig {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Shown in the server's connection list (`tes-0x6001`, `tes-cli`).
+    pub name: String,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("state", &self.client.connection_state())
+            .finish()
+    }
+}
+
+impl NatsBus {
+    /// Connects, failing fast when no server answers (a CLI should say so,
+    /// not hang); once connected the client reconnects forever.
+    pub async fn connect(config: &NatsConfig) -> Result<NatsBus, BusError> {
+        let mut options = ConnectOptions::new()
+            .name(&config.name)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting")
+                    }
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::ServerError(e) => {
+                        tracing::error!(error = %e, "NATS server error")
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            });
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        let client = options.connect(config.url.as_str()).await.map_err(|e| {
+            BusError::Transport(format!(
+                "cannot connect to NATS at {}: {e}",
+                redact(&config.url)
+            ))
+        })?;
+        Ok(NatsBus { client })
+    }
+
+    /// The underlying client, for JetStream.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// `connected`, `disconnected` or `pending`, for status pages.
+    pub fn connection_state(&self) -> String {
+        self.client.connection_state().to_string()
+    }
+
+    /// Waits until everything published so far has reached the server.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Transport(e.to_string()))
+    }
+}
+
+/// A URL fit for logs: without the password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn to_nats(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(k.as_str(), v.as_str());
+    }
+    map
+}
+
+fn from_nats(message: async_nats::Message) -> Message {
+    let headers = message
+        .headers
+        .as_ref()
+        .map(|h| {
+            h.iter()
+                .filter_map(|(name, values)| {
+                    Some((name.to_string(), values.first()?.as_str().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Message {
+        subject: message.subject.to_string(),
+        reply: message.reply.map(|r| r.to_string()),
+        headers,
+        payload: message.payload,
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, message: Message) -> Result<(), BusError> {
+        validate_subject(&message.subject)?;
+        let headers = to_nats(&message.headers);
+        let result = match message.reply {
+            Some(reply) => {
+                self.client
+                    .publish_with_reply_and_headers(
+                        message.subject,
+                        reply,
+                        headers,
+                        message.payload,
+                    )
+                    .await
+            }
+            None => {
+                self.client
+                    .publish_with_headers(message.subject, headers, message.payload)
+                    .await
+            }
+        };
+        result.map_err(|e| BusError::Transport(e.to_string()))
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &str,
+        queue: Option<&str>,
+    ) -> Result<Subscription, BusError> {
+        validate_pattern(pattern)?;
+        let subscribed = match queue {
+            Some(q) => {
+                self.client
+                    .queue_subscribe(pattern.to_string(), q.to_string())
+                    .await
+            }
+            None => self.client.subscribe(pattern.to_string()).await,
+        };
+        let mut subscriber = subscribed.map_err(|e| BusError::Transport(e.to_string()))?;
+        // Make sure the server has the interest before we report success, so
+        // a request sent right after does not meet "no responders".
+        self.flush().await?;
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = subscriber.next() => match next {
+                        Some(m) => {
+                            if tx.send(from_nats(m)).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    // Dropping the Subscription unsubscribes.
+                    _ = tx.closed() => break,
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+        Ok(Subscription::new(rx))
+    }
+
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message, BusError> {
+        validate_subject(&message.subject)?;
+        let subject = message.subject.clone();
+        let request = async_nats::Request::new()
+            .headers(to_nats(&message.headers))
+            .payload(message.payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(message.subject, request).await {
+            Ok(reply) => Ok(from_nats(reply)),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders(subject),
+                async_nats::RequestErrorKind::TimedOut => BusError::TimedOut {
+                    subject,
+                    after: timeout,
+                },
+                async_nats::RequestErrorKind::InvalidSubject => BusError::InvalidSubject(subject),
+                _ => BusError::Transport(e.to_string()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            super::redact("nats://ops:s3cret@127.0.0.1:4222"),
+            "nats://ops:***@127.0.0.1:4222"
+        );
+        assert_eq!(
+            super::redact("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! A real `nats-server` for tests: started on a free loopback port with
+//! JetStream and a temporary store directory, stopped (killed) on drop —
+//! never a server someone left running.
+//!
+//! The binary is `$TES_NATS_SERVER`, else the project's `.venv/bin/nats-server`
+//! (which `./tests/run` installs, pinned), else `nats-server` on `PATH`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// Where the server binary is.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TES_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl TestServer {
+    /// A plain server with JetStream.
+    pub fn start() -> TestServer {
+        TestServer::start_with_config(None)
+    }
+
+    /// A server reading `config` (e.g. `ops/nats-server.conf`); the port and
+    /// store directory are still ours.
+    pub fn start_with_config(config: Option<&str>) -> TestServer {
+        let dir = std::env::temp_dir().join(format!(
+            "tes-nats-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("temporary store directory");
+        let port = free_port();
+        let mut cmd = Command::new(binary());
+        if let Some(text) = config {
+            let path = dir.join("server.conf");
+            std::fs::write(&path, text).expect("write the server config");
+            cmd.arg("-c").arg(path);
+        }
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("store"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {:?} ({e}): a nats-server >= 2.10 is needed; ./tests/run installs one into .venv, or set TES_NATS_SERVER",
+                binary()
+            )
+        });
+        TestServer { child, port, dir }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until a client can connect (by connecting: probing the port
+    /// makes the server log a parse error).
+    pub async fn ready(&self, user: Option<(&str, &str)>) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut options = async_nats::ConnectOptions::new();
+            if let Some((u, p)) = user {
+                options = options.user_and_password(u.into(), p.into());
+            }
+            match options.connect(self.url()).await {
+                Ok(client) => {
+                    drop(client);
+                    return;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    panic!("nats-server on {} never became ready: {e}", self.url())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Stops the server at once, as a crash would (kill -9).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
