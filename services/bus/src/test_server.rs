@@ -44,6 +44,12 @@ impl TestServer {
     /// A server reading `config` (e.g. `ops/nats-server.conf`); the port and
     /// store directory are still ours.
     pub fn start_with_config(config: Option<&str>) -> TestServer {
+        TestServer::start_with(config, &[])
+    }
+
+    /// As [`TestServer::start_with_config`], with environment variables for
+    /// the server process (the config's `$VAR` references).
+    pub fn start_with(config: Option<&str>, env: &[(&str, &str)]) -> TestServer {
         let dir = std::env::temp_dir().join(format!(
             "tes-nats-{}-{}",
             std::process::id(),
@@ -57,6 +63,7 @@ impl TestServer {
             std::fs::write(&path, text).expect("write the server config");
             cmd.arg("-c").arg(path);
         }
+        cmd.envs(env.iter().copied());
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("store"))
             .stdout(Stdio::null())

@@ -1,0 +1,183 @@
+//! `ops/nats-server.conf` against a real server: each user may publish only
+//! its own subjects, the server refuses the rest, and only the Supervisor
+//! may ask Version Management to rotate.
+//!
+//! A forbidden publish returns Ok at the client and the refusal arrives as a
+//! server error event (NOTES.md), so each check waits for that event, or
+//! for its absence plus delivery to a listener.
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event};
+use futures_util::StreamExt;
+use tes_bus::test_server::TestServer;
+use tokio::sync::mpsc;
+
+const USERS: &[&str] = &[
+    "supervisor",
+    "version",
+    "monitoring",
+    "telemetry",
+    "alert",
+    "operator",
+    "client",
+    "monitor",
+];
+
+fn password(user: &str) -> String {
+    format!("pw-{user}-test")
+}
+
+async fn server() -> TestServer {
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../ops/nats-server.conf"
+    ))
+    .unwrap();
+    let vars: Vec<(String, String)> = USERS
+        .iter()
+        .map(|u| (format!("TES_NATS_PW_{}", u.to_uppercase()), password(u)))
+        .collect();
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = TestServer::start_with(Some(&config), &env);
+    s.ready(Some(("monitor", &password("monitor")))).await;
+    s
+}
+
+/// A client as `user`, with its server errors forwarded to a channel.
+async fn connect(
+    s: &TestServer,
+    user: &str,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = ConnectOptions::with_user_and_password(user.into(), password(user))
+        .event_callback(move |e| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(err) = e {
+                    let _ = tx.send(err.to_string());
+                }
+            }
+        })
+        .connect(s.url())
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+async fn refused(
+    client: &async_nats::Client,
+    errors: &mut mpsc::UnboundedReceiver<String>,
+    subject: &str,
+) -> bool {
+    client
+        .publish(subject.to_string(), "x".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(2), errors.recv()).await {
+        Ok(Some(e)) => {
+            assert!(
+                e.contains("Permissions Violation") && e.contains(subject),
+                "{e}"
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn monitor_and_operator_cannot_publish_where_they_must_not() {
+    let s = server().await;
+    let (monitor, mut monitor_errors) = connect(&s, "monitor").await;
+    for subject in [
+        "tes.cmd.0x1001.rotate",
+        "tes.cmd.0x6001.rotate",
+        "tes.evt.0x6001.key_rotate",
+    ] {
+        assert!(
+            refused(&monitor, &mut monitor_errors, subject).await,
+            "monitor may not publish {subject}"
+        );
+    }
+    let (operator, mut operator_errors) = connect(&s, "operator").await;
+    for subject in [
+        "tes.cmd.0x6001.rotate",
+        "tes.cmd.0x6001.rollback",
+        "tes.cmd.0x6001.sign",
+        "tes.evt.0x6001.key_rotate",
+    ] {
+        assert!(
+            refused(&operator, &mut operator_errors, subject).await,
+            "operator may not publish {subject}"
+        );
+    }
+    let (client, mut client_errors) = connect(&s, "client").await;
+    assert!(refused(&client, &mut client_errors, "tes.cmd.0x6001.rotate").await);
+    assert!(refused(&client, &mut client_errors, "tes.cmd.0x1001.rotate").await);
+}
+
+#[tokio::test]
+async fn only_the_supervisor_reaches_version_managements_rotate() {
+    let s = server().await;
+    let (version, _) = connect(&s, "version").await;
+    let mut rotations = version.subscribe("tes.cmd.0x6001.rotate").await.unwrap();
+    version.flush().await.unwrap();
+
+    let (operator, mut operator_errors) = connect(&s, "operator").await;
+    assert!(refused(&operator, &mut operator_errors, "tes.cmd.0x6001.rotate").await);
+    let (supervisor, mut supervisor_errors) = connect(&s, "supervisor").await;
+    assert!(!refused(&supervisor, &mut supervisor_errors, "tes.cmd.0x6001.rotate").await);
+    let got = tokio::time::timeout(Duration::from_secs(2), rotations.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.subject.as_str(), "tes.cmd.0x6001.rotate");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rotations.next())
+            .await
+            .is_err(),
+        "exactly one rotate arrived"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_may_ask_the_supervisor_and_read_events() {
+    let s = server().await;
+    let (supervisor, _) = connect(&s, "supervisor").await;
+    let mut asks = supervisor.subscribe("tes.cmd.0x1001.>").await.unwrap();
+    supervisor.flush().await.unwrap();
+    let (operator, mut errors) = connect(&s, "operator").await;
+    let mut events = operator.subscribe("tes.evt.>").await.unwrap();
+    operator.flush().await.unwrap();
+    assert!(!refused(&operator, &mut errors, "tes.cmd.0x1001.rotate").await);
+    assert!(tokio::time::timeout(Duration::from_secs(2), asks.next())
+        .await
+        .unwrap()
+        .is_some());
+    let (version, _) = connect(&s, "version").await;
+    version
+        .publish("tes.evt.0x6001.key_rotate", "{}".into())
+        .await
+        .unwrap();
+    version.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(2), events.next())
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_at_connect() {
+    let s = server().await;
+    let err = ConnectOptions::with_user_and_password("operator".into(), "wrong".into())
+        .connect(s.url())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
+}
