@@ -602,3 +602,142 @@ fn the_os_key_store_keeps_secrets_off_the_disk() {
     );
     assert_no_secret_in(dir.path());
 }
+
+/// A `tes daemon --nats` on a real nats-server, stopped with SIGTERM on drop.
+struct NatsDaemon {
+    child: std::process::Child,
+    _server: tes_bus::test_server::TestServer,
+    url: String,
+}
+
+impl NatsDaemon {
+    fn start(dir: &Path) -> NatsDaemon {
+        let server = tes_bus::test_server::TestServer::start();
+        let url = server.url();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(server.ready(None));
+        let mut c = with_keys(tes(dir));
+        c.args(["--nats", &url, "daemon"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = c.spawn().unwrap();
+        let daemon = NatsDaemon {
+            child,
+            _server: server,
+            url,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while run(args(tes(dir), &["--nats", &daemon.url, "status"])).code != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never answered on NATS"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    fn client(&self, dir: &Path) -> Command {
+        args(tes(dir), &["--nats", &self.url])
+    }
+}
+
+impl Drop for NatsDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_cli_talks_to_a_daemon_over_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = NatsDaemon::start(dir.path());
+    // The client needs no ledger and no keys of its own.
+    let s = run(args(
+        d.client(elsewhere.path()),
+        &["sign", "over-nats", "--json"],
+    ));
+    assert_eq!(s.code, 0, "{}", s.stderr);
+    let s: Value = serde_json::from_str(s.stdout.trim()).unwrap();
+    assert_eq!(
+        s["signature"].as_str().unwrap(),
+        outside_hmac(V1, "over-nats")
+    );
+    assert_eq!(run(args(d.client(elsewhere.path()), &["rotate"])).code, 0);
+    let st = run(args(d.client(elsewhere.path()), &["status", "--json"]));
+    let st: Value = serde_json::from_str(st.stdout.trim()).unwrap();
+    assert_eq!(st["keyVersion"], "2");
+    let r = run(args(d.client(elsewhere.path()), &["rotate"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("v3 key not configured"), "{}", r.stderr);
+    assert!(
+        !elsewhere.path().join("ledger.db").exists(),
+        "a NATS client never opens a ledger"
+    );
+}
+
+#[test]
+fn a_json_rotate_from_a_client_that_is_not_tes_goes_through_the_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = NatsDaemon::start(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = rt.block_on(async {
+        let client = async_nats::connect(d.url.as_str()).await.unwrap();
+        // Exactly what `nats request tes.cmd.0x1001.rotate '{"requested_by":"ops"}'` sends.
+        client
+            .request("tes.cmd.0x1001.rotate", r#"{"requested_by":"ops"}"#.into())
+            .await
+            .unwrap()
+    });
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["ok"]["keyVersion"], "v2", "{reply}");
+    assert_eq!(reply["ok"]["success"], true);
+    drop(d);
+    let state = run(args(tes(dir.path()), &["replay", "--json"]));
+    let state: Value = serde_json::from_str(state.stdout.trim()).unwrap();
+    assert_eq!(state["keyVersion"], "2");
+}
+
+#[test]
+fn with_no_daemon_on_nats_the_cli_says_so() {
+    let server = tes_bus::test_server::TestServer::start();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(server.ready(None));
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(args(
+        tes(dir.path()),
+        &["--nats", &server.url(), "sign", "x"],
+    ));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("no tes daemon is serving"),
+        "{}",
+        r.stderr
+    );
+    drop(server);
+    let r = run(args(
+        tes(dir.path()),
+        &["--nats", "nats://127.0.0.1:1", "status"],
+    ));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        "{}",
+        r.stderr
+    );
+}

@@ -36,6 +36,21 @@ pub struct Global {
         value_name = "PATH|os[:NAME]"
     )]
     pub key_store: Option<String>,
+    /// A NATS server (2.10+). The daemon serves on it; every other verb
+    /// (but `demo`, always embedded) becomes a client of a daemon there.
+    /// Credentials may be in the URL (nats://user:password@host:4222).
+    #[arg(long, global = true, env = "TES_NATS_URL", value_name = "URL")]
+    pub nats: Option<String>,
+    #[arg(long, global = true, env = "TES_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "TES_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
     /// Print JSON (one object per line) instead of words.
     #[arg(long, global = true)]
     pub json: bool,
@@ -88,11 +103,11 @@ pub enum Wire {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Play the whole story on the embedded default: sign, rotate, sign,
-    /// verify old and new, roll back, replay, audit.
+    /// Play the whole story on the embedded default (never on NATS): sign,
+    /// rotate, sign, verify old and new, roll back, replay, audit.
     Demo(#[command(flatten)] RunOptions),
-    /// Run the actors (Supervisor 0x1001 and Version Management 0x6001) in
-    /// one process over the embedded bus until Ctrl-C.
+    /// Run the actors (Supervisor 0x1001 and Version Management 0x6001) until
+    /// Ctrl-C or SIGTERM: on NATS with --nats, else on the embedded bus.
     Daemon(#[command(flatten)] RunOptions),
     /// Rotate to the next provisioned key version (through the Supervisor).
     Rotate {

@@ -50,8 +50,13 @@ pub type Result<T, E = Failure> = std::result::Result<T, E>;
 /// Classifies a bus call's failure: a refusal is the caller's input, a
 /// missing or silent actor is a runtime fault.
 pub fn from_call(e: tes_bus::typed::CallError) -> Failure {
+    use tes_bus::typed::CallError;
+    use tes_bus::BusError;
     match e {
-        tes_bus::typed::CallError::Refused(reply) => Failure::input(anyhow::anyhow!(reply.message)),
+        CallError::Refused(reply) => Failure::input(anyhow::anyhow!(reply.message)),
+        CallError::Bus(BusError::NoResponders(subject)) => Failure::check(anyhow::anyhow!(
+            "nothing answers on {subject}: no tes daemon is serving this NATS server (start one with `tes daemon --nats URL`)"
+        )),
         other => Failure::check(other),
     }
 }

@@ -8,6 +8,7 @@ mod failure;
 mod output;
 mod runtime;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,6 +1,7 @@
-//! The embedded default: all actors in this process over the in-process bus,
-//! on one data directory. The demo, the daemon and the one-shot verbs all
-//! start it the same way.
+//! The actors of this process (Supervisor and Version Management) on one
+//! data directory and one bus: the in-process bus (the embedded default:
+//! the demo, the one-shot verbs, `tes daemon` without NATS) or a NATS
+//! server (`tes daemon --nats`). Also how any verb reaches NATS.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tes_bus::typed::{self, CallError};
-use tes_bus::{Bus, InProcessBus};
+use tes_bus::{Bus, NatsBus, NatsConfig};
 use tes_keyring::{KeyStore, Keyring};
 use tes_proto::command::Status;
 use tes_proto::reply::StatusReply;
@@ -23,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::cli::{Global, RunOptions, Wire};
 use crate::failure::{Failure, Result};
 
-pub struct Embedded {
+pub struct Actors {
     bus: Arc<dyn Bus>,
     version: Running,
     supervisor: JoinHandle<()>,
@@ -33,6 +34,23 @@ pub struct Embedded {
     held: BTreeMap<KeyVersion, Fingerprint>,
     wire: ContentType,
     pub ledger_path: PathBuf,
+}
+
+/// Connects to the NATS server of `--nats`, if one was given.
+pub async fn nats(global: &Global, name: &str) -> Result<Option<NatsBus>> {
+    let Some(url) = &global.nats else {
+        return Ok(None);
+    };
+    let config = NatsConfig {
+        url: url.clone(),
+        user: global.nats_user.clone(),
+        password: global.nats_password.clone(),
+        name: name.to_string(),
+    };
+    NatsBus::connect(&config)
+        .await
+        .map(Some)
+        .map_err(Failure::check)
 }
 
 /// The process environment, read once: key secrets come from here.
@@ -49,8 +67,8 @@ pub fn wire(w: Wire) -> ContentType {
     }
 }
 
-impl Embedded {
-    pub async fn start(global: &Global, run: &RunOptions) -> Result<Embedded> {
+impl Actors {
+    pub async fn start(global: &Global, run: &RunOptions, bus: Arc<dyn Bus>) -> Result<Actors> {
         let env = environment();
         let key_store = global.key_store();
         let keyring = Keyring::load(env.clone(), &key_store, true).map_err(Failure::input)?;
@@ -70,7 +88,6 @@ impl Embedded {
                 error: f.error.context("cannot open Version Management"),
                 ..f
             })?;
-        let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
         let wire = wire(run.wire);
         let version = actor::start(
             engine,
@@ -91,7 +108,7 @@ impl Embedded {
         )
         .await
         .context("starting the Supervisor (0x1001)")?;
-        Ok(Embedded {
+        Ok(Actors {
             bus,
             version,
             supervisor,

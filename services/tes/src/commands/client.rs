@@ -1,38 +1,56 @@
-//! The one-shot verbs (`rotate`, `rollback`, `sign`, `verify`, `bump`,
-//! `status`): each starts the actors on the data directory, sends its command
-//! over the bus exactly as a remote client would, prints the reply and stops.
+//! The client verbs (`rotate`, `rollback`, `sign`, `verify`, `bump`,
+//! `status`). With `--nats` they talk to a running daemon there; without,
+//! each starts the actors on the data directory on the embedded bus, sends
+//! its command exactly as a remote client would, prints the reply and stops.
 
 use std::io::Read;
 
 use anyhow::anyhow;
 use serde_json::json;
-use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Verify};
+use std::sync::Arc;
+
+use tes_bus::typed;
+use tes_bus::InProcessBus;
+use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Status, Verify};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
 use crate::cli::{Global, RunOptions};
 use crate::commands::replay::{describe, json_view};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::Printer;
-use crate::runtime::Embedded;
+use crate::runtime::{self, Actors};
 
 async fn with_runtime<T>(
     global: &Global,
     run: &RunOptions,
-    f: impl AsyncFnOnce(&Embedded) -> Result<T>,
+    f: impl AsyncFnOnce(&Actors) -> Result<T>,
 ) -> Result<T> {
-    let rt = Embedded::start(global, run).await?;
+    let rt = Actors::start(global, run, Arc::new(InProcessBus::new())).await?;
     let out = f(&rt).await;
     rt.stop().await;
     out
 }
 
-/// Starts the actors, sends one command to `thread`, stops.
+/// Sends one command to `thread`: to the daemon on NATS, or to actors
+/// started here for the purpose.
 async fn send<C: CommandBody>(
     global: &Global,
     run: &RunOptions,
     thread: ThreadId,
     body: C,
 ) -> Result<C::Reply> {
+    if let Some(bus) = runtime::nats(global, "tes-cli").await? {
+        let envelope = typed::command(thread, body);
+        return typed::call::<C>(
+            &bus,
+            thread,
+            runtime::wire(run.wire),
+            &envelope,
+            typed::DEFAULT_TIMEOUT,
+        )
+        .await
+        .map_err(from_call);
+    }
     with_runtime(global, run, async |rt| {
         rt.call(thread, body).await.map_err(from_call)
     })
@@ -168,7 +186,7 @@ pub async fn bump(
 }
 
 pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
-    let view = with_runtime(global, run, async |rt| rt.status().await).await?;
+    let view = send(global, run, ThreadId::VersionManagement, Status {}).await?;
     let mut value = json_view(&view, view.head_seq);
     value.as_object_mut().map(|o| {
         o.insert(

@@ -5,9 +5,11 @@
 //! ledger and audit its chain.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::anyhow;
 use serde_json::json;
+use tes_bus::InProcessBus;
 use tes_keyring::{Keyring, Secret};
 use tes_ledger::{verify, Ledger};
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Verify};
@@ -20,7 +22,7 @@ use crate::cli::{Global, RunOptions};
 use crate::commands::replay::{json_view, verify_failure};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::{short, Printer};
-use crate::runtime::{environment, Embedded};
+use crate::runtime::{environment, Actors};
 
 pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     let p = Printer { json: global.json };
@@ -28,7 +30,7 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         "TES key ledger demo: all actors in this process on the embedded bus, ledger {}",
         global.ledger_path().display()
     ));
-    let mut rt = Embedded::start(global, run).await?;
+    let mut rt = Actors::start(global, run, Arc::new(InProcessBus::new())).await?;
     let outcome = story(&mut rt, p).await;
     let live = match &outcome {
         Ok(()) => Some(rt.status().await?),
@@ -78,7 +80,7 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     Ok(())
 }
 
-async fn story(rt: &mut Embedded, p: Printer) -> Result<()> {
+async fn story(rt: &mut Actors, p: Printer) -> Result<()> {
     keys(rt, p).await?;
 
     // 1. Sign under the active version.
@@ -198,7 +200,7 @@ async fn story(rt: &mut Embedded, p: Printer) -> Result<()> {
 /// the environment (`VERSION_SIGNING_KEY_V2`) or, failing that, a fresh
 /// random one in the key store, exactly as
 /// `openssl rand -hex 32 | tes secret put --version N` would store it.
-async fn keys(rt: &mut Embedded, p: Printer) -> Result<()> {
+async fn keys(rt: &mut Actors, p: Printer) -> Result<()> {
     let status = rt.status().await?;
     if status.next.is_none() {
         let highest = status
@@ -235,7 +237,7 @@ async fn keys(rt: &mut Embedded, p: Printer) -> Result<()> {
     Ok(())
 }
 
-async fn bump(rt: &Embedded, scope: Scope) -> Result<BumpReply> {
+async fn bump(rt: &Actors, scope: Scope) -> Result<BumpReply> {
     rt.call(
         ThreadId::VersionManagement,
         Bump {
