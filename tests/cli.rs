@@ -603,9 +603,52 @@ fn the_os_key_store_keeps_secrets_off_the_disk() {
     assert_no_secret_in(dir.path());
 }
 
-/// A `tes daemon --nats` on a real nats-server, stopped with SIGTERM on drop.
+/// A `tes daemon` child process, stopped with SIGTERM on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    /// `c` (global options) `daemon` `daemon_args`.
+    fn spawn(mut c: Command, daemon_args: &[&str]) -> Daemon {
+        c.arg("daemon")
+            .args(daemon_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Daemon(c.spawn().unwrap())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until_ok(c: impl Fn() -> Command) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run(c()).code != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never answered on NATS"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A `tes daemon --nats` (all actors) on its own real nats-server.
 struct NatsDaemon {
-    child: std::process::Child,
+    _daemon: Daemon,
     _server: tes_bus::test_server::TestServer,
     url: String,
 }
@@ -614,44 +657,18 @@ impl NatsDaemon {
     fn start(dir: &Path) -> NatsDaemon {
         let server = tes_bus::test_server::TestServer::start();
         let url = server.url();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(server.ready(None));
-        let mut c = with_keys(tes(dir));
-        c.args(["--nats", &url, "daemon"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = c.spawn().unwrap();
-        let daemon = NatsDaemon {
-            child,
+        block_on(server.ready(None));
+        let daemon = Daemon::spawn(args(with_keys(tes(dir)), &["--nats", &url]), &[]);
+        wait_until_ok(|| args(tes(dir), &["--nats", &url, "status"]));
+        NatsDaemon {
+            _daemon: daemon,
             _server: server,
             url,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while run(args(tes(dir), &["--nats", &daemon.url, "status"])).code != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon never answered on NATS"
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
-        daemon
     }
 
     fn client(&self, dir: &Path) -> Command {
         args(tes(dir), &["--nats", &self.url])
-    }
-}
-
-impl Drop for NatsDaemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
     }
 }
 
@@ -740,4 +757,89 @@ fn with_no_daemon_on_nats_the_cli_says_so() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn actors_in_separate_daemons_with_their_own_nats_users() {
+    const USERS: &[&str] = &[
+        "supervisor",
+        "version",
+        "monitoring",
+        "telemetry",
+        "alert",
+        "operator",
+        "client",
+        "monitor",
+    ];
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/nats-server.conf"),
+    )
+    .unwrap();
+    let vars: Vec<(String, String)> = USERS
+        .iter()
+        .map(|u| {
+            (
+                format!("TES_NATS_PW_{}", u.to_uppercase()),
+                format!("pw-{u}"),
+            )
+        })
+        .collect();
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = tes_bus::test_server::TestServer::start_with(Some(&config), &env);
+    block_on(server.ready(Some(("monitor", "pw-monitor"))));
+    let as_user = |dir: &Path, user: &str| {
+        let url = server
+            .url()
+            .replace("nats://", &format!("nats://{user}:pw-{user}@"));
+        args(tes(dir), &["--nats", &url])
+    };
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let _version = Daemon::spawn(
+        with_keys(as_user(ledger_dir.path(), "version")),
+        &["--actors", "version"],
+    );
+    let _supervisor = Daemon::spawn(
+        as_user(other_dir.path(), "supervisor"),
+        &["--actors", "supervisor"],
+    );
+    wait_until_ok(|| args(as_user(other_dir.path(), "operator"), &["status"]));
+
+    // A service signs; it may not rotate.
+    let signed = run(args(
+        as_user(other_dir.path(), "client"),
+        &["sign", "from-a-service", "--json"],
+    ));
+    assert_eq!(signed.code, 0, "{}", signed.stderr);
+    let r = run(args(as_user(other_dir.path(), "client"), &["rotate"]));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("not permitted to publish to tes.cmd.0x1001.rotate"),
+        "{}",
+        r.stderr
+    );
+    // An operator rotates through the Supervisor (in another process); may not sign.
+    let r = run(args(as_user(other_dir.path(), "operator"), &["rotate"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(args(as_user(other_dir.path(), "operator"), &["sign", "x"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not permitted"), "{}", r.stderr);
+    let st = run(args(
+        as_user(other_dir.path(), "operator"),
+        &["status", "--json"],
+    ));
+    let st: Value = serde_json::from_str(st.stdout.trim()).unwrap();
+    assert_eq!(st["keyVersion"], "2");
+    assert!(
+        !other_dir.path().join("ledger.db").exists(),
+        "the Supervisor's process keeps no ledger"
+    );
+
+    let r = run(args(
+        tes(other_dir.path()),
+        &["daemon", "--actors", "supervisor"],
+    ));
+    assert_eq!(r.code, 2, "subsets need NATS");
+    assert!(r.stderr.contains("--actors needs --nats"), "{}", r.stderr);
 }

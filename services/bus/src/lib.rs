@@ -65,6 +65,11 @@ pub enum BusError {
     NoResponders(String),
     #[error("no reply on {subject} within {after:?}: the actor is running but did not answer")]
     TimedOut { subject: String, after: Duration },
+    /// The server refused this client the subject (NATS permissions).
+    #[error(
+        "not permitted to publish to {0}: the NATS user lacks the right (see ops/nats-server.conf)"
+    )]
+    Forbidden(String),
     #[error("invalid subject {0:?}")]
     InvalidSubject(String),
     #[error("the bus is closed")]

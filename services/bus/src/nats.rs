@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::{ConnectOptions, HeaderMap};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::subject::{validate_pattern, validate_subject};
 use crate::{Bus, BusError, Headers, Message, Subscription};
@@ -19,6 +19,9 @@ const SUBSCRIPTION_BUFFER: usize = 65_536;
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    /// The server's error messages. A forbidden publish returns Ok at the
+    /// client; the refusal arrives only here, asynchronously.
+    server_errors: broadcast::Sender<String>,
 }
 
 /// How to reach the server. Credentials may also be in the URL
@@ -44,31 +47,47 @@ impl NatsBus {
     /// Connects, failing fast when no server answers (a CLI should say so,
     /// not hang); once connected the client reconnects forever.
     pub async fn connect(config: &NatsConfig) -> Result<NatsBus, BusError> {
+        let (server_errors, _) = broadcast::channel(64);
+        let errors = server_errors.clone();
         let mut options = ConnectOptions::new()
             .name(&config.name)
             .connection_timeout(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS connection lost; reconnecting")
+            .event_callback(move |event| {
+                let errors = errors.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS connection lost; reconnecting")
+                        }
+                        async_nats::Event::Connected => tracing::info!("NATS connected"),
+                        async_nats::Event::ServerError(e) => {
+                            tracing::error!(error = %e, "NATS server error");
+                            let _ = errors.send(e.to_string());
+                        }
+                        other => tracing::debug!(event = %other, "NATS event"),
                     }
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    async_nats::Event::ServerError(e) => {
-                        tracing::error!(error = %e, "NATS server error")
-                    }
-                    other => tracing::debug!(event = %other, "NATS event"),
                 }
             });
-        if let (Some(user), Some(password)) = (&config.user, &config.password) {
-            options = options.user_and_password(user.clone(), password.clone());
+        // async-nats 0.51 parses `user:password@` in a URL but never sends
+        // it: take the credentials out and pass them explicitly.
+        let (url, from_url) = split_credentials(&config.url);
+        let credentials = match (&config.user, &config.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => from_url,
+        };
+        if let Some((user, password)) = credentials {
+            options = options.user_and_password(user, password);
         }
-        let client = options.connect(config.url.as_str()).await.map_err(|e| {
+        let client = options.connect(url.as_str()).await.map_err(|e| {
             BusError::Transport(format!(
                 "cannot connect to NATS at {}: {e}",
                 redact(&config.url)
             ))
         })?;
-        Ok(NatsBus { client })
+        Ok(NatsBus {
+            client,
+            server_errors,
+        })
     }
 
     /// The underlying client, for JetStream.
@@ -88,6 +107,45 @@ impl NatsBus {
             .await
             .map_err(|e| BusError::Transport(e.to_string()))
     }
+}
+
+/// `nats://user:password@host:4222` → (`nats://host:4222`, (user, password)),
+/// percent-decoding both.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) else {
+        return (url.to_string(), None);
+    };
+    if at < scheme {
+        return (url.to_string(), None);
+    }
+    let userinfo = &url[scheme + 3..at];
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let bare = format!("{}{}", &url[..scheme + 3], &url[at + 1..]);
+    (bare, Some((percent_decode(user), percent_decode(password))))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = || {
+            std::str::from_utf8(bytes.get(i + 1..i + 3)?)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        };
+        match (bytes[i], hex()) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A URL fit for logs: without the password.
@@ -201,7 +259,22 @@ impl Bus for NatsBus {
             .headers(to_nats(&message.headers))
             .payload(message.payload)
             .timeout(Some(timeout));
-        match self.client.send_request(message.subject, request).await {
+        let mut errors = self.server_errors.subscribe();
+        let forbidden = format!("Permissions Violation for Publish to \"{subject}\"");
+        let refused = async {
+            loop {
+                match errors.recv().await {
+                    Ok(e) if e.contains(&forbidden) => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = self.client.send_request(message.subject, request) => outcome,
+            () = refused => return Err(BusError::Forbidden(subject)),
+        };
+        match outcome {
             Ok(reply) => Ok(from_nats(reply)),
             Err(e) => Err(match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => BusError::NoResponders(subject),
@@ -218,6 +291,17 @@ impl Bus for NatsBus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn takes_credentials_out_of_urls() {
+        let (url, creds) = super::split_credentials("nats://ops:p%40ss%3Aw@127.0.0.1:4222");
+        assert_eq!(url, "nats://127.0.0.1:4222");
+        assert_eq!(creds, Some(("ops".into(), "p@ss:w".into())));
+        assert_eq!(
+            super::split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".into(), None)
+        );
+    }
+
     #[test]
     fn redacts_passwords_in_urls() {
         assert_eq!(

@@ -57,6 +57,7 @@ pub fn from_call(e: tes_bus::typed::CallError) -> Failure {
         CallError::Bus(BusError::NoResponders(subject)) => Failure::check(anyhow::anyhow!(
             "nothing answers on {subject}: no tes daemon is serving this NATS server (start one with `tes daemon --nats URL`)"
         )),
+        CallError::Bus(e @ BusError::Forbidden(_)) => Failure::input(e),
         other => Failure::check(other),
     }
 }

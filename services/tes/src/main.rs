@@ -37,7 +37,7 @@ async fn run(cli: Cli) -> failure::Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Demo(run) => demo::run(g, &run).await,
-        Command::Daemon(run) => daemon::run(g, &run).await,
+        Command::Daemon { actors, run } => daemon::run(g, &run, actors).await,
         Command::Rotate {
             to,
             force,
@@ -73,7 +73,7 @@ async fn run(cli: Cli) -> failure::Result<()> {
 /// Logs go to stderr (stdout is for results). The daemon logs at info, the
 /// other verbs at warn; `RUST_LOG` overrides.
 fn init_logging(cli: &Cli) {
-    let default = if matches!(cli.command, Command::Daemon(_)) {
+    let default = if matches!(cli.command, Command::Daemon { .. }) {
         "info"
     } else {
         "warn"

@@ -1,7 +1,7 @@
-//! The actors of this process (Supervisor and Version Management) on one
-//! data directory and one bus: the in-process bus (the embedded default:
-//! the demo, the one-shot verbs, `tes daemon` without NATS) or a NATS
-//! server (`tes daemon --nats`). Also how any verb reaches NATS.
+//! The actors of this process (any of Supervisor and Version Management) on
+//! one data directory and one bus: the in-process bus (the embedded default:
+//! the demo, the one-shot verbs, `tes daemon` without NATS) or a NATS server
+//! (`tes daemon --nats`). Also how any verb reaches NATS.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,19 +21,24 @@ use tes_version_management::engine::system_clock;
 use tes_version_management::{Engine, EngineConfig, Request};
 use tokio::task::JoinHandle;
 
-use crate::cli::{Global, RunOptions, Wire};
+use crate::cli::{ActorSet, Global, RunOptions, Wire};
 use crate::failure::{Failure, Result};
 
 pub struct Actors {
     bus: Arc<dyn Bus>,
-    version: Running,
-    supervisor: JoinHandle<()>,
+    version: Option<VersionActor>,
+    supervisor: Option<JoinHandle<()>>,
     key_store: KeyStore,
-    env: Vec<(String, String)>,
-    /// The versions (and fingerprints) Version Management was last given.
-    held: BTreeMap<KeyVersion, Fingerprint>,
     wire: ContentType,
     pub ledger_path: PathBuf,
+}
+
+/// Version Management and what it was started with.
+struct VersionActor {
+    running: Running,
+    env: Vec<(String, String)>,
+    /// The versions (and fingerprints) it was last given.
+    held: BTreeMap<KeyVersion, Fingerprint>,
 }
 
 /// Connects to the NATS server of `--nats`, if one was given.
@@ -68,53 +73,40 @@ pub fn wire(w: Wire) -> ContentType {
 }
 
 impl Actors {
-    pub async fn start(global: &Global, run: &RunOptions, bus: Arc<dyn Bus>) -> Result<Actors> {
-        let env = environment();
-        let key_store = global.key_store();
-        let keyring = Keyring::load(env.clone(), &key_store, true).map_err(Failure::input)?;
-        let held = keyring.held();
-        let config = EngineConfig {
-            ledger_path: global.ledger_path(),
-            policy: Policy {
-                grace: run.grace,
-                key_ttl: run.key_ttl,
-                dual_sign: !run.no_dual_sign,
-            },
-            snapshot_every: run.snapshot_every,
-        };
-        let engine = Engine::open(config, keyring, system_clock())
-            .map_err(Failure::input)
-            .map_err(|f| Failure {
-                error: f.error.context("cannot open Version Management"),
-                ..f
-            })?;
+    /// Starts the actors of `which` on `bus`. Version Management opens the
+    /// ledger (taking the writer lock) and loads the keys; the Supervisor
+    /// needs neither.
+    pub async fn start(
+        global: &Global,
+        run: &RunOptions,
+        bus: Arc<dyn Bus>,
+        which: ActorSet,
+    ) -> Result<Actors> {
         let wire = wire(run.wire);
-        let version = actor::start(
-            engine,
-            bus.clone(),
-            ActorConfig {
-                wire,
-                ..ActorConfig::default()
-            },
-        )
-        .await
-        .context("starting Version Management (0x6001)")?;
-        let supervisor = tes_supervisor::actor::start(
-            bus.clone(),
-            SupervisorConfig {
-                wire,
-                ..SupervisorConfig::default()
-            },
-        )
-        .await
-        .context("starting the Supervisor (0x1001)")?;
+        let key_store = global.key_store();
+        let version = match which.version {
+            true => Some(start_version(global, run, bus.clone(), &key_store, wire).await?),
+            false => None,
+        };
+        let supervisor = match which.supervisor {
+            true => Some(
+                tes_supervisor::actor::start(
+                    bus.clone(),
+                    SupervisorConfig {
+                        wire,
+                        ..SupervisorConfig::default()
+                    },
+                )
+                .await
+                .context("starting the Supervisor (0x1001)")?,
+            ),
+            false => None,
+        };
         Ok(Actors {
             bus,
             version,
             supervisor,
             key_store,
-            env,
-            held,
             wire,
             ledger_path: global.ledger_path(),
         })
@@ -149,15 +141,20 @@ impl Actors {
 
     /// Reloads the keyring (environment + key store) and, if the versions or
     /// their material changed, hands it to Version Management, which records
-    /// newly provisioned versions. Returns whether anything changed.
+    /// newly provisioned versions. Returns whether anything changed (always
+    /// false where Version Management does not run).
     pub async fn rekey(&mut self) -> Result<bool> {
+        let Some(version) = &mut self.version else {
+            return Ok(false);
+        };
         let keyring =
-            Keyring::load(self.env.clone(), &self.key_store, false).map_err(Failure::input)?;
-        if keyring.held() == self.held {
+            Keyring::load(version.env.clone(), &self.key_store, false).map_err(Failure::input)?;
+        if keyring.held() == version.held {
             return Ok(false);
         }
-        self.held = keyring.held();
-        self.version
+        version.held = keyring.held();
+        version
+            .running
             .handle()
             .call(Request::Rekey(keyring))
             .await
@@ -167,8 +164,50 @@ impl Actors {
 
     /// Stops the actors, letting work in flight finish; releases the ledger.
     pub async fn stop(self) {
-        self.supervisor.abort();
-        let _ = self.supervisor.await;
-        drop(self.version.stop().await);
+        if let Some(supervisor) = self.supervisor {
+            supervisor.abort();
+            let _ = supervisor.await;
+        }
+        if let Some(version) = self.version {
+            drop(version.running.stop().await);
+        }
     }
+}
+
+async fn start_version(
+    global: &Global,
+    run: &RunOptions,
+    bus: Arc<dyn Bus>,
+    key_store: &KeyStore,
+    wire: ContentType,
+) -> Result<VersionActor> {
+    let env = environment();
+    let keyring = Keyring::load(env.clone(), key_store, true).map_err(Failure::input)?;
+    let held = keyring.held();
+    let config = EngineConfig {
+        ledger_path: global.ledger_path(),
+        policy: Policy {
+            grace: run.grace,
+            key_ttl: run.key_ttl,
+            dual_sign: !run.no_dual_sign,
+        },
+        snapshot_every: run.snapshot_every,
+    };
+    let engine = Engine::open(config, keyring, system_clock())
+        .map_err(Failure::input)
+        .map_err(|f| Failure {
+            error: f.error.context("cannot open Version Management"),
+            ..f
+        })?;
+    let running = actor::start(
+        engine,
+        bus,
+        ActorConfig {
+            wire,
+            ..ActorConfig::default()
+        },
+    )
+    .await
+    .context("starting Version Management (0x6001)")?;
+    Ok(VersionActor { running, env, held })
 }

@@ -14,7 +14,7 @@ use tes_bus::InProcessBus;
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Status, Verify};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
-use crate::cli::{Global, RunOptions};
+use crate::cli::{ActorSet, Global, RunOptions};
 use crate::commands::replay::{describe, json_view};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::Printer;
@@ -25,7 +25,7 @@ async fn with_runtime<T>(
     run: &RunOptions,
     f: impl AsyncFnOnce(&Actors) -> Result<T>,
 ) -> Result<T> {
-    let rt = Actors::start(global, run, Arc::new(InProcessBus::new())).await?;
+    let rt = Actors::start(global, run, Arc::new(InProcessBus::new()), ActorSet::ALL).await?;
     let out = f(&rt).await;
     rt.stop().await;
     out

@@ -1,22 +1,23 @@
-//! `tes daemon`: the actors in one process on the embedded bus until Ctrl-C
-//! or SIGTERM. Re-reads the key store every few seconds, so `tes secret put`
-//! reaches a running daemon without a restart.
+//! `tes daemon`: actors until Ctrl-C or SIGTERM — all of them on the
+//! embedded bus, or any subset (`--actors`) on a NATS server, where several
+//! daemons form the system. Re-reads the key store every few seconds, so
+//! `tes secret put` reaches a running daemon without a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use tes_bus::nats::redact;
 use tes_bus::{Bus, InProcessBus};
-
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{Global, RunOptions};
-use crate::failure::Result;
+use crate::cli::{ActorSet, Global, RunOptions};
+use crate::failure::{Failure, Result};
 use crate::runtime::{self, Actors};
 
 const KEY_STORE_POLL: Duration = Duration::from_secs(2);
 
-pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
+pub async fn run(global: &Global, run: &RunOptions, which: ActorSet) -> Result<()> {
     let (bus, on): (Arc<dyn Bus>, String) = match runtime::nats(global, "tes-daemon").await? {
         Some(nats) => (
             Arc::new(nats),
@@ -25,18 +26,21 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
                 redact(global.nats.as_deref().unwrap_or_default())
             ),
         ),
+        None if which != ActorSet::ALL => {
+            return Err(Failure::input(anyhow!(
+                "--actors needs --nats: on the embedded bus every actor runs in this one process"
+            )))
+        }
         None => (
             Arc::new(InProcessBus::new()),
             "the embedded bus".to_string(),
         ),
     };
-    let mut rt = Actors::start(global, run, bus).await?;
-    let status = rt.status().await?;
+    let mut rt = Actors::start(global, run, bus, which).await?;
     tracing::info!(
-        ledger = %rt.ledger_path.display(),
-        key_version = status.key_version.map(|v| v.to_string()).unwrap_or_default(),
-        head_seq = status.head_seq,
-        "tes daemon ready: Supervisor (0x1001) and Version Management (0x6001) on {on}"
+        actors = %which.names().join(", "),
+        ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },
+        "tes daemon ready on {on}"
     );
     let mut term = signal(SignalKind::terminate())?;
     let mut poll = tokio::time::interval(KEY_STORE_POLL);
