@@ -843,3 +843,88 @@ fn actors_in_separate_daemons_with_their_own_nats_users() {
     assert_eq!(r.code, 2, "subsets need NATS");
     assert!(r.stderr.contains("--actors needs --nats"), "{}", r.stderr);
 }
+
+#[test]
+fn a_kv_rotation_signal_rotates_once_across_restarts() {
+    let server = tes_bus::test_server::TestServer::start();
+    block_on(server.ready(None));
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let with_three = || {
+        let mut c = with_keys(args(tes(dir.path()), &["--nats", &url]));
+        c.env(
+            "VERSION_SIGNING_KEY_V3",
+            "e2e-known-secret-v3-0f1e2d3c4b5a6978",
+        );
+        c
+    };
+    let key_version = || -> String {
+        let r = run(args(tes(dir.path()), &["--nats", &url, "status", "--json"]));
+        let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
+        v["keyVersion"].as_str().unwrap_or("").to_string()
+    };
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while key_version() != want {
+            assert!(Instant::now() < deadline, "keyVersion never became {want}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // One runtime for the client: its connection lives as long as the runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async_nats::connect(url.as_str())).unwrap();
+    let put = |value: &'static str| {
+        rt.block_on(async {
+            let kv = async_nats::jetstream::new(client.clone())
+                .get_key_value("tes")
+                .await
+                .unwrap();
+            kv.put("rotation-signal", value.into()).await.unwrap()
+        })
+    };
+
+    let daemon = Daemon::spawn(with_three(), &[]);
+    wait_for("1");
+    put("rotate");
+    wait_for("2");
+    drop(daemon);
+    let daemon = Daemon::spawn(with_three(), &[]);
+    wait_for("2");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        key_version(),
+        "2",
+        "the same revision did not rotate again (v3 was there to rotate to)"
+    );
+    drop(daemon);
+    let daemon = Daemon::spawn(with_three(), &[]);
+    wait_for("2");
+
+    // Garbage is refused (a rejected event from the Supervisor) and changes nothing.
+    let mut rejected = rt.block_on(async {
+        let s = client.subscribe("tes.evt.0x1001.rejected").await.unwrap();
+        client.flush().await.unwrap();
+        s
+    });
+    put("rotate-please");
+    let got = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), futures_util_next(&mut rejected)).await
+    });
+    assert!(got.is_ok(), "a rejected event for a bad signal");
+    assert_eq!(key_version(), "2");
+
+    put("rollback");
+    wait_for("1");
+    drop(daemon);
+    let audit = run(args(tes(dir.path()), &["audit", "verify"]));
+    assert_eq!(audit.code, 0);
+}
+
+async fn futures_util_next(s: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
+    use futures_util::StreamExt;
+    s.next().await
+}

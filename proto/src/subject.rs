@@ -22,6 +22,20 @@ pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
 /// Header carrying the message id; NATS JetStream de-duplicates on it.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
+/// The JetStream key-value bucket the Supervisor watches (the seed's
+/// `KV.put('rotation-signal', 'rotate')`).
+pub mod kv {
+    pub const BUCKET: &str = "tes";
+    /// Values `rotate` or `rollback`; each revision is acted on at most once.
+    pub const ROTATION_SIGNAL: &str = "rotation-signal";
+    /// The last `rotation-signal` revision the Supervisor handled.
+    pub const SIGNAL_CURSOR: &str = "supervisor-signal-cursor";
+    /// How a refusal of a KV signal names where it came from.
+    pub const SIGNAL_SUBJECT: &str = "$KV.tes.rotation-signal";
+    pub const ROTATE: &str = "rotate";
+    pub const ROLLBACK: &str = "rollback";
+}
+
 /// Command verbs.
 pub mod verb {
     pub const ROTATE: &str = "rotate";

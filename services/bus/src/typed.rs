@@ -121,23 +121,23 @@ pub async fn respond<T: Serialize>(
     bus.publish(m).await
 }
 
-/// Refuses a command: answers the requester with `error` and tells everyone
-/// watching with a `rejected` event from `thread`. Nothing else happens.
-pub async fn refuse<T: Serialize>(
+/// Tells everyone watching that something arriving on `subject` was refused
+/// by `thread` (a `rejected` event). It changed nothing.
+pub async fn publish_rejected(
     bus: &dyn Bus,
     thread: ThreadId,
-    request: &Message,
+    subject: &str,
     ct: ContentType,
-    error: ErrorReply,
+    error: &ErrorReply,
 ) {
-    tracing::info!(subject = %request.subject, code = ?error.code, reason = %error.message, "command refused");
+    tracing::info!(%subject, code = ?error.code, reason = %error.message, "refused");
     let rejected = Envelope::new(
         MsgId::generate(),
         Timestamp::now(),
         thread,
         Channel::Event,
         Event::Rejected(tes_proto::event::Rejected {
-            subject: request.subject.clone(),
+            subject: subject.to_string(),
             code: error.code,
             reason: error.message.clone(),
         }),
@@ -145,6 +145,18 @@ pub async fn refuse<T: Serialize>(
     if let Err(e) = publish_event(bus, ct, &rejected).await {
         tracing::warn!(error = %e, "could not publish a rejected event");
     }
+}
+
+/// Refuses a command: a `rejected` event for everyone watching, and the
+/// error as the reply to the requester.
+pub async fn refuse<T: Serialize>(
+    bus: &dyn Bus,
+    thread: ThreadId,
+    request: &Message,
+    ct: ContentType,
+    error: ErrorReply,
+) {
+    publish_rejected(bus, thread, &request.subject, ct, &error).await;
     if let Err(e) = respond(bus, request, ct, &Reply::<T>::Err(error)).await {
         tracing::warn!(error = %e, "could not send an error reply");
     }

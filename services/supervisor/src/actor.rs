@@ -19,6 +19,11 @@ use crate::gate;
 
 const THREAD: ThreadId = ThreadId::Supervisor;
 
+pub(crate) const ROTATE_GATE: Check<Rotate> =
+    |status, cmd| gate::check_rotate(status, cmd).map(|_| ());
+pub(crate) const ROLLBACK_GATE: Check<Rollback> =
+    |status, _| gate::check_rollback(status).map(|_| ());
+
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
     pub wire: ContentType,
@@ -50,18 +55,8 @@ pub async fn start(
 
 async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
     match subject::parse(&message.subject).map(|p| p.last) {
-        Some(verb::ROTATE) => {
-            gated::<Rotate>(bus, config, message, |status, cmd| {
-                gate::check_rotate(status, cmd).map(|_| ())
-            })
-            .await
-        }
-        Some(verb::ROLLBACK) => {
-            gated::<Rollback>(bus, config, message, |status, _| {
-                gate::check_rollback(status).map(|_| ())
-            })
-            .await
-        }
+        Some(verb::ROTATE) => gated(bus, config, message, ROTATE_GATE).await,
+        Some(verb::ROLLBACK) => gated(bus, config, message, ROLLBACK_GATE).await,
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
@@ -75,13 +70,9 @@ async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
     }
 }
 
-/// Decodes, asks 0x6001 for its status, applies the gate, forwards.
-async fn gated<C>(
-    bus: &dyn Bus,
-    config: &SupervisorConfig,
-    message: &Message,
-    check: fn(&StatusReply, &C) -> Result<(), ErrorReply>,
-) where
+/// Decodes a command message, gates and forwards it, answers.
+async fn gated<C>(bus: &dyn Bus, config: &SupervisorConfig, message: &Message, check: Check<C>)
+where
     C: CommandBody<Reply = RotationReply>,
 {
     let (ct, envelope) = match decode_command::<C>(message, THREAD) {
@@ -94,47 +85,60 @@ async fn gated<C>(
             return refuse::<RotationReply>(bus, THREAD, message, ContentType::Json, error).await;
         }
     };
-    let outcome = async {
-        let status_request = Envelope::new(
-            MsgId::generate(),
-            Timestamp::now(),
-            ThreadId::VersionManagement,
-            Channel::Command,
-            Status {},
-        )
-        .caused_by(&envelope);
-        let status = call::<Status>(
-            bus,
-            ThreadId::VersionManagement,
-            config.wire,
-            &status_request,
-            config.timeout,
-        )
-        .await
-        .map_err(unavailable)?;
-        check(&status, &envelope.body)?;
-        // Forwarded under the same id: Version Management applies a command
-        // id at most once, so a client's retry cannot rotate twice.
-        let mut forward = envelope.clone();
-        forward.thread = ThreadId::VersionManagement;
-        call::<C>(
-            bus,
-            ThreadId::VersionManagement,
-            config.wire,
-            &forward,
-            config.timeout,
-        )
-        .await
-        .map_err(unavailable)
-    }
-    .await;
-    match outcome {
+    match gate_and_forward(bus, config, &envelope, check).await {
         Ok(reply) => {
-            tracing::info!(verb = C::VERB, to = %reply.key_version, "forwarded and applied");
             let _ = respond(bus, message, ct, &Reply::Ok(reply)).await;
         }
         Err(error) => refuse::<RotationReply>(bus, THREAD, message, ct, error).await,
     }
+}
+
+/// The gate a command of type `C` must pass, given Version Management's status.
+pub(crate) type Check<C> = fn(&StatusReply, &C) -> Result<(), ErrorReply>;
+
+/// Asks 0x6001 for its status, applies the gate, and forwards the command
+/// under its own id: Version Management applies a command id at most once,
+/// so a retry (a client's, or a KV revision seen again) cannot act twice.
+pub(crate) async fn gate_and_forward<C>(
+    bus: &dyn Bus,
+    config: &SupervisorConfig,
+    envelope: &Envelope<C>,
+    check: Check<C>,
+) -> Result<RotationReply, ErrorReply>
+where
+    C: CommandBody<Reply = RotationReply>,
+{
+    let status_request = Envelope::new(
+        MsgId::generate(),
+        Timestamp::now(),
+        ThreadId::VersionManagement,
+        Channel::Command,
+        Status {},
+    )
+    .caused_by(envelope);
+    let status = call::<Status>(
+        bus,
+        ThreadId::VersionManagement,
+        config.wire,
+        &status_request,
+        config.timeout,
+    )
+    .await
+    .map_err(unavailable)?;
+    check(&status, &envelope.body)?;
+    let mut forward = envelope.clone();
+    forward.thread = ThreadId::VersionManagement;
+    let reply = call::<C>(
+        bus,
+        ThreadId::VersionManagement,
+        config.wire,
+        &forward,
+        config.timeout,
+    )
+    .await
+    .map_err(unavailable)?;
+    tracing::info!(verb = C::VERB, to = %reply.key_version, "forwarded and applied");
+    Ok(reply)
 }
 
 fn unavailable(e: CallError) -> ErrorReply {

@@ -2,10 +2,12 @@
 //! through here. [`gate`] decides (pure) whether it may go through;
 //! [`actor`] is the shell that asks Version Management for its status,
 //! applies the gate, forwards what passes to `tes.cmd.0x6001.<verb>` and
-//! publishes a `rejected` event for what does not.
+//! publishes a `rejected` event for what does not. [`kv_signal`] feeds the
+//! same gate from the JetStream KV bucket `tes`, key `rotation-signal`.
 //!
 //! Invariant: only the Supervisor sends `tes.cmd.0x6001.rotate|rollback`
 //! (the NATS permissions in `ops/` enforce it on a real server).
 
 pub mod actor;
 pub mod gate;
+pub mod kv_signal;

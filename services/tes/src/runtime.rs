@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tes_bus::typed::{self, CallError};
-use tes_bus::{Bus, NatsBus, NatsConfig};
+use tes_bus::{Bus, InProcessBus, NatsBus, NatsConfig};
 use tes_keyring::{KeyStore, Keyring};
 use tes_proto::command::Status;
 use tes_proto::reply::StatusReply;
@@ -24,10 +24,20 @@ use tokio::task::JoinHandle;
 use crate::cli::{ActorSet, Global, RunOptions, Wire};
 use crate::failure::{Failure, Result};
 
+/// What the actors talk over.
+pub enum Transport {
+    /// The in-process bus: every actor in this process.
+    Embedded,
+    /// A NATS server: also JetStream (the KV rotation signal).
+    Nats(NatsBus),
+}
+
 pub struct Actors {
     bus: Arc<dyn Bus>,
     version: Option<VersionActor>,
-    supervisor: Option<JoinHandle<()>>,
+    /// The Supervisor's tasks: its command subscription and, on NATS, the
+    /// KV signal watch.
+    supervisor: Vec<JoinHandle<()>>,
     key_store: KeyStore,
     wire: ContentType,
     pub ledger_path: PathBuf,
@@ -73,35 +83,44 @@ pub fn wire(w: Wire) -> ContentType {
 }
 
 impl Actors {
-    /// Starts the actors of `which` on `bus`. Version Management opens the
-    /// ledger (taking the writer lock) and loads the keys; the Supervisor
-    /// needs neither.
+    /// Starts the actors of `which` on `transport`. Version Management opens
+    /// the ledger (taking the writer lock) and loads the keys; the Supervisor
+    /// needs neither, and on NATS also watches the KV rotation signal.
     pub async fn start(
         global: &Global,
         run: &RunOptions,
-        bus: Arc<dyn Bus>,
+        transport: Transport,
         which: ActorSet,
     ) -> Result<Actors> {
         let wire = wire(run.wire);
         let key_store = global.key_store();
+        let bus: Arc<dyn Bus> = match &transport {
+            Transport::Embedded => Arc::new(InProcessBus::new()),
+            Transport::Nats(nats) => Arc::new(nats.clone()),
+        };
         let version = match which.version {
             true => Some(start_version(global, run, bus.clone(), &key_store, wire).await?),
             false => None,
         };
-        let supervisor = match which.supervisor {
-            true => Some(
-                tes_supervisor::actor::start(
-                    bus.clone(),
-                    SupervisorConfig {
-                        wire,
-                        ..SupervisorConfig::default()
-                    },
-                )
-                .await
-                .context("starting the Supervisor (0x1001)")?,
-            ),
-            false => None,
-        };
+        let mut supervisor = Vec::new();
+        if which.supervisor {
+            let config = SupervisorConfig {
+                wire,
+                ..SupervisorConfig::default()
+            };
+            supervisor.push(
+                tes_supervisor::actor::start(bus.clone(), config.clone())
+                    .await
+                    .context("starting the Supervisor (0x1001)")?,
+            );
+            if let Transport::Nats(nats) = &transport {
+                supervisor.push(
+                    tes_supervisor::kv_signal::start(nats.client().clone(), bus.clone(), config)
+                        .await
+                        .context("watching the KV rotation signal")?,
+                );
+            }
+        }
         Ok(Actors {
             bus,
             version,
@@ -164,9 +183,9 @@ impl Actors {
 
     /// Stops the actors, letting work in flight finish; releases the ledger.
     pub async fn stop(self) {
-        if let Some(supervisor) = self.supervisor {
-            supervisor.abort();
-            let _ = supervisor.await;
+        for task in self.supervisor {
+            task.abort();
+            let _ = task.await;
         }
         if let Some(version) = self.version {
             drop(version.running.stop().await);

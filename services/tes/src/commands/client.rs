@@ -7,10 +7,7 @@ use std::io::Read;
 
 use anyhow::anyhow;
 use serde_json::json;
-use std::sync::Arc;
-
 use tes_bus::typed;
-use tes_bus::InProcessBus;
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Status, Verify};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
@@ -18,14 +15,14 @@ use crate::cli::{ActorSet, Global, RunOptions};
 use crate::commands::replay::{describe, json_view};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::Printer;
-use crate::runtime::{self, Actors};
+use crate::runtime::{self, Actors, Transport};
 
 async fn with_runtime<T>(
     global: &Global,
     run: &RunOptions,
     f: impl AsyncFnOnce(&Actors) -> Result<T>,
 ) -> Result<T> {
-    let rt = Actors::start(global, run, Arc::new(InProcessBus::new()), ActorSet::ALL).await?;
+    let rt = Actors::start(global, run, Transport::Embedded, ActorSet::ALL).await?;
     let out = f(&rt).await;
     rt.stop().await;
     out

@@ -3,24 +3,22 @@
 //! daemons form the system. Re-reads the key store every few seconds, so
 //! `tes secret put` reaches a running daemon without a restart.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use tes_bus::nats::redact;
-use tes_bus::{Bus, InProcessBus};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{ActorSet, Global, RunOptions};
 use crate::failure::{Failure, Result};
-use crate::runtime::{self, Actors};
+use crate::runtime::{self, Actors, Transport};
 
 const KEY_STORE_POLL: Duration = Duration::from_secs(2);
 
 pub async fn run(global: &Global, run: &RunOptions, which: ActorSet) -> Result<()> {
-    let (bus, on): (Arc<dyn Bus>, String) = match runtime::nats(global, "tes-daemon").await? {
+    let (transport, on) = match runtime::nats(global, "tes-daemon").await? {
         Some(nats) => (
-            Arc::new(nats),
+            Transport::Nats(nats),
             format!(
                 "NATS {}",
                 redact(global.nats.as_deref().unwrap_or_default())
@@ -31,12 +29,9 @@ pub async fn run(global: &Global, run: &RunOptions, which: ActorSet) -> Result<(
                 "--actors needs --nats: on the embedded bus every actor runs in this one process"
             )))
         }
-        None => (
-            Arc::new(InProcessBus::new()),
-            "the embedded bus".to_string(),
-        ),
+        None => (Transport::Embedded, "the embedded bus".to_string()),
     };
-    let mut rt = Actors::start(global, run, bus, which).await?;
+    let mut rt = Actors::start(global, run, transport, which).await?;
     tracing::info!(
         actors = %which.names().join(", "),
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },

@@ -5,11 +5,9 @@
 //! ledger and audit its chain.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use anyhow::anyhow;
 use serde_json::json;
-use tes_bus::InProcessBus;
 use tes_keyring::{Keyring, Secret};
 use tes_ledger::{verify, Ledger};
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Verify};
@@ -22,7 +20,7 @@ use crate::cli::{ActorSet, Global, RunOptions};
 use crate::commands::replay::{json_view, verify_failure};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::{short, Printer};
-use crate::runtime::{environment, Actors};
+use crate::runtime::{environment, Actors, Transport};
 
 pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     let p = Printer { json: global.json };
@@ -30,7 +28,7 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         "TES key ledger demo: all actors in this process on the embedded bus, ledger {}",
         global.ledger_path().display()
     ));
-    let mut rt = Actors::start(global, run, Arc::new(InProcessBus::new()), ActorSet::ALL).await?;
+    let mut rt = Actors::start(global, run, Transport::Embedded, ActorSet::ALL).await?;
     let outcome = story(&mut rt, p).await;
     let live = match &outcome {
         Ok(()) => Some(rt.status().await?),
