@@ -14,6 +14,9 @@ pub const ALL_COMMANDS: &str = "tes.cmd.>";
 /// Every event, for a stream or `tes watch`.
 pub const ALL_EVENTS: &str = "tes.evt.>";
 
+/// The JetStream stream of every event (`tes.evt.>`).
+pub const EVENTS_STREAM: &str = "TES_EVENTS";
+
 /// Queue group of the signer replicas on `tes.cmd.0x6001.sign`.
 pub const SIGNERS_QUEUE: &str = "signers";
 

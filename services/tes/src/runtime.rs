@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use tes_bus::jetstream::EventStream;
 use tes_bus::typed::{self, CallError};
 use tes_bus::{Bus, InProcessBus, NatsBus, NatsConfig};
 use tes_keyring::{KeyStore, Keyring};
@@ -99,7 +100,22 @@ impl Actors {
             Transport::Nats(nats) => Arc::new(nats.clone()),
         };
         let version = match which.version {
-            true => Some(start_version(global, run, bus.clone(), &key_store, wire).await?),
+            true => {
+                let event_stream = match &transport {
+                    Transport::Embedded => None,
+                    Transport::Nats(nats) => Some(
+                        EventStream::ensure(nats.client().clone())
+                            .await
+                            .map_err(Failure::check)?,
+                    ),
+                };
+                let config = ActorConfig {
+                    wire,
+                    event_stream,
+                    ..ActorConfig::default()
+                };
+                Some(start_version(global, run, bus.clone(), &key_store, config).await?)
+            }
             false => None,
         };
         let mut supervisor = Vec::new();
@@ -198,7 +214,7 @@ async fn start_version(
     run: &RunOptions,
     bus: Arc<dyn Bus>,
     key_store: &KeyStore,
-    wire: ContentType,
+    actor_config: ActorConfig,
 ) -> Result<VersionActor> {
     let env = environment();
     let keyring = Keyring::load(env.clone(), key_store, true).map_err(Failure::input)?;
@@ -218,15 +234,8 @@ async fn start_version(
             error: f.error.context("cannot open Version Management"),
             ..f
         })?;
-    let running = actor::start(
-        engine,
-        bus,
-        ActorConfig {
-            wire,
-            ..ActorConfig::default()
-        },
-    )
-    .await
-    .context("starting Version Management (0x6001)")?;
+    let running = actor::start(engine, bus, actor_config)
+        .await
+        .context("starting Version Management (0x6001)")?;
     Ok(VersionActor { running, env, held })
 }

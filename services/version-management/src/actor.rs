@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tes_bus::jetstream::EventStream;
 use tes_bus::typed::{decode_command, publish_event, refuse, respond};
 use tes_bus::{Bus, Message};
-use tes_ledger::Head;
+use tes_ledger::{Head, Outbox};
 use tes_proto::command::{Bump, Rollback, Rotate, Sign, Status, Verify};
 use tes_proto::event::{Checkpoint, Event};
 use tes_proto::subject::{self, verb};
@@ -37,6 +38,10 @@ pub struct ActorConfig {
     pub tick_every: Duration,
     /// The least time between two published checkpoints.
     pub checkpoint_every: Duration,
+    /// Where committed events go durably (NATS): through the ledger's
+    /// outbox into this stream. `None` (the embedded bus): published on
+    /// the bus directly after each commit.
+    pub event_stream: Option<EventStream>,
 }
 
 impl Default for ActorConfig {
@@ -45,6 +50,7 @@ impl Default for ActorConfig {
             wire: ContentType::Binary,
             tick_every: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(1),
+            event_stream: None,
         }
     }
 }
@@ -121,6 +127,14 @@ pub async fn start(
     bus: Arc<dyn Bus>,
     config: ActorConfig,
 ) -> Result<Running, tes_bus::BusError> {
+    let outbox = match &config.event_stream {
+        Some(stream) => {
+            let outbox = Outbox::open(engine.ledger().path(), OUTBOX)
+                .map_err(|e| tes_bus::BusError::Transport(e.to_string()))?;
+            Some((std::sync::Mutex::new(outbox), stream.clone()))
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
     let (committed_tx, committed_rx) = mpsc::unbounded_channel();
     let engine = std::thread::Builder::new()
@@ -153,7 +167,7 @@ pub async fn start(
             }
         })
     };
-    let publisher = tokio::spawn(publish_committed(bus, committed_rx, config));
+    let publisher = tokio::spawn(publish_committed(bus, committed_rx, config, outbox));
     Ok(Running {
         handle,
         tasks: vec![listener, ticker],
@@ -191,16 +205,45 @@ fn engine_loop(
     engine
 }
 
+/// The name of Version Management's cursor in the ledger's outbox table.
+const OUTBOX: &str = "TES_EVENTS";
+/// Events sent to JetStream per round trip.
+const OUTBOX_CHUNK: usize = 256;
+
+/// Publishes committed events in ledger order: through the outbox into
+/// JetStream when there is an event stream, else straight onto the bus.
+/// Ends when the engine thread has ended and everything is out.
 async fn publish_committed(
     bus: Arc<dyn Bus>,
     mut rx: mpsc::UnboundedReceiver<Committed>,
     config: ActorConfig,
+    outbox: Option<(std::sync::Mutex<Outbox>, EventStream)>,
 ) {
     let mut last_checkpoint: Option<Instant> = None;
-    while let Some(batch) = rx.recv().await {
-        for event in &batch.events {
-            if let Err(error) = publish_event(&*bus, config.wire, event).await {
-                tracing::warn!(%error, kind = event.body.kind(), "could not publish event");
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Some((outbox, stream)) = &outbox {
+        drain(outbox, stream, config.wire).await;
+    }
+    loop {
+        let batch = tokio::select! {
+            batch = rx.recv() => batch,
+            _ = retry.tick(), if outbox.is_some() => {
+                if let Some((outbox, stream)) = &outbox {
+                    drain(outbox, stream, config.wire).await;
+                }
+                continue;
+            }
+        };
+        let Some(batch) = batch else { break };
+        match &outbox {
+            Some((outbox, stream)) => drain(outbox, stream, config.wire).await,
+            None => {
+                for event in &batch.events {
+                    if let Err(error) = publish_event(&*bus, config.wire, event).await {
+                        tracing::warn!(%error, kind = event.body.kind(), "could not publish event");
+                    }
+                }
             }
         }
         if last_checkpoint.is_none_or(|t| t.elapsed() >= config.checkpoint_every) {
@@ -210,6 +253,41 @@ async fn publish_committed(
                 hash: batch.head.hash_hex(),
             });
             let _ = publish_event(&*bus, config.wire, &bus_event(body)).await;
+        }
+    }
+    if let Some((outbox, stream)) = &outbox {
+        drain(outbox, stream, config.wire).await;
+    }
+}
+
+/// Sends everything after the outbox cursor to the event stream, advancing
+/// the cursor as the stream confirms. A failure (NATS away) leaves the rest
+/// for the next try; a resend after a partial success is de-duplicated by
+/// the stream (`Nats-Msg-Id` = event id).
+async fn drain(outbox: &std::sync::Mutex<Outbox>, stream: &EventStream, ct: ContentType) {
+    // SQLite calls are brief; the lock is never held across an await.
+    let outbox = || outbox.lock().expect("outbox lock poisoned");
+    loop {
+        let read = {
+            let guard = outbox();
+            guard.cursor().and_then(|c| guard.after(c, OUTBOX_CHUNK))
+        };
+        let pending = match read {
+            Ok(p) => p,
+            Err(error) => return tracing::error!(%error, "cannot read the outbox"),
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let events: Vec<Envelope<Event>> = pending.iter().map(|(_, e)| e.clone()).collect();
+        let (stored, error) = stream.publish_all(ct, &events).await;
+        if stored > 0 {
+            if let Err(error) = outbox().advance(pending[stored - 1].0) {
+                return tracing::error!(%error, "cannot advance the outbox cursor");
+            }
+        }
+        if let Some(error) = error {
+            return tracing::warn!(%error, behind = pending.len() - stored, "events not yet in the stream; will retry");
         }
     }
 }
