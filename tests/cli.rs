@@ -702,28 +702,67 @@ fn the_cli_talks_to_a_daemon_over_nats() {
 }
 
 #[test]
-fn a_json_rotate_from_a_client_that_is_not_tes_goes_through_the_supervisor() {
+fn json_rotations_from_a_client_that_is_not_tes_are_durable() {
+    let server = tes_bus::test_server::TestServer::start();
+    block_on(server.ready(None));
+    let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let d = NatsDaemon::start(dir.path());
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let key_version = || -> String {
+        let r = run(args(tes(dir.path()), &["--nats", &url, "status", "--json"]));
+        let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
+        v["keyVersion"].as_str().unwrap_or("").to_string()
+    };
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while key_version() != want {
+            assert!(Instant::now() < deadline, "keyVersion never became {want}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // A first daemon run creates the streams; then no daemon runs at all.
+    let daemon = Daemon::spawn(with_keys(args(tes(dir.path()), &["--nats", &url])), &[]);
+    wait_for("1");
+    drop(daemon);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let reply = rt.block_on(async {
-        let client = async_nats::connect(d.url.as_str()).await.unwrap();
-        // Exactly what `nats request tes.cmd.0x1001.rotate '{"requested_by":"ops"}'` sends.
+    let client = rt.block_on(async_nats::connect(url.as_str())).unwrap();
+    // Exactly what `nats request tes.cmd.0x1001.rotate '{"requested_by":"ops"}'`
+    // sends: the answer is the stream's receipt — stored, to be applied.
+    let receipt = rt
+        .block_on(client.request("tes.cmd.0x1001.rotate", r#"{"requested_by":"ops"}"#.into()))
+        .unwrap();
+    let receipt: Value = serde_json::from_slice(&receipt.payload).unwrap();
+    assert_eq!(receipt["stream"], "TES_COMMANDS", "{receipt}");
+
+    // The daemon comes back and applies it, once.
+    let daemon = Daemon::spawn(with_keys(args(tes(dir.path()), &["--nats", &url])), &[]);
+    wait_for("2");
+    // `nats pub tes.cmd.0x1001.rollback ''`: fire and forget, no headers.
+    rt.block_on(async {
         client
-            .request("tes.cmd.0x1001.rotate", r#"{"requested_by":"ops"}"#.into())
+            .publish("tes.cmd.0x1001.rollback", "".into())
             .await
-            .unwrap()
+            .unwrap();
+        client.flush().await.unwrap();
     });
-    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-    assert_eq!(reply["ok"]["keyVersion"], "v2", "{reply}");
-    assert_eq!(reply["ok"]["success"], true);
-    drop(d);
-    let state = run(args(tes(dir.path()), &["replay", "--json"]));
-    let state: Value = serde_json::from_str(state.stdout.trim()).unwrap();
-    assert_eq!(state["keyVersion"], "2");
+    wait_for("1");
+    drop(daemon);
+    let daemon = Daemon::spawn(with_keys(args(tes(dir.path()), &["--nats", &url])), &[]);
+    wait_for("1");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        key_version(),
+        "1",
+        "nothing was applied twice after a restart"
+    );
+    drop(daemon);
+    let rotations = run(args(tes(dir.path()), &["replay", "--json"]));
+    let state: Value = serde_json::from_str(rotations.stdout.trim()).unwrap();
+    assert_eq!(state["keyVersion"], "1");
 }
 
 #[test]

@@ -17,6 +17,23 @@ pub const ALL_EVENTS: &str = "tes.evt.>";
 /// The JetStream stream of every event (`tes.evt.>`).
 pub const EVENTS_STREAM: &str = "TES_EVENTS";
 
+/// The JetStream stream of the commands that must not be lost: the
+/// Supervisor's `rotate` and `rollback`. Request/reply verbs stay out of it:
+/// a stream that captures a subject answers every request on it with its
+/// own PubAck.
+pub const COMMANDS_STREAM: &str = "TES_COMMANDS";
+
+/// The subjects of [`COMMANDS_STREAM`].
+pub fn durable_commands() -> Vec<String> {
+    vec![
+        command(ThreadId::Supervisor, verb::ROTATE),
+        command(ThreadId::Supervisor, verb::ROLLBACK),
+    ]
+}
+
+/// On a durable command: where its outcome (a [`crate::Reply`]) goes.
+pub const REPLY_TO_HEADER: &str = "Tes-Reply-To";
+
 /// Queue group of the signer replicas on `tes.cmd.0x6001.sign`.
 pub const SIGNERS_QUEUE: &str = "signers";
 

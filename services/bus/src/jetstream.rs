@@ -1,13 +1,22 @@
-//! JetStream: the durable side of the bus. Committed events are published to
-//! the `TES_EVENTS` stream (`tes.evt.>`) with `Nats-Msg-Id` = event id, so a
-//! publish retried after a reconnect or a restart is stored once.
+//! JetStream: the durable side of the bus.
+//!
+//! - [`EventStream`]: committed events go to `TES_EVENTS` (`tes.evt.>`) with
+//!   `Nats-Msg-Id` = event id, so a publish retried after a reconnect or a
+//!   restart is stored once.
+//! - [`CommandStream`]: the commands that must not be lost (`rotate`,
+//!   `rollback` to the Supervisor) go to `TES_COMMANDS`, read by a durable
+//!   consumer; the sender names an inbox for the outcome (`Tes-Reply-To`).
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
-use tes_proto::subject::{self, CONTENT_TYPE_HEADER};
-use tes_proto::{ContentType, Envelope, Event};
+use futures_util::StreamExt;
+use tes_proto::subject::{self, CONTENT_TYPE_HEADER, REPLY_TO_HEADER};
+use tes_proto::{CommandBody, ContentType, Envelope, Event, Reply, ThreadId};
+
+use crate::typed::CallError;
+use crate::NatsBus;
 
 use crate::BusError;
 
@@ -103,4 +112,134 @@ async fn confirmed(
         }
     }
     (n, None)
+}
+
+/// `TES_COMMANDS`: durable commands.
+#[derive(Clone)]
+pub struct CommandStream {
+    js: jetstream::Context,
+}
+
+impl CommandStream {
+    /// The sending side only: publishes to the stream's subjects and needs
+    /// no JetStream API rights (the Supervisor creates the stream).
+    pub fn sender(client: async_nats::Client) -> CommandStream {
+        CommandStream {
+            js: jetstream::new(client),
+        }
+    }
+
+    /// Creates `TES_COMMANDS` if it does not exist yet.
+    pub async fn ensure(client: async_nats::Client) -> Result<CommandStream, BusError> {
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: subject::COMMANDS_STREAM.to_string(),
+            subjects: subject::durable_commands(),
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            transport(format!(
+                "cannot create or open stream {}: {e}",
+                subject::COMMANDS_STREAM
+            ))
+        })?;
+        Ok(CommandStream { js })
+    }
+
+    /// The durable pull consumer `name` over the commands of `thread`. It
+    /// remembers what was acknowledged across restarts of its reader.
+    pub async fn consumer(
+        &self,
+        name: &str,
+        thread: ThreadId,
+    ) -> Result<jetstream::consumer::PullConsumer, BusError> {
+        let stream = self
+            .js
+            .get_stream(subject::COMMANDS_STREAM)
+            .await
+            .map_err(|e| transport(format!("stream {}: {e}", subject::COMMANDS_STREAM)))?;
+        stream
+            .get_or_create_consumer(
+                name,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(name.to_string()),
+                    filter_subject: subject::commands_of(thread).replace('*', ">"),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| transport(format!("consumer {name}: {e}")))
+    }
+
+    /// Sends a durable command (its id as `Nats-Msg-Id`, so a retry is stored
+    /// once), waits until the stream has it, then waits up to `timeout` for
+    /// its outcome on a private inbox.
+    pub async fn call<C: CommandBody>(
+        &self,
+        bus: &NatsBus,
+        thread: ThreadId,
+        ct: ContentType,
+        envelope: &Envelope<C>,
+        timeout: Duration,
+    ) -> Result<C::Reply, CallError> {
+        let subject = C::subject(thread);
+        let client = bus.client();
+        let refused = bus.refusal(&subject);
+        let inbox = client.new_inbox();
+        let mut outcome = client.subscribe(inbox.clone()).await.map_err(transport)?;
+        client.flush().await.map_err(transport)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, ct.mime());
+        headers.insert(REPLY_TO_HEADER, inbox.as_str());
+        let message = jetstream::message::PublishMessage::build()
+            .payload(ct.encode(envelope)?.into())
+            .headers(headers)
+            .message_id(envelope.id.to_string());
+        let stored = async {
+            self.js
+                .send_publish(subject.clone(), message)
+                .await
+                .map_err(transport)?
+                .await
+                .map_err(|e| match e.kind() {
+                    PublishErrorKind::StreamNotFound => transport(format!(
+                        "{subject} was not stored: there is no {} stream yet (no Supervisor has run on this NATS server)",
+                        subject::COMMANDS_STREAM
+                    )),
+                    _ => transport(format!("{subject} was not stored: {e}")),
+                })
+        };
+        let ack = tokio::select! {
+            ack = stored => ack?,
+            () = refused => return Err(BusError::Forbidden(subject).into()),
+        };
+        let reply = match tokio::time::timeout(timeout, outcome.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(BusError::Closed.into()),
+            Err(_) => {
+                return Err(BusError::Queued {
+                    subject,
+                    stream: ack.stream,
+                    seq: ack.sequence,
+                    after: timeout,
+                }
+                .into())
+            }
+        };
+        let ct = ContentType::from_header(
+            reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+                .map(|v| v.as_str()),
+        )?;
+        let reply: Reply<C::Reply> = ct.decode(&reply.payload)?;
+        reply.into_result().map_err(CallError::Refused)
+    }
 }

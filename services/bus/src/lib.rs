@@ -71,6 +71,14 @@ pub enum BusError {
         "not permitted to publish to {0}: the NATS user lacks the right (see ops/nats-server.conf)"
     )]
     Forbidden(String),
+    /// A durable command was stored but nothing answered in time.
+    #[error("{subject} was accepted ({stream} seq {seq}) but not answered within {after:?}: the Supervisor or Version Management is not running; it will be applied when they are")]
+    Queued {
+        subject: String,
+        stream: String,
+        seq: u64,
+        after: Duration,
+    },
     #[error("invalid subject {0:?}")]
     InvalidSubject(String),
     #[error("the bus is closed")]

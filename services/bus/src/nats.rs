@@ -100,6 +100,23 @@ impl NatsBus {
         self.client.connection_state().to_string()
     }
 
+    /// Resolves when the server refuses this client a publish to `subject`
+    /// (a permissions violation). Create it before publishing: a refusal
+    /// arrives asynchronously, after `publish` has returned Ok.
+    pub fn refusal(&self, subject: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut errors = self.server_errors.subscribe();
+        let forbidden = format!("Permissions Violation for Publish to \"{subject}\"");
+        async move {
+            loop {
+                match errors.recv().await {
+                    Ok(e) if e.contains(&forbidden) => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        }
+    }
+
     /// Waits until everything published so far has reached the server.
     pub async fn flush(&self) -> Result<(), BusError> {
         self.client
@@ -168,7 +185,8 @@ fn to_nats(headers: &Headers) -> HeaderMap {
     map
 }
 
-fn from_nats(message: async_nats::Message) -> Message {
+/// A NATS message as a bus [`Message`].
+pub fn from_nats(message: async_nats::Message) -> Message {
     let headers = message
         .headers
         .as_ref()
@@ -259,17 +277,7 @@ impl Bus for NatsBus {
             .headers(to_nats(&message.headers))
             .payload(message.payload)
             .timeout(Some(timeout));
-        let mut errors = self.server_errors.subscribe();
-        let forbidden = format!("Permissions Violation for Publish to \"{subject}\"");
-        let refused = async {
-            loop {
-                match errors.recv().await {
-                    Ok(e) if e.contains(&forbidden) => return,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-                }
-            }
-        };
+        let refused = self.refusal(&subject);
         let outcome = tokio::select! {
             outcome = self.client.send_request(message.subject, request) => outcome,
             () = refused => return Err(BusError::Forbidden(subject)),

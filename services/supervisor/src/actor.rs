@@ -29,6 +29,9 @@ pub struct SupervisorConfig {
     pub wire: ContentType,
     /// How long to wait for Version Management.
     pub timeout: Duration,
+    /// On NATS `rotate` and `rollback` come through the durable stream
+    /// ([`crate::durable`]), not the plain subscription.
+    pub durable: bool,
 }
 
 impl Default for SupervisorConfig {
@@ -36,6 +39,7 @@ impl Default for SupervisorConfig {
         SupervisorConfig {
             wire: ContentType::Binary,
             timeout: Duration::from_secs(10),
+            durable: false,
         }
     }
 }
@@ -54,7 +58,13 @@ pub async fn start(
 }
 
 async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
-    match subject::parse(&message.subject).map(|p| p.last) {
+    let verb = subject::parse(&message.subject).map(|p| p.last);
+    if config.durable && matches!(verb, Some(verb::ROTATE | verb::ROLLBACK)) {
+        // The stream stores it (and answers a request with its PubAck); the
+        // durable consumer acts on it.
+        return;
+    }
+    match verb {
         Some(verb::ROTATE) => gated(bus, config, message, ROTATE_GATE).await,
         Some(verb::ROLLBACK) => gated(bus, config, message, ROLLBACK_GATE).await,
         _ => {

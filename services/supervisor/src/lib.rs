@@ -3,11 +3,13 @@
 //! [`actor`] is the shell that asks Version Management for its status,
 //! applies the gate, forwards what passes to `tes.cmd.0x6001.<verb>` and
 //! publishes a `rejected` event for what does not. [`kv_signal`] feeds the
-//! same gate from the JetStream KV bucket `tes`, key `rotation-signal`.
+//! same gate from the JetStream KV bucket `tes`, key `rotation-signal`, and
+//! [`durable`] from the `TES_COMMANDS` stream on NATS.
 //!
 //! Invariant: only the Supervisor sends `tes.cmd.0x6001.rotate|rollback`
 //! (the NATS permissions in `ops/` enforce it on a real server).
 
 pub mod actor;
+pub mod durable;
 pub mod gate;
 pub mod kv_signal;

@@ -120,8 +120,10 @@ impl Actors {
         };
         let mut supervisor = Vec::new();
         if which.supervisor {
+            let durable = matches!(transport, Transport::Nats(_));
             let config = SupervisorConfig {
                 wire,
+                durable,
                 ..SupervisorConfig::default()
             };
             supervisor.push(
@@ -130,6 +132,15 @@ impl Actors {
                     .context("starting the Supervisor (0x1001)")?,
             );
             if let Transport::Nats(nats) = &transport {
+                supervisor.push(
+                    tes_supervisor::durable::start(
+                        nats.client().clone(),
+                        bus.clone(),
+                        config.clone(),
+                    )
+                    .await
+                    .context("reading the durable commands")?,
+                );
                 supervisor.push(
                     tes_supervisor::kv_signal::start(nats.client().clone(), bus.clone(), config)
                         .await

@@ -7,6 +7,7 @@ use std::io::Read;
 
 use anyhow::anyhow;
 use serde_json::json;
+use tes_bus::jetstream::CommandStream;
 use tes_bus::typed;
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Status, Verify};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
@@ -54,6 +55,32 @@ async fn send<C: CommandBody>(
     .await
 }
 
+/// Sends a rotation or rollback to the Supervisor: on NATS through the
+/// durable command stream (stored before anything else happens, applied
+/// even if the actors are down right now), else as [`send`].
+async fn send_durable<C: CommandBody>(
+    global: &Global,
+    run: &RunOptions,
+    body: C,
+) -> Result<C::Reply> {
+    let thread = ThreadId::Supervisor;
+    let Some(bus) = runtime::nats(global, "tes-cli").await? else {
+        return send(global, run, thread, body).await;
+    };
+    let stream = CommandStream::sender(bus.client().clone());
+    let envelope = typed::command(thread, body);
+    stream
+        .call::<C>(
+            &bus,
+            thread,
+            runtime::wire(run.wire),
+            &envelope,
+            typed::DEFAULT_TIMEOUT,
+        )
+        .await
+        .map_err(from_call)
+}
+
 pub async fn rotate(
     global: &Global,
     run: &RunOptions,
@@ -66,7 +93,7 @@ pub async fn rotate(
         force,
         to,
     };
-    let reply = send(global, run, ThreadId::Supervisor, body).await?;
+    let reply = send_durable(global, run, body).await?;
     let grace = reply
         .grace_until
         .map(|g| {
@@ -84,7 +111,7 @@ pub async fn rotate(
 }
 
 pub async fn rollback(global: &Global, run: &RunOptions, requested_by: String) -> Result<()> {
-    let reply = send(global, run, ThreadId::Supervisor, Rollback { requested_by }).await?;
+    let reply = send_durable(global, run, Rollback { requested_by }).await?;
     Printer { json: global.json }.emit(
         format!("{} (ledger seq {})", reply.message, reply.seq),
         &reply,
