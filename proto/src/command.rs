@@ -9,8 +9,10 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::Envelope;
+use crate::event::Event;
 use crate::key_version::KeyVersion;
-use crate::reply::{BumpReply, RotationReply, SignReply, StatusReply, VerifyReply};
+use crate::reply::{BumpReply, RecordReply, RotationReply, SignReply, StatusReply, VerifyReply};
 use crate::subject::verb;
 use crate::thread::ThreadId;
 
@@ -177,4 +179,20 @@ pub struct Status {}
 impl CommandBody for Status {
     const VERB: &'static str = verb::STATUS;
     type Reply = StatusReply;
+}
+
+/// A signer replica's audit events for the ledger writer (Version
+/// Management's writer only). Appended as they are — same ids, so a retry is
+/// stored once — and the reply names their seqs once they are durable. Only
+/// `signature_generated`, `signature_verified` and `key_fallback` may be
+/// recorded this way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub events: Vec<Envelope<Event>>,
+}
+
+impl CommandBody for Record {
+    const VERB: &'static str = verb::RECORD;
+    type Reply = RecordReply;
 }

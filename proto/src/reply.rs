@@ -227,3 +227,10 @@ pub struct StatusReply {
     pub head_seq: u64,
     pub head_hash: String,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordReply {
+    /// The ledger seq of each recorded event, in order.
+    pub seqs: Vec<u64>,
+}

@@ -5,7 +5,7 @@
 
 use schemars::{schema_for, JsonSchema};
 
-use crate::command::{Bump, CommandBody, Rollback, Rotate, Sign, Status, Verify};
+use crate::command::{Bump, CommandBody, Record, Rollback, Rotate, Sign, Status, Verify};
 use crate::envelope::Envelope;
 use crate::event::{self, Event};
 use crate::reply::Reply;
@@ -19,6 +19,7 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     command::<Verify>(&mut out);
     command::<Bump>(&mut out);
     command::<Status>(&mut out);
+    command::<Record>(&mut out);
     push::<Envelope<Event>>(&mut out, "event.envelope.json".to_string());
     push::<event::KeyProvisioned>(&mut out, event_file(event::kind::KEY_PROVISIONED));
     push::<event::KeyRotate>(&mut out, event_file(event::kind::KEY_ROTATE));

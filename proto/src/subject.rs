@@ -64,6 +64,8 @@ pub mod verb {
     pub const VERIFY: &str = "verify";
     pub const BUMP: &str = "bump";
     pub const STATUS: &str = "status";
+    /// Signer replicas hand their audit events to the ledger writer.
+    pub const RECORD: &str = "record";
 }
 
 /// `tes.cmd.<thread>.<verb>`

@@ -394,6 +394,14 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The seq of event `id`, if it is in the ledger.
+    pub fn seq_of(&self, id: &tes_proto::MsgId) -> Result<Option<u64>, LedgerError> {
+        self.conn
+            .prepare_cached("SELECT seq FROM events WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(|e| self.sql(e))
+    }
+
     /// The seq of the first event caused by command `id`, if any: how an actor
     /// acts on a command id at most once.
     pub fn caused_by(&self, id: &tes_proto::MsgId) -> Result<Option<u64>, LedgerError> {

@@ -14,7 +14,7 @@ use tes_bus::jetstream::EventStream;
 use tes_bus::typed::{decode_command, publish_event, refuse, respond};
 use tes_bus::{Bus, Message};
 use tes_ledger::{Head, Outbox};
-use tes_proto::command::{Bump, Rollback, Rotate, Sign, Status, Verify};
+use tes_proto::command::{Bump, Record, Rollback, Rotate, Sign, Status, Verify};
 use tes_proto::event::{Checkpoint, Event};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
@@ -142,17 +142,29 @@ pub async fn start(
         .spawn(move || engine_loop(engine, rx, committed_tx))
         .expect("spawn engine thread");
     let handle = EngineHandle { tx };
-    let mut commands = bus.subscribe(&subject::commands_of(THREAD), None).await?;
-
-    let listener = {
+    // `sign` in the signers' queue group (replicas share it); every other
+    // verb on a plain subscription, which leaves `sign` to the group.
+    let commands = bus.subscribe(&subject::commands_of(THREAD), None).await?;
+    let signs = bus
+        .subscribe(
+            &subject::command(THREAD, verb::SIGN),
+            Some(subject::SIGNERS_QUEUE),
+        )
+        .await?;
+    let listeners = [(commands, false), (signs, true)].map(|(mut sub, signing)| {
         let (bus, handle) = (bus.clone(), handle.clone());
         tokio::spawn(async move {
-            while let Some(message) = commands.next().await {
+            while let Some(message) = sub.next().await {
+                let is_sign =
+                    subject::parse(&message.subject).is_some_and(|p| p.last == verb::SIGN);
+                if is_sign != signing {
+                    continue;
+                }
                 let (bus, handle) = (bus.clone(), handle.clone());
                 tokio::spawn(async move { serve(&*bus, &handle, &message).await });
             }
         })
-    };
+    });
     let ticker = {
         let handle = handle.clone();
         let every = config.tick_every;
@@ -170,7 +182,7 @@ pub async fn start(
     let publisher = tokio::spawn(publish_committed(bus, committed_rx, config, outbox));
     Ok(Running {
         handle,
-        tasks: vec![listener, ticker],
+        tasks: listeners.into_iter().chain([ticker]).collect(),
         publisher,
         engine,
     })
@@ -337,6 +349,13 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, message: &Message) {
         Some(verb::ROLLBACK) => {
             serve_as::<Rollback>(bus, engine, message, Request::Rollback, |r| match r {
                 Response::Rotation(b) => Some(b),
+                _ => None,
+            })
+            .await
+        }
+        Some(verb::RECORD) => {
+            serve_as::<Record>(bus, engine, message, Request::Record, |r| match r {
+                Response::Record(s) => Some(s),
                 _ => None,
             })
             .await

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tes_keyring::Keyring;
 use tes_ledger::{Head, Ledger, LedgerError, VerifyError};
-use tes_proto::command::{Bump, Rollback, Rotate, Sign, Verify};
+use tes_proto::command::{Bump, Record, Rollback, Rotate, Sign, Verify};
 use tes_proto::event::Event;
 use tes_proto::reply::{
-    BumpReply, EntityView, KeyView, Manifest, RotationReply, SignReply, StatusReply, VerifyReply,
-    VersionedSignature,
+    BumpReply, EntityView, KeyView, Manifest, RecordReply, RotationReply, SignReply, StatusReply,
+    VerifyReply, VersionedSignature,
 };
 use tes_proto::thread::colour;
 use tes_proto::{
@@ -69,6 +69,8 @@ pub enum Request {
     Tick,
     /// The keyring changed (a `tes secret put` while running).
     Rekey(Keyring),
+    /// A signer replica's audit events.
+    Record(Envelope<Record>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,7 @@ pub enum Response {
     Verify(VerifyReply),
     Bump(BumpReply),
     Status(StatusReply),
+    Record(RecordReply),
     Done,
 }
 
@@ -87,7 +90,26 @@ pub type Outcome = Result<Response, ErrorReply>;
 struct Pending {
     /// Index into the batch's events of the event whose seq the reply names.
     primary: Option<usize>,
+    /// For a record: where each recorded event is (in this batch, or
+    /// already in the ledger).
+    recorded: Vec<Slot>,
     response: Response,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Index into the batch's events.
+    New(usize),
+    /// Already in the ledger at this seq.
+    Stored(u64),
+}
+
+/// What a signer replica may record: the audit trail of signing.
+fn recordable(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::SignatureGenerated(_) | Event::SignatureVerified(_) | Event::KeyFallback(_)
+    )
 }
 
 pub struct Engine {
@@ -188,6 +210,13 @@ impl Engine {
                             if let Some(i) = p.primary {
                                 set_seq(&mut p.response, appended[i].seq);
                             }
+                            if let Response::Record(r) = &mut p.response {
+                                for (seq, slot) in r.seqs.iter_mut().zip(&p.recorded) {
+                                    if let Slot::New(i) = slot {
+                                        *seq = appended[*i].seq;
+                                    }
+                                }
+                            }
                             p.response
                         })
                     })
@@ -213,7 +242,12 @@ impl Engine {
                 let outcomes = decided
                     .into_iter()
                     .map(|d| match d {
-                        Ok(p) if p.primary.is_some() => Err(refusal.clone()),
+                        Ok(p)
+                            if p.primary.is_some()
+                                || p.recorded.iter().any(|s| matches!(s, Slot::New(_))) =>
+                        {
+                            Err(refusal.clone())
+                        }
                         other => other.map(|p| p.response),
                     })
                     .collect();
@@ -275,6 +309,67 @@ impl Engine {
             events.push(env);
         };
         let pending = match request {
+            Request::Record(cmd) => {
+                let mut recorded = Vec::with_capacity(cmd.body.events.len());
+                for event in &cmd.body.events {
+                    if !recordable(&event.body) || event.thread != ThreadId::VersionManagement {
+                        return Err(ErrorReply::new(
+                            ErrorCode::Malformed,
+                            format!(
+                                "a {} event cannot be recorded by a signer",
+                                event.body.kind()
+                            ),
+                        ));
+                    }
+                    if let Some(v) = event
+                        .body
+                        .key_version()
+                        .filter(|v| !state.keys.contains_key(v))
+                    {
+                        return Err(ErrorReply::new(
+                            ErrorCode::UnknownVersion,
+                            format!("key version {v} is unknown to this ledger"),
+                        ));
+                    }
+                }
+                for event in cmd.body.events {
+                    let stored = self.ledger.seq_of(&event.id).map_err(|e| {
+                        ErrorReply::new(ErrorCode::Storage, format!("ledger lookup failed: {e}"))
+                    })?;
+                    match stored {
+                        Some(seq) => recorded.push(Slot::Stored(seq)),
+                        None if !seen.insert(event.id) => {
+                            // Sent twice in this batch: stored with the first.
+                            let i = events
+                                .iter()
+                                .position(|e| e.id == event.id)
+                                .expect("seen in this batch");
+                            recorded.push(Slot::New(i));
+                        }
+                        None => {
+                            state.apply(event.time, &event.body);
+                            recorded.push(Slot::New(events.len()));
+                            events.push(event);
+                        }
+                    }
+                }
+                // Stored events' seqs are known now; new ones after the append.
+                let seqs = recorded
+                    .iter()
+                    .map(|slot| {
+                        if let Slot::Stored(seq) = slot {
+                            *seq
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                Pending {
+                    primary: None,
+                    recorded,
+                    response: Response::Record(RecordReply { seqs }),
+                }
+            }
             Request::Rekey(_) | Request::Tick => {
                 let command = if matches!(request, Request::Tick) {
                     Command::Tick
@@ -285,12 +380,14 @@ impl Engine {
                 let primary = (!decided.is_empty()).then_some(start);
                 decided.into_iter().for_each(|e| emit(state, e));
                 Pending {
+                    recorded: Vec::new(),
                     primary,
                     response: Response::Done,
                 }
             }
             Request::Status => Pending {
                 primary: None,
+                recorded: Vec::new(),
                 response: Response::Status(status_view(state, ctx.held, self.ledger.head())),
             },
             Request::Rotate(cmd) => {
@@ -310,6 +407,7 @@ impl Engine {
                     .into_iter()
                     .for_each(|e| emit(state, e));
                 Pending {
+                    recorded: Vec::new(),
                     primary: Some(start),
                     response: rotation_reply(state, from, now, force, "rotation"),
                 }
@@ -324,6 +422,7 @@ impl Engine {
                     .into_iter()
                     .for_each(|e| emit(state, e));
                 Pending {
+                    recorded: Vec::new(),
                     primary: Some(start),
                     response: rotation_reply(state, from, now, false, "rollback"),
                 }
@@ -336,6 +435,7 @@ impl Engine {
                 audit.into_iter().for_each(|e| emit(state, e));
                 Pending {
                     primary: Some(primary),
+                    recorded: Vec::new(),
                     response: Response::Sign(SignReply {
                         payload: cmd.body.payload,
                         signature: signatures[0].signature.clone(),
@@ -355,6 +455,7 @@ impl Engine {
                 let valid = key.verify_hex(cmd.body.payload.as_bytes(), &cmd.body.signature);
                 emit(state, signing::verification_event(v, valid));
                 Pending {
+                    recorded: Vec::new(),
                     primary: Some(start),
                     response: Response::Verify(VerifyReply {
                         valid,
@@ -388,6 +489,7 @@ impl Engine {
                 bumped.into_iter().chain(audit).for_each(|e| emit(state, e));
                 Pending {
                     primary: Some(primary),
+                    recorded: Vec::new(),
                     response: Response::Bump(BumpReply {
                         manifest,
                         payload,
@@ -486,7 +588,9 @@ impl Request {
             Request::Sign(e) => Some((e.id, e.correlation_id)),
             Request::Verify(e) => Some((e.id, e.correlation_id)),
             Request::Bump(e) => Some((e.id, e.correlation_id)),
-            Request::Status | Request::Tick | Request::Rekey(_) => None,
+            // A record carries events with their own ids; those are what make
+            // its retry idempotent, not the command id.
+            Request::Status | Request::Tick | Request::Rekey(_) | Request::Record(_) => None,
         }
     }
 }
@@ -496,7 +600,7 @@ fn set_seq(response: &mut Response, seq: u64) {
         Response::Rotation(r) => r.seq = seq,
         Response::Sign(r) => r.seq = seq,
         Response::Bump(r) => r.seq = seq,
-        Response::Verify(_) | Response::Status(_) | Response::Done => {}
+        Response::Verify(_) | Response::Status(_) | Response::Record(_) | Response::Done => {}
     }
 }
 

@@ -499,3 +499,87 @@ fn a_full_disk_hands_nothing_out_and_loses_nothing() {
     };
     assert_eq!(s.seq, head.seq + 1);
 }
+
+#[test]
+fn a_replicas_audit_events_are_recorded_once_with_their_ids() {
+    use tes_proto::command::Record;
+    use tes_proto::event::{KeyRotate, RotationReason, SignatureGenerated};
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET)], Policy::default(), 0);
+    let audit = |n: u64| {
+        Envelope::new(
+            MsgId::generate(),
+            Timestamp::from_millis(1_764_000_000_000 + n),
+            ThreadId::VersionManagement,
+            Channel::Event,
+            Event::SignatureGenerated(SignatureGenerated {
+                key_version: v(1),
+                signature: "ab".repeat(32),
+                payload_sha256: "cd".repeat(32),
+                pinned: false,
+            }),
+        )
+    };
+    let events = vec![audit(1), audit(2)];
+    let record = || {
+        Request::Record(cmd(Record {
+            events: events.clone(),
+        }))
+    };
+    let Response::Record(first) = one(&mut e, record()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(first.seqs.len(), 2);
+    let Response::Record(again) = one(&mut e, record()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        again.seqs, first.seqs,
+        "a retry is recognised, not stored twice"
+    );
+    let (outcomes, _) = e.handle_batch(vec![record(), record()]);
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Ok(Response::Record(r)) if r.seqs == first.seqs)));
+    assert_eq!(e.state().keys[&v(1)].signatures, 2);
+
+    let forged = Envelope::new(
+        MsgId::generate(),
+        Timestamp::from_millis(0),
+        ThreadId::VersionManagement,
+        Channel::Event,
+        Event::KeyRotate(KeyRotate {
+            from: Some(v(1)),
+            to: v(1),
+            reason: RotationReason::Requested,
+            requested_by: "replica".into(),
+            forced: false,
+            grace_until: None,
+            expires_at: None,
+        }),
+    );
+    let head = e.head();
+    assert_eq!(
+        code(one(
+            &mut e,
+            Request::Record(cmd(Record {
+                events: vec![audit(3), forged]
+            }))
+        )),
+        ErrorCode::Malformed
+    );
+    let mut unknown = audit(4);
+    if let Event::SignatureGenerated(s) = &mut unknown.body {
+        s.key_version = v(9);
+    }
+    assert_eq!(
+        code(one(
+            &mut e,
+            Request::Record(cmd(Record {
+                events: vec![unknown]
+            }))
+        )),
+        ErrorCode::UnknownVersion
+    );
+    assert_eq!(e.head(), head, "a refused record stores nothing");
+}
