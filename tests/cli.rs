@@ -967,3 +967,74 @@ async fn futures_util_next(s: &mut async_nats::Subscriber) -> Option<async_nats:
     use futures_util::StreamExt;
     s.next().await
 }
+
+#[test]
+fn a_signer_replica_process_shares_the_signing() {
+    let server = tes_bus::test_server::TestServer::start();
+    block_on(server.ready(None));
+    let url = server.url();
+    let (ledger_dir, replica_dir, client_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let _writer = Daemon::spawn(
+        with_keys(args(tes(ledger_dir.path()), &["--nats", &url])),
+        &[],
+    );
+    wait_until_ok(|| args(tes(client_dir.path()), &["--nats", &url, "status"]));
+    let _signer = Daemon::spawn(
+        with_keys(args(tes(replica_dir.path()), &["--nats", &url])),
+        &["--actors", "version", "--role", "signer"],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+
+    let mut signers = std::collections::HashSet::new();
+    let mut seqs = Vec::new();
+    for i in 0..24 {
+        let r = run(args(
+            tes(client_dir.path()),
+            &["--nats", &url, "sign", &format!("m-{i}"), "--json"],
+        ));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let s: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        assert_eq!(
+            s["signature"].as_str().unwrap(),
+            outside_hmac(V1, &format!("m-{i}"))
+        );
+        signers.insert(s["signer"].as_str().unwrap().to_string());
+        seqs.push(s["seq"].as_u64().unwrap());
+    }
+    assert!(
+        signers.contains("writer") && signers.iter().any(|s| s.starts_with("signer-")),
+        "both signed: {signers:?}"
+    );
+    assert!(
+        !replica_dir.path().join("ledger.db").exists(),
+        "a replica keeps no ledger"
+    );
+    let state = run(args(tes(ledger_dir.path()), &["replay", "--json"]));
+    let state: Value = serde_json::from_str(state.stdout.trim()).unwrap();
+    let v1 = state["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["version"] == "v1")
+        .unwrap();
+    assert_eq!(
+        v1["signatures"].as_u64(),
+        Some(24),
+        "every signature, the replica's too, is in the ledger"
+    );
+
+    let r = run(args(
+        tes(replica_dir.path()),
+        &["daemon", "--role", "signer"],
+    ));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--role signer needs --nats"),
+        "{}",
+        r.stderr
+    );
+}

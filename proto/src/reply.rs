@@ -113,6 +113,8 @@ pub struct SignReply {
     pub fallback_from: Option<KeyVersion>,
     /// Ledger seq of the audit record of the primary signature.
     pub seq: u64,
+    /// Which signer made it: the ledger writer or a replica's name.
+    pub signer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -14,6 +14,7 @@ use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use tes_proto::subject::{self, CONTENT_TYPE_HEADER, REPLY_TO_HEADER};
 use tes_proto::{CommandBody, ContentType, Envelope, Event, Reply, ThreadId};
+use tokio::sync::mpsc;
 
 use crate::typed::CallError;
 use crate::NatsBus;
@@ -112,6 +113,64 @@ async fn confirmed(
         }
     }
     (n, None)
+}
+
+impl EventStream {
+    /// Follows the events of `thread` from the start of the stream: the
+    /// receiver yields `(stream seq, event)` in order, then new ones as they
+    /// come. Also returns the stream's last seq when following began, so a
+    /// follower knows when it has caught up.
+    pub async fn follow(
+        &self,
+        thread: ThreadId,
+    ) -> Result<(u64, mpsc::Receiver<(u64, Envelope<Event>)>), BusError> {
+        let mut stream = self
+            .js
+            .get_stream(subject::EVENTS_STREAM)
+            .await
+            .map_err(|e| transport(format!("stream {}: {e}", subject::EVENTS_STREAM)))?;
+        let last = stream.info().await.map_err(transport)?.state.last_sequence;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.{}.>", subject::EVENT_PREFIX, thread.token()),
+                ..Default::default()
+            })
+            .await
+            .map_err(transport)?;
+        let mut messages = consumer.messages().await.map_err(transport)?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            while let Some(next) = messages.next().await {
+                let m = match next {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "following {}: {e}", subject::EVENTS_STREAM);
+                        continue;
+                    }
+                };
+                let Ok(info) = m.info().map(|i| i.stream_sequence) else {
+                    continue;
+                };
+                let ct = ContentType::from_header(
+                    m.headers
+                        .as_ref()
+                        .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+                        .map(|v| v.as_str()),
+                );
+                match ct.and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload)) {
+                    Ok(event) => {
+                        if tx.send((info, event)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq = info, "an event in the stream does not decode; skipped")
+                    }
+                }
+            }
+        });
+        Ok((last, rx))
+    }
 }
 
 /// `TES_COMMANDS`: durable commands.

@@ -114,6 +114,12 @@ pub enum Command {
         /// the system). Subsets need --nats.
         #[arg(long, default_value = "all", value_parser = parse_actors)]
         actors: ActorSet,
+        /// What Version Management is here: the ledger `writer` (one per
+        /// ledger), or a `signer` replica (no ledger; follows TES_EVENTS,
+        /// signs in the `signers` queue group, records through the writer).
+        /// A signer needs --nats.
+        #[arg(long, value_enum, default_value_t = Role::Writer)]
+        role: Role,
         #[command(flatten)]
         run: RunOptions,
     },
@@ -183,6 +189,12 @@ pub enum Command {
     /// Provision and list key material.
     #[command(subcommand)]
     Secret(Secret),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Writer,
+    Signer,
 }
 
 #[derive(Debug, Subcommand)]

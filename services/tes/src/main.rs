@@ -37,7 +37,7 @@ async fn run(cli: Cli) -> failure::Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Demo(run) => demo::run(g, &run).await,
-        Command::Daemon { actors, run } => daemon::run(g, &run, actors).await,
+        Command::Daemon { actors, role, run } => daemon::run(g, &run, actors, role).await,
         Command::Rotate {
             to,
             force,

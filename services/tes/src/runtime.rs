@@ -19,10 +19,11 @@ use tes_supervisor::actor::SupervisorConfig;
 use tes_version_management::actor::{self, ActorConfig, Running};
 use tes_version_management::core::Policy;
 use tes_version_management::engine::system_clock;
+use tes_version_management::replica::{self, Replica, ReplicaConfig};
 use tes_version_management::{Engine, EngineConfig, Request};
 use tokio::task::JoinHandle;
 
-use crate::cli::{ActorSet, Global, RunOptions, Wire};
+use crate::cli::{ActorSet, Global, Role, RunOptions, Wire};
 use crate::failure::{Failure, Result};
 
 /// What the actors talk over.
@@ -36,6 +37,8 @@ pub enum Transport {
 pub struct Actors {
     bus: Arc<dyn Bus>,
     version: Option<VersionActor>,
+    /// Version Management as a signer replica (`--role signer`).
+    replica: Option<Replica>,
     /// The Supervisor's tasks: its command subscription and, on NATS, the
     /// KV signal watch.
     supervisor: Vec<JoinHandle<()>>,
@@ -92,6 +95,7 @@ impl Actors {
         run: &RunOptions,
         transport: Transport,
         which: ActorSet,
+        role: Role,
     ) -> Result<Actors> {
         let wire = wire(run.wire);
         let key_store = global.key_store();
@@ -99,8 +103,10 @@ impl Actors {
             Transport::Embedded => Arc::new(InProcessBus::new()),
             Transport::Nats(nats) => Arc::new(nats.clone()),
         };
-        let version = match which.version {
-            true => {
+        let (mut version, mut replica) = (None, None);
+        match (which.version, role, &transport) {
+            (false, _, _) => {}
+            (true, Role::Writer, _) => {
                 let event_stream = match &transport {
                     Transport::Embedded => None,
                     Transport::Nats(nats) => Some(
@@ -114,10 +120,17 @@ impl Actors {
                     event_stream,
                     ..ActorConfig::default()
                 };
-                Some(start_version(global, run, bus.clone(), &key_store, config).await?)
+                version = Some(start_version(global, run, bus.clone(), &key_store, config).await?);
             }
-            false => None,
-        };
+            (true, Role::Signer, Transport::Nats(nats)) => {
+                replica = Some(start_replica(run, nats, bus.clone(), &key_store, wire).await?);
+            }
+            (true, Role::Signer, Transport::Embedded) => {
+                return Err(Failure::input(anyhow::anyhow!(
+                    "a signer replica needs NATS (--nats)"
+                )));
+            }
+        }
         let mut supervisor = Vec::new();
         if which.supervisor {
             let durable = matches!(transport, Transport::Nats(_));
@@ -151,6 +164,7 @@ impl Actors {
         Ok(Actors {
             bus,
             version,
+            replica,
             supervisor,
             key_store,
             wire,
@@ -214,10 +228,47 @@ impl Actors {
             task.abort();
             let _ = task.await;
         }
+        if let Some(replica) = self.replica {
+            replica.stop().await;
+        }
         if let Some(version) = self.version {
             drop(version.running.stop().await);
         }
     }
+}
+
+/// A signer replica: its own keys (never generated: a replica must hold the
+/// versions the writer has), the writer's events from TES_EVENTS.
+async fn start_replica(
+    run: &RunOptions,
+    nats: &NatsBus,
+    bus: Arc<dyn Bus>,
+    key_store: &KeyStore,
+    wire: ContentType,
+) -> Result<Replica> {
+    let keyring = Keyring::load(environment(), key_store, false).map_err(Failure::input)?;
+    if keyring.is_empty() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "a signer replica needs key material: set VERSION_SIGNING_KEY (and _V2, …) as on the writer"
+        )));
+    }
+    let stream = EventStream::ensure(nats.client().clone())
+        .await
+        .map_err(Failure::check)?;
+    let config = ReplicaConfig {
+        name: format!("signer-{}", std::process::id()),
+        wire,
+        policy: Policy {
+            grace: run.grace,
+            key_ttl: run.key_ttl,
+            dual_sign: !run.no_dual_sign,
+        },
+        timeout: typed::DEFAULT_TIMEOUT,
+    };
+    replica::start(stream, bus, keyring, config)
+        .await
+        .context("starting the signer replica")
+        .map_err(Failure::check)
 }
 
 async fn start_version(

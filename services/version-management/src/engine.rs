@@ -31,6 +31,9 @@ use crate::core::state::{encode_snapshot, STATE_SCHEMA};
 use crate::core::{decide, manifest, Command, Context, Policy, State};
 use crate::replay::{replay, Until};
 
+/// How the ledger writer signs its replies (`signer`); replicas use their names.
+pub const WRITER: &str = "writer";
+
 /// The clock the shell reads; injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -443,6 +446,7 @@ impl Engine {
                         signatures,
                         fallback_from: plan.fallback_from,
                         seq: 0,
+                        signer: WRITER.to_string(),
                     }),
                 }
             }
@@ -524,7 +528,7 @@ impl Engine {
 
 /// Signs under every version of the plan; returns the signatures and their
 /// audit events.
-fn sign_under(
+pub(crate) fn sign_under(
     keyring: &Keyring,
     plan: &SigningPlan,
     payload: &[u8],

@@ -7,10 +7,13 @@
 //! - [`replay`]: rebuilding state from any ledger, to a seq or a time.
 //! - [`actor`]: the bus-facing side: `tes.cmd.0x6001.*` in, replies and
 //!   `tes.evt.0x6001.*` out.
+//! - [`replica`]: a signer replica: no ledger, the state followed from
+//!   `TES_EVENTS`, audit records written through the ledger writer.
 
 pub mod actor;
 pub mod core;
 pub mod engine;
 pub mod replay;
+pub mod replica;
 
 pub use engine::{Engine, EngineConfig, EngineError, Request, Response};

@@ -12,7 +12,7 @@ use tes_bus::typed;
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Status, Verify};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
-use crate::cli::{ActorSet, Global, RunOptions};
+use crate::cli::{ActorSet, Global, Role, RunOptions};
 use crate::commands::replay::{describe, json_view};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::Printer;
@@ -23,7 +23,14 @@ async fn with_runtime<T>(
     run: &RunOptions,
     f: impl AsyncFnOnce(&Actors) -> Result<T>,
 ) -> Result<T> {
-    let rt = Actors::start(global, run, Transport::Embedded, ActorSet::ALL).await?;
+    let rt = Actors::start(
+        global,
+        run,
+        Transport::Embedded,
+        ActorSet::ALL,
+        Role::Writer,
+    )
+    .await?;
     let out = f(&rt).await;
     rt.stop().await;
     out

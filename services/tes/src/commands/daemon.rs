@@ -9,13 +9,13 @@ use anyhow::anyhow;
 use tes_bus::nats::redact;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{ActorSet, Global, RunOptions};
+use crate::cli::{ActorSet, Global, Role, RunOptions};
 use crate::failure::{Failure, Result};
 use crate::runtime::{self, Actors, Transport};
 
 const KEY_STORE_POLL: Duration = Duration::from_secs(2);
 
-pub async fn run(global: &Global, run: &RunOptions, which: ActorSet) -> Result<()> {
+pub async fn run(global: &Global, run: &RunOptions, which: ActorSet, role: Role) -> Result<()> {
     let (transport, on) = match runtime::nats(global, "tes-daemon").await? {
         Some(nats) => (
             Transport::Nats(nats),
@@ -24,6 +24,11 @@ pub async fn run(global: &Global, run: &RunOptions, which: ActorSet) -> Result<(
                 redact(global.nats.as_deref().unwrap_or_default())
             ),
         ),
+        None if role == Role::Signer => {
+            return Err(Failure::input(anyhow!(
+                "--role signer needs --nats: a replica follows the ledger writer's events on NATS"
+            )))
+        }
         None if which != ActorSet::ALL => {
             return Err(Failure::input(anyhow!(
                 "--actors needs --nats: on the embedded bus every actor runs in this one process"
@@ -31,7 +36,7 @@ pub async fn run(global: &Global, run: &RunOptions, which: ActorSet) -> Result<(
         }
         None => (Transport::Embedded, "the embedded bus".to_string()),
     };
-    let mut rt = Actors::start(global, run, transport, which).await?;
+    let mut rt = Actors::start(global, run, transport, which, role).await?;
     tracing::info!(
         actors = %which.names().join(", "),
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },

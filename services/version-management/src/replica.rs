@@ -1,0 +1,178 @@
+//! A signer replica (`tes daemon --actors version --role signer`): Version
+//! Management without the ledger, for signing throughput and availability.
+//!
+//! It folds the same events into the same [`State`] as the writer, read
+//! from the `TES_EVENTS` stream, so it switches version when a rotation
+//! commits; it serves `tes.cmd.0x6001.sign` in the `signers` queue group
+//! beside the writer; and it hands each signature's audit events to the
+//! writer (`record`) and replies only once they are durable — a replica
+//! never hands out a signature the ledger lacks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tes_bus::jetstream::EventStream;
+use tes_bus::typed::{self, call, decode_command, refuse, respond};
+use tes_bus::{Bus, BusError, Message};
+use tes_keyring::Keyring;
+use tes_proto::command::{Record, Sign};
+use tes_proto::reply::{RecordReply, SignReply};
+use tes_proto::subject::{self, verb};
+use tes_proto::{
+    Channel, ContentType, Envelope, ErrorCode, ErrorReply, Fingerprint, KeyVersion, MsgId, Reply,
+    ThreadId, Timestamp,
+};
+use tokio::task::JoinHandle;
+
+use crate::core::{signing, Context, Policy, State};
+
+const THREAD: ThreadId = ThreadId::VersionManagement;
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Named in every signature it hands out (`signer` in the reply).
+    pub name: String,
+    pub wire: ContentType,
+    pub policy: Policy,
+    /// How long to wait for the writer to make an audit record durable.
+    pub timeout: Duration,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    keyring: Keyring,
+    held: BTreeMap<KeyVersion, Fingerprint>,
+    config: ReplicaConfig,
+}
+
+pub struct Replica {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Catches up with the ledger's events, then serves `sign`.
+pub async fn start(
+    stream: EventStream,
+    bus: Arc<dyn Bus>,
+    keyring: Keyring,
+    config: ReplicaConfig,
+) -> Result<Replica, BusError> {
+    let (last, mut events) = stream.follow(THREAD).await?;
+    let mut state = State::default();
+    let mut seen = 0;
+    while seen < last {
+        let Some((seq, event)) = events.recv().await else {
+            break;
+        };
+        state.apply(event.time, &event.body);
+        seen = seq;
+    }
+    tracing::info!(signer = %config.name, events = state.seq, active = ?state.active, "replica caught up with {}", subject::EVENTS_STREAM);
+    let shared = Arc::new(Shared {
+        state: RwLock::new(state),
+        held: keyring.held(),
+        keyring,
+        config,
+    });
+    let follower = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some((_, event)) = events.recv().await {
+                shared
+                    .state
+                    .write()
+                    .expect("state lock poisoned")
+                    .apply(event.time, &event.body);
+            }
+        })
+    };
+    let mut signs = bus
+        .subscribe(
+            &subject::command(THREAD, verb::SIGN),
+            Some(subject::SIGNERS_QUEUE),
+        )
+        .await?;
+    let server = tokio::spawn(async move {
+        while let Some(message) = signs.next().await {
+            let (bus, shared) = (bus.clone(), shared.clone());
+            tokio::spawn(async move { serve(&*bus, &shared, &message).await });
+        }
+    });
+    Ok(Replica {
+        tasks: vec![follower, server],
+    })
+}
+
+async fn serve(bus: &dyn Bus, shared: &Shared, message: &Message) {
+    let (ct, command) = match decode_command::<Sign>(message, THREAD) {
+        Ok(d) => d,
+        Err(e) => {
+            let error = ErrorReply::new(ErrorCode::Malformed, format!("sign command refused: {e}"));
+            return refuse::<SignReply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    match sign(bus, shared, &command).await {
+        Ok(reply) => {
+            let _ = respond(bus, message, ct, &Reply::Ok(reply)).await;
+        }
+        Err(error) => refuse::<SignReply>(bus, THREAD, message, ct, error).await,
+    }
+}
+
+async fn sign(
+    bus: &dyn Bus,
+    shared: &Shared,
+    command: &Envelope<Sign>,
+) -> Result<SignReply, ErrorReply> {
+    let now = Timestamp::now();
+    let plan = {
+        let state = shared.state.read().expect("state lock poisoned");
+        let ctx = Context {
+            now,
+            policy: &shared.config.policy,
+            held: &shared.held,
+        };
+        signing::plan(&state, command.body.key_version, &ctx).map_err(ErrorReply::from)?
+    };
+    let payload = command.body.payload.as_bytes();
+    let (signatures, audit) = crate::engine::sign_under(&shared.keyring, &plan, payload);
+    let events: Vec<Envelope<_>> = audit
+        .into_iter()
+        .map(|body| {
+            let mut e = Envelope::new(MsgId::generate(), now, THREAD, Channel::Event, body);
+            e.causation_id = Some(command.id);
+            e.correlation_id = Some(command.correlation_id.unwrap_or(command.id));
+            e
+        })
+        .collect();
+    let record = typed::command(THREAD, Record { events });
+    let recorded: RecordReply = call::<Record>(bus, THREAD, shared.config.wire, &record, shared.config.timeout)
+        .await
+        .map_err(|e| {
+            ErrorReply::new(
+                ErrorCode::Storage,
+                format!("no signature handed out: its audit record could not be written by the ledger writer ({e})"),
+            )
+        })?;
+    let primary = usize::from(plan.fallback_from.is_some());
+    Ok(SignReply {
+        payload: command.body.payload.clone(),
+        signature: signatures[0].signature.clone(),
+        key_version: plan.primary,
+        signatures,
+        fallback_from: plan.fallback_from,
+        seq: recorded.seqs[primary],
+        signer: shared.config.name.clone(),
+    })
+}
