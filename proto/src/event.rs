@@ -29,6 +29,9 @@ pub enum Event {
     VersionBump(VersionBump),
     Rejected(Rejected),
     Checkpoint(Checkpoint),
+    // New kinds go at the end: the binary form numbers variants in order,
+    // and stored rows must keep decoding.
+    SignerHeartbeat(SignerHeartbeat),
 }
 
 /// Event kind names, as in subjects and the ledger's `kind` column.
@@ -44,8 +47,9 @@ pub mod kind {
     pub const VERSION_BUMP: &str = "version_bump";
     pub const REJECTED: &str = "rejected";
     pub const CHECKPOINT: &str = "checkpoint";
+    pub const SIGNER_HEARTBEAT: &str = "signer_heartbeat";
 
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         KEY_PROVISIONED,
         KEY_ROTATE,
         KEY_ROLLBACK,
@@ -57,6 +61,7 @@ pub mod kind {
         VERSION_BUMP,
         REJECTED,
         CHECKPOINT,
+        SIGNER_HEARTBEAT,
     ];
 }
 
@@ -74,6 +79,7 @@ impl Event {
             Event::VersionBump(_) => kind::VERSION_BUMP,
             Event::Rejected(_) => kind::REJECTED,
             Event::Checkpoint(_) => kind::CHECKPOINT,
+            Event::SignerHeartbeat(_) => kind::SIGNER_HEARTBEAT,
         }
     }
 
@@ -103,7 +109,7 @@ impl Event {
             Event::SignatureGenerated(e) => Some(e.key_version),
             Event::SignatureVerified(e) => Some(e.key_version),
             Event::VersionBump(e) => Some(e.key_version),
-            Event::Rejected(_) | Event::Checkpoint(_) => None,
+            Event::Rejected(_) | Event::Checkpoint(_) | Event::SignerHeartbeat(_) => None,
         }
     }
 
@@ -118,9 +124,13 @@ impl Event {
     }
 
     /// Whether the event is part of the ledger (the rest are bus-only:
-    /// rejections change nothing, checkpoints describe the ledger itself).
+    /// rejections change nothing, checkpoints describe the ledger itself,
+    /// heartbeats describe who is alive).
     pub fn is_ledgered(&self) -> bool {
-        !matches!(self, Event::Rejected(_) | Event::Checkpoint(_))
+        !matches!(
+            self,
+            Event::Rejected(_) | Event::Checkpoint(_) | Event::SignerHeartbeat(_)
+        )
     }
 }
 
@@ -246,4 +256,25 @@ pub struct Rejected {
 pub struct Checkpoint {
     pub seq: u64,
     pub hash: String,
+}
+
+/// How often a signer says it is alive.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A signer unheard of for this long is taken as gone.
+pub const SIGNER_LIVENESS: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// A signer (the ledger writer or a replica) is alive and holds these key
+/// versions. The Supervisor refuses to promote a version a live signer lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignerHeartbeat {
+    pub signer: String,
+    pub held: Vec<HeldKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldKey {
+    pub version: KeyVersion,
+    pub fingerprint: Fingerprint,
 }

@@ -32,6 +32,7 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     push::<event::VersionBump>(&mut out, event_file(event::kind::VERSION_BUMP));
     push::<event::Rejected>(&mut out, event_file(event::kind::REJECTED));
     push::<event::Checkpoint>(&mut out, event_file(event::kind::CHECKPOINT));
+    push::<event::SignerHeartbeat>(&mut out, event_file(event::kind::SIGNER_HEARTBEAT));
     out
 }
 

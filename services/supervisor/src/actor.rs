@@ -2,11 +2,12 @@
 //! order, so there is never more than one rotation in flight.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tes_bus::typed::{call, decode_command, refuse, respond, CallError};
+use tes_bus::typed::{call, decode_command, decode_event, refuse, respond, CallError};
 use tes_bus::{Bus, BusError, Message};
 use tes_proto::command::{Rollback, Rotate, Status};
+use tes_proto::event::{kind, Event};
 use tes_proto::reply::{RotationReply, StatusReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
@@ -16,13 +17,14 @@ use tes_proto::{
 use tokio::task::JoinHandle;
 
 use crate::gate;
+use crate::signers::{LiveSigner, Signers};
 
 const THREAD: ThreadId = ThreadId::Supervisor;
 
 pub(crate) const ROTATE_GATE: Check<Rotate> =
-    |status, cmd| gate::check_rotate(status, cmd).map(|_| ());
+    |status, live, cmd| gate::check_rotate(status, live, cmd).map(|_| ());
 pub(crate) const ROLLBACK_GATE: Check<Rollback> =
-    |status, _| gate::check_rollback(status).map(|_| ());
+    |status, _, _| gate::check_rollback(status).map(|_| ());
 
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
@@ -32,6 +34,9 @@ pub struct SupervisorConfig {
     /// On NATS `rotate` and `rollback` come through the durable stream
     /// ([`crate::durable`]), not the plain subscription.
     pub durable: bool,
+    /// The live signers, from their heartbeats (shared by every task of
+    /// this Supervisor).
+    pub signers: Signers,
 }
 
 impl Default for SupervisorConfig {
@@ -40,6 +45,7 @@ impl Default for SupervisorConfig {
             wire: ContentType::Binary,
             timeout: Duration::from_secs(10),
             durable: false,
+            signers: Signers::default(),
         }
     }
 }
@@ -50,9 +56,19 @@ pub async fn start(
     config: SupervisorConfig,
 ) -> Result<JoinHandle<()>, BusError> {
     let mut commands = bus.subscribe(&subject::commands_of(THREAD), None).await?;
+    let heartbeat_subject = subject::event(ThreadId::VersionManagement, kind::SIGNER_HEARTBEAT);
+    let mut heartbeats = bus.subscribe(&heartbeat_subject, None).await?;
     Ok(tokio::spawn(async move {
-        while let Some(message) = commands.next().await {
-            serve(&*bus, &config, &message).await;
+        loop {
+            tokio::select! {
+                Some(message) = commands.next() => serve(&*bus, &config, &message).await,
+                Some(message) = heartbeats.next() => {
+                    if let Ok(Envelope { body: Event::SignerHeartbeat(hb), .. }) = decode_event(&message) {
+                        config.signers.observe(hb, Instant::now());
+                    }
+                }
+                else => break,
+            }
         }
     }))
 }
@@ -104,7 +120,7 @@ where
 }
 
 /// The gate a command of type `C` must pass, given Version Management's status.
-pub(crate) type Check<C> = fn(&StatusReply, &C) -> Result<(), ErrorReply>;
+pub(crate) type Check<C> = fn(&StatusReply, &[LiveSigner], &C) -> Result<(), ErrorReply>;
 
 /// Asks 0x6001 for its status, applies the gate, and forwards the command
 /// under its own id: Version Management applies a command id at most once,
@@ -135,7 +151,11 @@ where
     )
     .await
     .map_err(unavailable)?;
-    check(&status, &envelope.body)?;
+    check(
+        &status,
+        &config.signers.live(Instant::now()),
+        &envelope.body,
+    )?;
     let mut forward = envelope.clone();
     forward.thread = ThreadId::VersionManagement;
     let reply = call::<C>(

@@ -5,10 +5,17 @@ use tes_proto::command::Rotate;
 use tes_proto::reply::{KeyStatus, StatusReply};
 use tes_proto::{ErrorCode, ErrorReply, KeyVersion};
 
+use crate::signers::LiveSigner;
+
 /// A rotation needs a target (the one asked for, or the next provisioned),
-/// and — unless forced — the target's material must be held by the signer
+/// and — unless forced — the target's material must be held by the ledger
+/// writer and by every live signer, with the fingerprint the ledger knows
 /// (Tink's propagation rule: never promote a key a signer cannot use).
-pub fn check_rotate(status: &StatusReply, command: &Rotate) -> Result<KeyVersion, ErrorReply> {
+pub fn check_rotate(
+    status: &StatusReply,
+    live: &[LiveSigner],
+    command: &Rotate,
+) -> Result<KeyVersion, ErrorReply> {
     let Some(active) = status.key_version else {
         return Err(ErrorReply::new(
             ErrorCode::NoNextVersion,
@@ -50,6 +57,28 @@ pub fn check_rotate(status: &StatusReply, command: &Rotate) -> Result<KeyVersion
                 key.fingerprint
             ),
         ));
+    }
+    if !command.force {
+        let lacking: Vec<&str> = live
+            .iter()
+            .filter(|s| {
+                !s.held
+                    .iter()
+                    .any(|h| h.version == target && h.fingerprint == key.fingerprint)
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        if !lacking.is_empty() {
+            return Err(ErrorReply::new(
+                ErrorCode::Gated,
+                format!(
+                    "refusing to promote {target}: live signer(s) {} do not hold it (fingerprint {}); \
+                     provision it there, or pass --force to rotate anyway (they will fall back, recorded)",
+                    lacking.join(", "),
+                    key.fingerprint
+                ),
+            ));
+        }
     }
     Ok(target)
 }
@@ -106,7 +135,9 @@ mod tests {
     fn rotation_needs_a_held_next_version_unless_forced() {
         let none = status(vec![key(1, KeyStatus::Active, true)], None, None);
         assert_eq!(
-            check_rotate(&none, &Rotate::default()).unwrap_err().code,
+            check_rotate(&none, &[], &Rotate::default())
+                .unwrap_err()
+                .code,
             ErrorCode::NoNextVersion
         );
 
@@ -119,14 +150,16 @@ mod tests {
             None,
         );
         assert_eq!(
-            check_rotate(&unheld, &Rotate::default()).unwrap_err().code,
+            check_rotate(&unheld, &[], &Rotate::default())
+                .unwrap_err()
+                .code,
             ErrorCode::Gated
         );
         let forced = Rotate {
             force: true,
             ..Rotate::default()
         };
-        assert_eq!(check_rotate(&unheld, &forced).unwrap().get(), 2);
+        assert_eq!(check_rotate(&unheld, &[], &forced).unwrap().get(), 2);
 
         let ok = status(
             vec![
@@ -136,16 +169,61 @@ mod tests {
             Some(2),
             None,
         );
-        assert_eq!(check_rotate(&ok, &Rotate::default()).unwrap().get(), 2);
+        assert_eq!(check_rotate(&ok, &[], &Rotate::default()).unwrap().get(), 2);
         let to_retired = Rotate {
             to: KeyVersion::new(1),
             ..Rotate::default()
         };
         let retired = status(vec![key(1, KeyStatus::Retired, true)], None, None);
         assert_eq!(
-            check_rotate(&retired, &to_retired).unwrap_err().code,
+            check_rotate(&retired, &[], &to_retired).unwrap_err().code,
             ErrorCode::RetiredVersion
         );
+    }
+
+    #[test]
+    fn every_live_signer_must_hold_the_target_with_the_ledgers_fingerprint() {
+        use tes_proto::event::HeldKey;
+        let ok = status(
+            vec![
+                key(1, KeyStatus::Active, true),
+                key(2, KeyStatus::Provisioned, true),
+            ],
+            Some(2),
+            None,
+        );
+        let holds = |name: &str, fp: &str| LiveSigner {
+            name: name.into(),
+            held: vec![HeldKey {
+                version: KeyVersion::new(2).unwrap(),
+                fingerprint: Fingerprint::parse(fp).unwrap(),
+            }],
+        };
+        let same = "0123456789abcdef";
+        let other = "fedcba9876543210";
+        assert!(check_rotate(
+            &ok,
+            &[holds("a", same), holds("b", same)],
+            &Rotate::default()
+        )
+        .is_ok());
+        let lacking = LiveSigner {
+            name: "c".into(),
+            held: vec![],
+        };
+        let err = check_rotate(
+            &ok,
+            &[holds("a", same), lacking.clone(), holds("d", other)],
+            &Rotate::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Gated);
+        assert!(err.message.contains("c, d"), "{}", err.message);
+        let forced = Rotate {
+            force: true,
+            ..Rotate::default()
+        };
+        assert!(check_rotate(&ok, &[lacking], &forced).is_ok());
     }
 
     #[test]

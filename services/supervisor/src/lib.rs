@@ -13,3 +13,4 @@ pub mod actor;
 pub mod durable;
 pub mod gate;
 pub mod kv_signal;
+pub mod signers;

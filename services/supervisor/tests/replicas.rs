@@ -215,3 +215,123 @@ async fn replicas_sign_through_a_rotation_with_zero_failures() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_waits_for_every_live_signer_to_hold_the_key() {
+    use tes_bus::typed::CallError;
+    use tes_proto::ErrorCode;
+    let server = TestServer::start();
+    server.ready(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let writer_bus = connect(&server, "writer").await;
+    let stream = EventStream::ensure(writer_bus.client().clone())
+        .await
+        .unwrap();
+    let config = EngineConfig {
+        ledger_path: dir.path().join("ledger.db"),
+        policy: Policy::default(),
+        snapshot_every: 0,
+    };
+    let engine = Engine::open(config, keyring(dir.path()), system_clock()).unwrap();
+    let _writer = actor::start(
+        engine,
+        Arc::new(writer_bus),
+        ActorConfig {
+            event_stream: Some(stream),
+            ..ActorConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _supervisor = tes_supervisor::actor::start(
+        Arc::new(connect(&server, "supervisor").await),
+        SupervisorConfig::default(),
+    )
+    .await
+    .unwrap();
+    // A replica that was never given v2.
+    let only_v1 = Keyring::load(
+        vec![("VERSION_SIGNING_KEY".to_string(), V1.to_string())],
+        &KeyStore::new(dir.path().join("none.json")),
+        false,
+    )
+    .unwrap();
+    let bus = connect(&server, "old-replica").await;
+    let stream = EventStream::ensure(bus.client().clone()).await.unwrap();
+    let config = ReplicaConfig {
+        name: "old-replica".into(),
+        wire: ContentType::Binary,
+        policy: Policy::default(),
+        timeout: T,
+    };
+    let _replica = replica::start(stream, Arc::new(bus), only_v1, config)
+        .await
+        .unwrap();
+    tokio::time::sleep(tes_proto::event::HEARTBEAT_EVERY + Duration::from_millis(500)).await;
+
+    let client = connect(&server, "operator").await;
+    let plain = typed::command(ThreadId::Supervisor, Rotate::default());
+    let refused = call::<Rotate>(
+        &client,
+        ThreadId::Supervisor,
+        ContentType::Binary,
+        &plain,
+        T,
+    )
+    .await;
+    match refused {
+        Err(CallError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::Gated);
+            assert!(e.message.contains("old-replica"), "{}", e.message);
+        }
+        other => panic!("expected the gate to refuse: {other:?}"),
+    }
+    let forced = typed::command(
+        ThreadId::Supervisor,
+        Rotate {
+            force: true,
+            ..Rotate::default()
+        },
+    );
+    let ok = call::<Rotate>(
+        &client,
+        ThreadId::Supervisor,
+        ContentType::Binary,
+        &forced,
+        T,
+    )
+    .await
+    .unwrap();
+    assert!(ok.forced);
+    // The old replica, once it has seen the rotation, falls back and says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = typed::command(
+            ThreadId::VersionManagement,
+            Sign {
+                payload: "p".into(),
+                key_version: None,
+            },
+        );
+        let r = call::<Sign>(
+            &client,
+            ThreadId::VersionManagement,
+            ContentType::Binary,
+            &c,
+            T,
+        )
+        .await
+        .unwrap();
+        if r.signer == "old-replica" && r.fallback_from.is_some() {
+            assert_eq!(
+                (r.key_version.get(), r.fallback_from.map(|v| v.get())),
+                (1, Some(2))
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old replica never signed after the rotation"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use tes_bus::typed::{decode_command, publish_event, refuse, respond};
 use tes_bus::{Bus, Message};
 use tes_ledger::{Head, Outbox};
 use tes_proto::command::{Bump, Record, Rollback, Rotate, Sign, Status, Verify};
-use tes_proto::event::{Checkpoint, Event};
+use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -24,7 +24,7 @@ use tes_proto::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::engine::{Engine, Outcome, Request, Response};
+use crate::engine::{Engine, Outcome, Request, Response, WRITER};
 
 const THREAD: ThreadId = ThreadId::VersionManagement;
 /// The most requests one transaction takes.
@@ -179,10 +179,32 @@ pub async fn start(
             }
         })
     };
+    let heartbeat = {
+        let (handle, bus, wire) = (handle.clone(), bus.clone(), config.wire);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                interval.tick().await;
+                let Ok(Response::Status(status)) = handle.call(Request::Status).await else {
+                    continue;
+                };
+                let held = status
+                    .keys
+                    .into_iter()
+                    .filter(|k| k.held)
+                    .map(|k| HeldKey {
+                        version: k.version,
+                        fingerprint: k.fingerprint,
+                    })
+                    .collect();
+                heartbeat_publish(&*bus, wire, WRITER, held).await;
+            }
+        })
+    };
     let publisher = tokio::spawn(publish_committed(bus, committed_rx, config, outbox));
     Ok(Running {
         handle,
-        tasks: listeners.into_iter().chain([ticker]).collect(),
+        tasks: listeners.into_iter().chain([ticker, heartbeat]).collect(),
         publisher,
         engine,
     })
@@ -301,6 +323,22 @@ async fn drain(outbox: &std::sync::Mutex<Outbox>, stream: &EventStream, ct: Cont
         if let Some(error) = error {
             return tracing::warn!(%error, behind = pending.len() - stored, "events not yet in the stream; will retry");
         }
+    }
+}
+
+/// Says that signer `name` is alive and holds `held` (bus-only).
+pub(crate) async fn heartbeat_publish(
+    bus: &dyn Bus,
+    wire: ContentType,
+    name: &str,
+    held: Vec<HeldKey>,
+) {
+    let body = Event::SignerHeartbeat(SignerHeartbeat {
+        signer: name.to_string(),
+        held,
+    });
+    if let Err(e) = publish_event(bus, wire, &bus_event(body)).await {
+        tracing::debug!(error = %e, "heartbeat not published");
     }
 }
 

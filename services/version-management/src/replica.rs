@@ -25,6 +25,9 @@ use tes_proto::{
 };
 use tokio::task::JoinHandle;
 
+use tes_proto::event::{HeldKey, HEARTBEAT_EVERY};
+
+use crate::actor::heartbeat_publish;
 use crate::core::{signing, Context, Policy, State};
 
 const THREAD: ThreadId = ThreadId::VersionManagement;
@@ -97,6 +100,25 @@ pub async fn start(
             }
         })
     };
+    let heartbeat = {
+        let (bus, shared) = (bus.clone(), shared.clone());
+        tokio::spawn(async move {
+            let held: Vec<HeldKey> = shared
+                .held
+                .iter()
+                .map(|(v, f)| HeldKey {
+                    version: *v,
+                    fingerprint: f.clone(),
+                })
+                .collect();
+            let mut interval = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                interval.tick().await;
+                heartbeat_publish(&*bus, shared.config.wire, &shared.config.name, held.clone())
+                    .await;
+            }
+        })
+    };
     let mut signs = bus
         .subscribe(
             &subject::command(THREAD, verb::SIGN),
@@ -110,7 +132,7 @@ pub async fn start(
         }
     });
     Ok(Replica {
-        tasks: vec![follower, server],
+        tasks: vec![follower, heartbeat, server],
     })
 }
 

@@ -142,7 +142,9 @@ impl State {
             Event::VersionBump(e) => {
                 self.entities.insert(e.entity.clone(), e.to.clone());
             }
-            Event::Rejected(_) | Event::Checkpoint(_) => unreachable!("not ledgered"),
+            Event::Rejected(_) | Event::Checkpoint(_) | Event::SignerHeartbeat(_) => {
+                unreachable!("not ledgered")
+            }
         }
     }
 
