@@ -1038,3 +1038,102 @@ fn a_signer_replica_process_shares_the_signing() {
         r.stderr
     );
 }
+
+#[test]
+fn kill_9_of_the_daemon_and_of_nats_loses_no_signature() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut server = tes_bus::test_server::TestServer::start();
+    block_on(server.ready(None));
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let client_dir = tempfile::tempdir().unwrap();
+    let daemon = || Daemon::spawn(with_keys(args(tes(dir.path()), &["--nats", &url])), &[]);
+    let up = || wait_until_ok(|| args(tes(client_dir.path()), &["--nats", &url, "status"]));
+    let mut d = daemon();
+    up();
+
+    // A client in another language's shoes: raw NATS, JSON in and out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = async_nats::ConnectOptions::new()
+                    .max_reconnects(None)
+                    .connect(url.as_str())
+                    .await
+                    .unwrap();
+                let (mut received, mut failed, mut i) = (Vec::new(), 0usize, 0usize);
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let body = format!(r#"{{"payload":"kill-{i}"}}"#);
+                    let request = async_nats::Request::new()
+                        .payload(body.into())
+                        .timeout(Some(Duration::from_secs(2)));
+                    match client.send_request("tes.cmd.0x6001.sign", request).await {
+                        Ok(m) => match serde_json::from_slice::<Value>(&m.payload) {
+                            Ok(v) if v.get("ok").is_some() => received.push(v["ok"].clone()),
+                            _ => failed += 1,
+                        },
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (received, failed)
+            })
+        })
+    };
+
+    std::thread::sleep(Duration::from_millis(700));
+    d.0.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    d.0.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d = daemon();
+    up();
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill(); // NATS too
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart();
+    up();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let (received, failed) = load.join().unwrap();
+    drop(d);
+
+    assert!(
+        received.len() > 20,
+        "signing went on around the kills: {} ok, {failed} refused or lost",
+        received.len()
+    );
+    let audit = run(args(tes(dir.path()), &["audit", "verify"]));
+    assert_eq!(audit.code, 0, "{}{}", audit.stdout, audit.stderr);
+    let ledger = tes_ledger::Ledger::open_reader(&dir.path().join("ledger.db")).unwrap();
+    let recorded: std::collections::HashMap<u64, String> = ledger
+        .events_from(1)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(seq, e)| match e.body {
+            tes_proto::Event::SignatureGenerated(s) => Some((seq, s.signature)),
+            _ => None,
+        })
+        .collect();
+    for r in &received {
+        let seq = r["seq"].as_u64().unwrap();
+        assert_eq!(
+            recorded.get(&seq).map(String::as_str),
+            r["signature"].as_str(),
+            "a signature handed out is in the ledger at seq {seq}"
+        );
+        assert_eq!(
+            r["signature"].as_str().unwrap(),
+            outside_hmac(V1, r["payload"].as_str().unwrap())
+        );
+    }
+}
