@@ -258,6 +258,9 @@ pub struct Checkpoint {
     pub hash: String,
 }
 
+/// The ledger writer's name as a signer (replicas have their own).
+pub const WRITER_SIGNER: &str = "writer";
+
 /// How often a signer says it is alive.
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// A signer unheard of for this long is taken as gone.

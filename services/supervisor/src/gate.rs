@@ -5,6 +5,8 @@ use tes_proto::command::Rotate;
 use tes_proto::reply::{KeyStatus, StatusReply};
 use tes_proto::{ErrorCode, ErrorReply, KeyVersion};
 
+use tes_proto::event::WRITER_SIGNER;
+
 use crate::signers::LiveSigner;
 
 /// A rotation needs a target (the one asked for, or the next provisioned),
@@ -59,8 +61,11 @@ pub fn check_rotate(
         ));
     }
     if !command.force {
+        // The writer's keys are `key.held` above, read from its status at
+        // decision time; its last heartbeat may be older than that.
         let lacking: Vec<&str> = live
             .iter()
+            .filter(|s| s.name != WRITER_SIGNER)
             .filter(|s| {
                 !s.held
                     .iter()
@@ -224,6 +229,12 @@ mod tests {
             ..Rotate::default()
         };
         assert!(check_rotate(&ok, &[lacking], &forced).is_ok());
+        // The writer's own (possibly stale) heartbeat does not outvote its status.
+        let stale_writer = LiveSigner {
+            name: WRITER_SIGNER.into(),
+            held: vec![],
+        };
+        assert!(check_rotate(&ok, &[stale_writer], &Rotate::default()).is_ok());
     }
 
     #[test]

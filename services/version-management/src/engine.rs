@@ -32,7 +32,7 @@ use crate::core::{decide, manifest, Command, Context, Policy, State};
 use crate::replay::{replay, Until};
 
 /// How the ledger writer signs its replies (`signer`); replicas use their names.
-pub const WRITER: &str = "writer";
+pub const WRITER: &str = tes_proto::event::WRITER_SIGNER;
 
 /// The clock the shell reads; injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
