@@ -108,6 +108,12 @@ fn outside_hmac(secret: &str, payload: &str) -> String {
         let text = String::from_utf8(out.stdout).unwrap();
         return text.trim().rsplit(' ').next().unwrap().to_string();
     }
+    fast_hmac(secret, payload)
+}
+
+/// HMAC-SHA256 in-process (RustCrypto, independent of the project's
+/// keyring), for checking thousands of signatures without a process each.
+fn fast_hmac(secret: &str, payload: &str) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(payload.as_bytes());
@@ -1133,7 +1139,139 @@ fn kill_9_of_the_daemon_and_of_nats_loses_no_signature() {
         );
         assert_eq!(
             r["signature"].as_str().unwrap(),
-            outside_hmac(V1, r["payload"].as_str().unwrap())
+            fast_hmac(V1, r["payload"].as_str().unwrap())
+        );
+    }
+}
+
+#[test]
+fn two_signer_replicas_under_load_rotate_with_zero_failures() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let server = tes_bus::test_server::TestServer::start();
+    block_on(server.ready(None));
+    let url = server.url();
+    let (ledger_dir, client_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let replica_dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let _writer = Daemon::spawn(
+        with_keys(args(tes(ledger_dir.path()), &["--nats", &url])),
+        &[],
+    );
+    wait_until_ok(|| args(tes(client_dir.path()), &["--nats", &url, "status"]));
+    let _replicas: Vec<Daemon> = replica_dirs
+        .iter()
+        .map(|d| {
+            Daemon::spawn(
+                with_keys(args(tes(d.path()), &["--nats", &url])),
+                &["--actors", "version", "--role", "signer"],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = async_nats::connect(url.as_str()).await.unwrap();
+                let workers: Vec<_> = (0..4)
+                    .map(|w| {
+                        let (client, stop) = (client.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            let mut out = Vec::new();
+                            let mut i = 0;
+                            while !stop.load(Ordering::SeqCst) {
+                                i += 1;
+                                let body = format!(r#"{{"payload":"load-{w}-{i}"}}"#);
+                                let reply =
+                                    client.request("tes.cmd.0x6001.sign", body.into()).await;
+                                out.push(
+                                    reply
+                                        .map(|m| {
+                                            serde_json::from_slice::<Value>(&m.payload).unwrap()
+                                        })
+                                        .map_err(|e| e.to_string()),
+                                );
+                            }
+                            out
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for w in workers {
+                    all.extend(w.await.unwrap());
+                }
+                all
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let rotated = run(args(tes(client_dir.path()), &["--nats", &url, "rotate"]));
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::SeqCst);
+    let replies = load.join().unwrap();
+
+    let failures: Vec<String> = replies
+        .iter()
+        .filter_map(|r| match r {
+            Ok(v) if v.get("ok").is_some() => None,
+            Ok(v) => Some(v.to_string()),
+            Err(e) => Some(e.clone()),
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} signatures failed, e.g. {:?}",
+        failures.len(),
+        replies.len(),
+        failures.first()
+    );
+    let oks: Vec<&Value> = replies.iter().map(|r| &r.as_ref().unwrap()["ok"]).collect();
+    for s in &oks {
+        for sig in s["signatures"].as_array().unwrap() {
+            let secret = if sig["keyVersion"] == "v1" { V1 } else { V2 };
+            assert_eq!(
+                sig["signature"].as_str().unwrap(),
+                fast_hmac(secret, s["payload"].as_str().unwrap()),
+                "every signature verifies"
+            );
+        }
+    }
+    let v2_signers: std::collections::HashSet<&str> = oks
+        .iter()
+        .filter(|s| s["keyVersion"] == "v2" && s["signer"].as_str().unwrap().starts_with("signer-"))
+        .map(|s| s["signer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        v2_signers.len(),
+        2,
+        "both replicas sign with v2 after the rotation: {v2_signers:?}"
+    );
+
+    drop(_replicas);
+    drop(_writer);
+    let ledger = tes_ledger::Ledger::open_reader(&ledger_dir.path().join("ledger.db")).unwrap();
+    let recorded: std::collections::HashMap<u64, String> = ledger
+        .events_from(1)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(seq, e)| match e.body {
+            tes_proto::Event::SignatureGenerated(s) => Some((seq, s.signature)),
+            _ => None,
+        })
+        .collect();
+    for s in &oks {
+        let seq = s["seq"].as_u64().unwrap();
+        assert_eq!(
+            recorded.get(&seq).map(String::as_str),
+            s["signature"].as_str(),
+            "in the ledger at seq {seq}"
         );
     }
 }

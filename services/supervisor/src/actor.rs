@@ -37,6 +37,10 @@ pub struct SupervisorConfig {
     /// The live signers, from their heartbeats (shared by every task of
     /// this Supervisor).
     pub signers: Signers,
+    /// Held while one rotation or rollback is gated and forwarded: the
+    /// plain subscription, the durable consumer and the KV watch share it,
+    /// so there is never more than one in flight.
+    pub in_flight: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Default for SupervisorConfig {
@@ -46,6 +50,7 @@ impl Default for SupervisorConfig {
             timeout: Duration::from_secs(10),
             durable: false,
             signers: Signers::default(),
+            in_flight: Arc::default(),
         }
     }
 }
@@ -134,6 +139,7 @@ pub(crate) async fn gate_and_forward<C>(
 where
     C: CommandBody<Reply = RotationReply>,
 {
+    let _one_at_a_time = config.in_flight.lock().await;
     let status_request = Envelope::new(
         MsgId::generate(),
         Timestamp::now(),
