@@ -609,6 +609,35 @@ fn the_os_key_store_keeps_secrets_off_the_disk() {
     assert_no_secret_in(dir.path());
 }
 
+/// The active key version of the daemon on NATS `url` (`""` if none answers).
+fn key_version_on(dir: &Path, url: &str) -> String {
+    let r = run(args(tes(dir), &["--nats", url, "status", "--json"]));
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
+    v["keyVersion"].as_str().unwrap_or("").to_string()
+}
+
+fn wait_for_key_version(dir: &Path, url: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while key_version_on(dir, url) != want {
+        assert!(Instant::now() < deadline, "keyVersion never became {want}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every `signature_generated` in the ledger of `dir`, by seq.
+fn signatures_in_ledger(dir: &Path) -> std::collections::HashMap<u64, String> {
+    let ledger = tes_ledger::Ledger::open_reader(&dir.join("ledger.db")).unwrap();
+    ledger
+        .events_from(1)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(seq, e)| match e.body {
+            tes_proto::Event::SignatureGenerated(s) => Some((seq, s.signature)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A `tes daemon` child process, stopped with SIGTERM on drop.
 struct Daemon(std::process::Child);
 
@@ -713,18 +742,8 @@ fn json_rotations_from_a_client_that_is_not_tes_are_durable() {
     block_on(server.ready(None));
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let key_version = || -> String {
-        let r = run(args(tes(dir.path()), &["--nats", &url, "status", "--json"]));
-        let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
-        v["keyVersion"].as_str().unwrap_or("").to_string()
-    };
-    let wait_for = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while key_version() != want {
-            assert!(Instant::now() < deadline, "keyVersion never became {want}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let key_version = || key_version_on(dir.path(), &url);
+    let wait_for = |want: &str| wait_for_key_version(dir.path(), &url, want);
     // A first daemon run creates the streams; then no daemon runs at all.
     let daemon = Daemon::spawn(with_keys(args(tes(dir.path()), &["--nats", &url])), &[]);
     wait_for("1");
@@ -903,18 +922,8 @@ fn a_kv_rotation_signal_rotates_once_across_restarts() {
         );
         c
     };
-    let key_version = || -> String {
-        let r = run(args(tes(dir.path()), &["--nats", &url, "status", "--json"]));
-        let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
-        v["keyVersion"].as_str().unwrap_or("").to_string()
-    };
-    let wait_for = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while key_version() != want {
-            assert!(Instant::now() < deadline, "keyVersion never became {want}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let key_version = || key_version_on(dir.path(), &url);
+    let wait_for = |want: &str| wait_for_key_version(dir.path(), &url, want);
     // One runtime for the client: its connection lives as long as the runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -1120,16 +1129,7 @@ fn kill_9_of_the_daemon_and_of_nats_loses_no_signature() {
     );
     let audit = run(args(tes(dir.path()), &["audit", "verify"]));
     assert_eq!(audit.code, 0, "{}{}", audit.stdout, audit.stderr);
-    let ledger = tes_ledger::Ledger::open_reader(&dir.path().join("ledger.db")).unwrap();
-    let recorded: std::collections::HashMap<u64, String> = ledger
-        .events_from(1)
-        .unwrap()
-        .into_iter()
-        .filter_map(|(seq, e)| match e.body {
-            tes_proto::Event::SignatureGenerated(s) => Some((seq, s.signature)),
-            _ => None,
-        })
-        .collect();
+    let recorded = signatures_in_ledger(dir.path());
     for r in &received {
         let seq = r["seq"].as_u64().unwrap();
         assert_eq!(
@@ -1256,16 +1256,7 @@ fn two_signer_replicas_under_load_rotate_with_zero_failures() {
 
     drop(_replicas);
     drop(_writer);
-    let ledger = tes_ledger::Ledger::open_reader(&ledger_dir.path().join("ledger.db")).unwrap();
-    let recorded: std::collections::HashMap<u64, String> = ledger
-        .events_from(1)
-        .unwrap()
-        .into_iter()
-        .filter_map(|(seq, e)| match e.body {
-            tes_proto::Event::SignatureGenerated(s) => Some((seq, s.signature)),
-            _ => None,
-        })
-        .collect();
+    let recorded = signatures_in_ledger(ledger_dir.path());
     for s in &oks {
         let seq = s["seq"].as_u64().unwrap();
         assert_eq!(

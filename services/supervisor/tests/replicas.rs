@@ -54,6 +54,25 @@ fn hmac_hex(secret: &str, payload: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The ledger writer (with the events stream) on its own connection.
+async fn start_writer(server: &TestServer, dir: &std::path::Path) -> actor::Running {
+    let bus = connect(server, "writer").await;
+    let stream = EventStream::ensure(bus.client().clone()).await.unwrap();
+    let config = EngineConfig {
+        ledger_path: dir.join("ledger.db"),
+        policy: Policy::default(),
+        snapshot_every: 0,
+    };
+    let engine = Engine::open(config, keyring(dir), system_clock()).unwrap();
+    let actor_config = ActorConfig {
+        event_stream: Some(stream),
+        ..ActorConfig::default()
+    };
+    actor::start(engine, Arc::new(bus), actor_config)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sign_through_a_rotation_with_zero_failures() {
     let server = TestServer::start();
@@ -61,26 +80,7 @@ async fn replicas_sign_through_a_rotation_with_zero_failures() {
     let dir = tempfile::tempdir().unwrap();
 
     // The ledger writer (with the events stream) and the Supervisor.
-    let writer_bus = connect(&server, "writer").await;
-    let stream = EventStream::ensure(writer_bus.client().clone())
-        .await
-        .unwrap();
-    let config = EngineConfig {
-        ledger_path: dir.path().join("ledger.db"),
-        policy: Policy::default(),
-        snapshot_every: 0,
-    };
-    let engine = Engine::open(config, keyring(dir.path()), system_clock()).unwrap();
-    let writer = actor::start(
-        engine,
-        Arc::new(writer_bus.clone()),
-        ActorConfig {
-            event_stream: Some(stream.clone()),
-            ..ActorConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let writer = start_writer(&server, dir.path()).await;
     let supervisor_bus: Arc<dyn Bus> = Arc::new(connect(&server, "supervisor").await);
     let supervisor = tes_supervisor::actor::start(supervisor_bus, SupervisorConfig::default())
         .await
@@ -223,26 +223,7 @@ async fn a_rotation_waits_for_every_live_signer_to_hold_the_key() {
     let server = TestServer::start();
     server.ready(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let writer_bus = connect(&server, "writer").await;
-    let stream = EventStream::ensure(writer_bus.client().clone())
-        .await
-        .unwrap();
-    let config = EngineConfig {
-        ledger_path: dir.path().join("ledger.db"),
-        policy: Policy::default(),
-        snapshot_every: 0,
-    };
-    let engine = Engine::open(config, keyring(dir.path()), system_clock()).unwrap();
-    let _writer = actor::start(
-        engine,
-        Arc::new(writer_bus),
-        ActorConfig {
-            event_stream: Some(stream),
-            ..ActorConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let _writer = start_writer(&server, dir.path()).await;
     let _supervisor = tes_supervisor::actor::start(
         Arc::new(connect(&server, "supervisor").await),
         SupervisorConfig::default(),
