@@ -8,6 +8,10 @@
 //!    1000 hash-chained rows of the same size.
 //! 3. Signing over the in-process bus with 256 requests in flight vs a bare
 //!    request/reply echo on the same bus with 256 in flight.
+//! 4. Signing over a real nats-server (the ledger writer alone; then the
+//!    writer and one signer replica), 256 in flight, vs a bare NATS
+//!    request/reply echo on the same server. Needs a nats-server (see
+//!    `tes_bus::test_server`; `./tests/run` installs one); skipped without.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +59,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(bus_sign_vs_echo());
+    rt.block_on(nats_sign_vs_echo());
 }
 
 fn hmac_vs_keyring() {
@@ -271,4 +276,143 @@ where
         best_time = best_time.min(t.elapsed());
     }
     (total / in_flight * in_flight) as f64 / best_time.as_secs_f64()
+}
+
+async fn nats_sign_vs_echo() {
+    use tes_bus::jetstream::EventStream;
+    use tes_bus::test_server::{binary, TestServer};
+    use tes_bus::{NatsBus, NatsConfig};
+    use tes_version_management::replica::{self, ReplicaConfig};
+    if std::process::Command::new(binary())
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("(no nats-server found: NATS benchmarks skipped)");
+        return;
+    }
+    const IN_FLIGHT: usize = 256;
+    const TOTAL: usize = 20_000;
+    let server = TestServer::start();
+    server.ready(None).await;
+    let connect = |name: &'static str| {
+        let url = server.url();
+        async move {
+            NatsBus::connect(&NatsConfig {
+                url,
+                name: name.into(),
+                ..NatsConfig::default()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let echo = connect("echo").await;
+    let mut sub = echo.subscribe("bench.echo", None).await.unwrap();
+    let responder = echo.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            responder
+                .publish(Message::new(m.reply.clone().unwrap(), m.payload.clone()))
+                .await
+                .unwrap();
+        }
+    });
+    let client: Arc<dyn Bus> = Arc::new(connect("client").await);
+    let payload = bytes::Bytes::from(vec![7u8; 200]);
+    let baseline = drive(IN_FLIGHT, TOTAL, {
+        let client = client.clone();
+        move || {
+            let (client, payload) = (client.clone(), payload.clone());
+            async move {
+                client
+                    .request(Message::new("bench.echo", payload), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+    .await;
+
+    let keys = || {
+        Keyring::load(
+            vec![("VERSION_SIGNING_KEY".to_string(), SECRET.to_string())],
+            &KeyStore::new(dir.path().join("ks")),
+            false,
+        )
+        .unwrap()
+    };
+    let writer_bus = connect("writer").await;
+    let stream = EventStream::ensure(writer_bus.client().clone())
+        .await
+        .unwrap();
+    let config = EngineConfig {
+        ledger_path: dir.path().join("ledger.db"),
+        policy: Policy::default(),
+        snapshot_every: 0,
+    };
+    let engine = Engine::open(config, keys(), system_clock()).unwrap();
+    let writer = actor::start(
+        engine,
+        Arc::new(writer_bus),
+        ActorConfig {
+            event_stream: Some(stream.clone()),
+            ..ActorConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sign = {
+        let client = client.clone();
+        move || {
+            let client = client.clone();
+            async move {
+                let c = typed::command(
+                    ThreadId::VersionManagement,
+                    Sign {
+                        payload: "{\"manifest\":1}".into(),
+                        key_version: None,
+                    },
+                );
+                call::<Sign>(
+                    &*client,
+                    ThreadId::VersionManagement,
+                    ContentType::Binary,
+                    &c,
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let alone = drive(IN_FLIGHT, TOTAL, sign.clone()).await;
+    row(
+        "NATS: durable signatures, writer alone",
+        alone,
+        "bare NATS echo, 256 in flight",
+        baseline,
+    );
+
+    let replica_bus = connect("replica").await;
+    let replica_config = ReplicaConfig {
+        name: "bench-replica".into(),
+        wire: ContentType::Binary,
+        policy: Policy::default(),
+        timeout: Duration::from_secs(10),
+    };
+    let replica = replica::start(stream, Arc::new(replica_bus), keys(), replica_config)
+        .await
+        .unwrap();
+    let with_replica = drive(IN_FLIGHT, TOTAL, sign).await;
+    row(
+        "NATS: durable signatures, writer + 1 replica",
+        with_replica,
+        "bare NATS echo, 256 in flight",
+        baseline,
+    );
+    replica.stop().await;
+    drop(writer.stop().await);
 }
