@@ -50,6 +50,8 @@ impl NatsBus {
         let (server_errors, _) = broadcast::channel(64);
         let errors = server_errors.clone();
         let mut options = ConnectOptions::new()
+            // Once connected, reconnect forever (logged as it happens).
+            .max_reconnects(None)
             .name(&config.name)
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {
