@@ -638,6 +638,71 @@ fn signatures_in_ledger(dir: &Path) -> std::collections::HashMap<u64, String> {
         .collect()
 }
 
+/// Signing load from a client in another language's shoes (raw NATS, JSON
+/// in and out): `workers` loops until the flag is set. Each result is the
+/// reply's `ok` object, or what went wrong (refusals and lost requests —
+/// a request outlives neither a kill of its signer nor 2 s).
+fn sign_load(
+    url: &str,
+    workers: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<Result<Value, String>>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (flag, url) = (stop.clone(), url.to_string());
+    let load = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = async_nats::ConnectOptions::new()
+                .max_reconnects(None)
+                .connect(url.as_str())
+                .await
+                .unwrap();
+            let loops: Vec<_> = (0..workers)
+                .map(|w| {
+                    let (client, stop) = (client.clone(), flag.clone());
+                    tokio::spawn(async move {
+                        let mut out = Vec::new();
+                        let mut i = 0;
+                        while !stop.load(Ordering::SeqCst) {
+                            i += 1;
+                            let body = format!(r#"{{"payload":"load-{w}-{i}"}}"#);
+                            let request = async_nats::Request::new()
+                                .payload(body.into())
+                                .timeout(Some(Duration::from_secs(2)));
+                            let result =
+                                match client.send_request("tes.cmd.0x6001.sign", request).await {
+                                    Ok(m) => match serde_json::from_slice::<Value>(&m.payload) {
+                                        Ok(v) if v.get("ok").is_some() => Ok(v["ok"].clone()),
+                                        Ok(v) => Err(v.to_string()),
+                                        Err(e) => Err(e.to_string()),
+                                    },
+                                    Err(e) => {
+                                        tokio::time::sleep(Duration::from_millis(20)).await;
+                                        Err(e.to_string())
+                                    }
+                                };
+                            out.push(result);
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for l in loops {
+                all.extend(l.await.unwrap());
+            }
+            all
+        })
+    });
+    (stop, load)
+}
+
 /// A `tes daemon` child process, stopped with SIGTERM on drop.
 struct Daemon(std::process::Child);
 
@@ -1056,8 +1121,7 @@ fn a_signer_replica_process_shares_the_signing() {
 
 #[test]
 fn kill_9_of_the_daemon_and_of_nats_loses_no_signature() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     let mut server = tes_bus::test_server::TestServer::start();
     block_on(server.ready(None));
     let url = server.url();
@@ -1069,42 +1133,7 @@ fn kill_9_of_the_daemon_and_of_nats_loses_no_signature() {
     up();
 
     // A client in another language's shoes: raw NATS, JSON in and out.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, url) = (stop.clone(), url.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = async_nats::ConnectOptions::new()
-                    .max_reconnects(None)
-                    .connect(url.as_str())
-                    .await
-                    .unwrap();
-                let (mut received, mut failed, mut i) = (Vec::new(), 0usize, 0usize);
-                while !stop.load(Ordering::SeqCst) {
-                    i += 1;
-                    let body = format!(r#"{{"payload":"kill-{i}"}}"#);
-                    let request = async_nats::Request::new()
-                        .payload(body.into())
-                        .timeout(Some(Duration::from_secs(2)));
-                    match client.send_request("tes.cmd.0x6001.sign", request).await {
-                        Ok(m) => match serde_json::from_slice::<Value>(&m.payload) {
-                            Ok(v) if v.get("ok").is_some() => received.push(v["ok"].clone()),
-                            _ => failed += 1,
-                        },
-                        Err(_) => {
-                            failed += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-                (received, failed)
-            })
-        })
-    };
+    let (stop, load) = sign_load(&url, 1);
 
     std::thread::sleep(Duration::from_millis(700));
     d.0.kill().unwrap(); // SIGKILL: no shutdown, no flush
@@ -1119,7 +1148,9 @@ fn kill_9_of_the_daemon_and_of_nats_loses_no_signature() {
     up();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
-    let (received, failed) = load.join().unwrap();
+    let results = load.join().unwrap();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let received: Vec<Value> = results.into_iter().filter_map(Result::ok).collect();
     drop(d);
 
     assert!(
@@ -1146,8 +1177,7 @@ fn kill_9_of_the_daemon_and_of_nats_loses_no_signature() {
 
 #[test]
 fn two_signer_replicas_under_load_rotate_with_zero_failures() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     let server = tes_bus::test_server::TestServer::start();
     block_on(server.ready(None));
     let url = server.url();
@@ -1169,62 +1199,14 @@ fn two_signer_replicas_under_load_rotate_with_zero_failures() {
         .collect();
     std::thread::sleep(Duration::from_millis(1000));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, url) = (stop.clone(), url.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let client = async_nats::connect(url.as_str()).await.unwrap();
-                let workers: Vec<_> = (0..4)
-                    .map(|w| {
-                        let (client, stop) = (client.clone(), stop.clone());
-                        tokio::spawn(async move {
-                            let mut out = Vec::new();
-                            let mut i = 0;
-                            while !stop.load(Ordering::SeqCst) {
-                                i += 1;
-                                let body = format!(r#"{{"payload":"load-{w}-{i}"}}"#);
-                                let reply =
-                                    client.request("tes.cmd.0x6001.sign", body.into()).await;
-                                out.push(
-                                    reply
-                                        .map(|m| {
-                                            serde_json::from_slice::<Value>(&m.payload).unwrap()
-                                        })
-                                        .map_err(|e| e.to_string()),
-                                );
-                            }
-                            out
-                        })
-                    })
-                    .collect();
-                let mut all = Vec::new();
-                for w in workers {
-                    all.extend(w.await.unwrap());
-                }
-                all
-            })
-        })
-    };
+    let (stop, load) = sign_load(&url, 4);
     std::thread::sleep(Duration::from_millis(800));
     let rotated = run(args(tes(client_dir.path()), &["--nats", &url, "rotate"]));
     assert_eq!(rotated.code, 0, "{}", rotated.stderr);
     std::thread::sleep(Duration::from_millis(2000));
     stop.store(true, Ordering::SeqCst);
     let replies = load.join().unwrap();
-
-    let failures: Vec<String> = replies
-        .iter()
-        .filter_map(|r| match r {
-            Ok(v) if v.get("ok").is_some() => None,
-            Ok(v) => Some(v.to_string()),
-            Err(e) => Some(e.clone()),
-        })
-        .collect();
+    let failures: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failures.is_empty(),
         "{} of {} signatures failed, e.g. {:?}",
@@ -1232,7 +1214,7 @@ fn two_signer_replicas_under_load_rotate_with_zero_failures() {
         replies.len(),
         failures.first()
     );
-    let oks: Vec<&Value> = replies.iter().map(|r| &r.as_ref().unwrap()["ok"]).collect();
+    let oks: Vec<&Value> = replies.iter().filter_map(|r| r.as_ref().ok()).collect();
     for s in &oks {
         for sig in s["signatures"].as_array().unwrap() {
             let secret = if sig["keyVersion"] == "v1" { V1 } else { V2 };
