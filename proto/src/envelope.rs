@@ -174,17 +174,4 @@ impl<T> Envelope<T> {
         self.correlation_id = Some(cause.correlation_id.unwrap_or(cause.id));
         self
     }
-
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
-        Envelope {
-            id: self.id,
-            time: self.time,
-            thread: self.thread,
-            channel: self.channel,
-            causation_id: self.causation_id,
-            correlation_id: self.correlation_id,
-            schema: self.schema,
-            body: f(self.body),
-        }
-    }
 }

@@ -97,11 +97,6 @@ impl NatsBus {
         &self.client
     }
 
-    /// `connected`, `disconnected` or `pending`, for status pages.
-    pub fn connection_state(&self) -> String {
-        self.client.connection_state().to_string()
-    }
-
     /// Resolves when the server refuses this client a publish to `subject`
     /// (a permissions violation). Create it before publishing: a refusal
     /// arrives asynchronously, after `publish` has returned Ok.

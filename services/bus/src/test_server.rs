@@ -87,10 +87,6 @@ impl TestServer {
         self.child = spawn(self.port, &self.dir, self.config.as_deref(), &self.env);
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

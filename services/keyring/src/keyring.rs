@@ -60,19 +60,6 @@ impl Keyring {
         Ok(Keyring { keys })
     }
 
-    /// A keyring of exactly these keys (tests, benchmarks).
-    pub fn from_keys(keys: impl IntoIterator<Item = SigningKey>) -> Keyring {
-        Keyring {
-            keys: keys
-                .into_iter()
-                .map(|k| {
-                    let source = Source::Env(source::var_for(k.version()));
-                    (k.version(), LoadedKey { key: k, source })
-                })
-                .collect(),
-        }
-    }
-
     pub fn get(&self, version: KeyVersion) -> Option<&SigningKey> {
         self.keys.get(&version).map(|l| &l.key)
     }

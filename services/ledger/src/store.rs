@@ -6,7 +6,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use tes_proto::{Envelope, Event, KeyVersion};
+use tes_proto::{Envelope, Event};
 
 use crate::chain::{self, Hash, RowFields, GENESIS};
 use crate::codec::{self, Draft};
@@ -680,9 +680,4 @@ fn take_lock(path: &Path) -> Result<File, LedgerError> {
     file.rewind().map_err(io)?;
     write!(file, "{}", std::process::id()).map_err(io)?;
     Ok(file)
-}
-
-/// For callers that keep key versions as numbers.
-pub fn key_version_of(row: &Row) -> Option<KeyVersion> {
-    row.key_version.and_then(KeyVersion::new)
 }

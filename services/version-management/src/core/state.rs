@@ -170,11 +170,6 @@ impl State {
             .find(|(_, k)| matches!(k.status, KeyStatus::Provisioned | KeyStatus::Verifying))
             .map(|(v, _)| *v)
     }
-
-    /// Every count and status, as `tes replay` prints it.
-    pub fn total_signatures(&self) -> u64 {
-        self.keys.values().map(|k| k.signatures).sum()
-    }
 }
 
 /// A snapshot's bytes (postcard; [`STATE_SCHEMA`] is stored beside them).
