@@ -169,9 +169,15 @@ impl<T> Envelope<T> {
     }
 
     /// Marks this message as caused by `cause`, in `cause`'s conversation.
-    pub fn caused_by<U>(mut self, cause: &Envelope<U>) -> Self {
-        self.causation_id = Some(cause.id);
-        self.correlation_id = Some(cause.correlation_id.unwrap_or(cause.id));
+    pub fn caused_by<U>(self, cause: &Envelope<U>) -> Self {
+        self.caused_by_id(cause.id, cause.correlation_id)
+    }
+
+    /// As [`Envelope::caused_by`], given the cause's id and correlation id:
+    /// the conversation is the cause's, or starts with the cause.
+    pub fn caused_by_id(mut self, cause: MsgId, correlation: Option<MsgId>) -> Self {
+        self.causation_id = Some(cause);
+        self.correlation_id = Some(correlation.unwrap_or(cause));
         self
     }
 }

@@ -306,8 +306,7 @@ impl Engine {
                 body,
             );
             if let Some((id, correlation)) = cause {
-                env.causation_id = Some(id);
-                env.correlation_id = Some(correlation.unwrap_or(id));
+                env = env.caused_by_id(id, correlation);
             }
             events.push(env);
         };

@@ -172,10 +172,7 @@ async fn sign(
     let events: Vec<Envelope<_>> = audit
         .into_iter()
         .map(|body| {
-            let mut e = Envelope::new(MsgId::generate(), now, THREAD, Channel::Event, body);
-            e.causation_id = Some(command.id);
-            e.correlation_id = Some(command.correlation_id.unwrap_or(command.id));
-            e
+            Envelope::new(MsgId::generate(), now, THREAD, Channel::Event, body).caused_by(command)
         })
         .collect();
     let record = typed::command(THREAD, Record { events });
