@@ -890,38 +890,12 @@ fn with_no_daemon_on_nats_the_cli_says_so() {
 
 #[test]
 fn actors_in_separate_daemons_with_their_own_nats_users() {
-    const USERS: &[&str] = &[
-        "supervisor",
-        "version",
-        "monitoring",
-        "telemetry",
-        "alert",
-        "operator",
-        "client",
+    let server = tes_bus::test_server::TestServer::start_with_ops_config();
+    block_on(server.ready(Some((
         "monitor",
-    ];
-    let config = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/nats-server.conf"),
-    )
-    .unwrap();
-    let vars: Vec<(String, String)> = USERS
-        .iter()
-        .map(|u| {
-            (
-                format!("TES_NATS_PW_{}", u.to_uppercase()),
-                format!("pw-{u}"),
-            )
-        })
-        .collect();
-    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = tes_bus::test_server::TestServer::start_with(Some(&config), &env);
-    block_on(server.ready(Some(("monitor", "pw-monitor"))));
-    let as_user = |dir: &Path, user: &str| {
-        let url = server
-            .url()
-            .replace("nats://", &format!("nats://{user}:pw-{user}@"));
-        args(tes(dir), &["--nats", &url])
-    };
+        &tes_bus::test_server::ops_password("monitor"),
+    ))));
+    let as_user = |dir: &Path, user: &str| args(tes(dir), &["--nats", &server.url_as(user)]);
     let ledger_dir = tempfile::tempdir().unwrap();
     let other_dir = tempfile::tempdir().unwrap();
     let _version = Daemon::spawn(

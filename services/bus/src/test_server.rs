@@ -10,6 +10,23 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The users `ops/nats-server.conf` defines.
+pub const OPS_USERS: &[&str] = &[
+    "supervisor",
+    "version",
+    "monitoring",
+    "telemetry",
+    "alert",
+    "operator",
+    "client",
+    "monitor",
+];
+
+/// The password tests give `user` of [`OPS_USERS`].
+pub fn ops_password(user: &str) -> String {
+    format!("pw-{user}-test")
+}
+
 pub struct TestServer {
     child: Child,
     port: u16,
@@ -76,6 +93,29 @@ impl TestServer {
             config,
             env,
         }
+    }
+
+    /// A server running the project's `ops/nats-server.conf`, each user's
+    /// password being [`ops_password`] (the config reads them from the
+    /// environment). Call [`TestServer::ready`] with one of them.
+    pub fn start_with_ops_config() -> TestServer {
+        let config = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../ops/nats-server.conf"
+        ))
+        .expect("ops/nats-server.conf");
+        let vars: Vec<(String, String)> = OPS_USERS
+            .iter()
+            .map(|u| (format!("TES_NATS_PW_{}", u.to_uppercase()), ops_password(u)))
+            .collect();
+        let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        TestServer::start_with(Some(&config), &env)
+    }
+
+    /// `nats://user:password@…` for one of the [`OPS_USERS`].
+    pub fn url_as(&self, user: &str) -> String {
+        self.url()
+            .replace("nats://", &format!("nats://{user}:{}@", ops_password(user)))
     }
 
     /// Starts the server again on the same port and store (after [`kill`]):

@@ -10,37 +10,12 @@ use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event};
 use futures_util::StreamExt;
-use tes_bus::test_server::TestServer;
+use tes_bus::test_server::{ops_password, TestServer};
 use tokio::sync::mpsc;
 
-const USERS: &[&str] = &[
-    "supervisor",
-    "version",
-    "monitoring",
-    "telemetry",
-    "alert",
-    "operator",
-    "client",
-    "monitor",
-];
-
-fn password(user: &str) -> String {
-    format!("pw-{user}-test")
-}
-
 async fn server() -> TestServer {
-    let config = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../ops/nats-server.conf"
-    ))
-    .unwrap();
-    let vars: Vec<(String, String)> = USERS
-        .iter()
-        .map(|u| (format!("TES_NATS_PW_{}", u.to_uppercase()), password(u)))
-        .collect();
-    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let s = TestServer::start_with(Some(&config), &env);
-    s.ready(Some(("monitor", &password("monitor")))).await;
+    let s = TestServer::start_with_ops_config();
+    s.ready(Some(("monitor", &ops_password("monitor")))).await;
     s
 }
 
@@ -50,7 +25,7 @@ async fn connect(
     user: &str,
 ) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let client = ConnectOptions::with_user_and_password(user.into(), password(user))
+    let client = ConnectOptions::with_user_and_password(user.into(), ops_password(user))
         .event_callback(move |e| {
             let tx = tx.clone();
             async move {
