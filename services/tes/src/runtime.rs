@@ -87,6 +87,19 @@ pub fn wire(w: Wire) -> ContentType {
 }
 
 impl Actors {
+    /// Every actor, in this process, on the in-process bus: the embedded
+    /// default of the demo and the one-shot verbs.
+    pub async fn embedded(global: &Global, run: &RunOptions) -> Result<Actors> {
+        Actors::start(
+            global,
+            run,
+            Transport::Embedded,
+            ActorSet::ALL,
+            Role::Writer,
+        )
+        .await
+    }
+
     /// Starts the actors of `which` on `transport`. Version Management opens
     /// the ledger (taking the writer lock) and loads the keys; the Supervisor
     /// needs neither, and on NATS also watches the KV rotation signal.

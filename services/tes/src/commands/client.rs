@@ -12,25 +12,18 @@ use tes_bus::typed;
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Status, Verify};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
-use crate::cli::{ActorSet, Global, Role, RunOptions};
+use crate::cli::{Global, RunOptions};
 use crate::commands::replay::{describe, json_view};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::Printer;
-use crate::runtime::{self, Actors, Transport};
+use crate::runtime::{self, Actors};
 
 async fn with_runtime<T>(
     global: &Global,
     run: &RunOptions,
     f: impl AsyncFnOnce(&Actors) -> Result<T>,
 ) -> Result<T> {
-    let rt = Actors::start(
-        global,
-        run,
-        Transport::Embedded,
-        ActorSet::ALL,
-        Role::Writer,
-    )
-    .await?;
+    let rt = Actors::embedded(global, run).await?;
     let out = f(&rt).await;
     rt.stop().await;
     out

@@ -16,11 +16,11 @@ use tes_proto::{KeyVersion, ThreadId};
 use tes_version_management::engine::status_view;
 use tes_version_management::replay::{replay, Until};
 
-use crate::cli::{ActorSet, Global, Role, RunOptions};
+use crate::cli::{Global, RunOptions};
 use crate::commands::replay::{json_view, verify_failure};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::{short, Printer};
-use crate::runtime::{environment, Actors, Transport};
+use crate::runtime::{environment, Actors};
 
 pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     let p = Printer { json: global.json };
@@ -28,14 +28,7 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         "TES key ledger demo: all actors in this process on the embedded bus, ledger {}",
         global.ledger_path().display()
     ));
-    let mut rt = Actors::start(
-        global,
-        run,
-        Transport::Embedded,
-        ActorSet::ALL,
-        Role::Writer,
-    )
-    .await?;
+    let mut rt = Actors::embedded(global, run).await?;
     let outcome = story(&mut rt, p).await;
     let live = match &outcome {
         Ok(()) => Some(rt.status().await?),
