@@ -179,27 +179,7 @@ async fn bus_sign_vs_echo() {
     let dir = tempfile::tempdir().unwrap();
 
     let echo_bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
-    let mut sub = echo_bus.subscribe("bench.echo", None).await.unwrap();
-    let responder = echo_bus.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            let reply = Message::new(m.reply.clone().unwrap(), m.payload.clone());
-            responder.publish(reply).await.unwrap();
-        }
-    });
-    let payload = bytes::Bytes::from(vec![7u8; 200]);
-    let baseline = drive(IN_FLIGHT, TOTAL, {
-        let bus = echo_bus.clone();
-        move || {
-            let (bus, payload) = (bus.clone(), payload.clone());
-            async move {
-                bus.request(Message::new("bench.echo", payload), Duration::from_secs(10))
-                    .await
-                    .unwrap();
-            }
-        }
-    })
-    .await;
+    let baseline = echo_rate(echo_bus.clone(), echo_bus, IN_FLIGHT, TOTAL).await;
 
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
     let keyring = Keyring::load(
@@ -219,27 +199,7 @@ async fn bus_sign_vs_echo() {
         .unwrap();
     let ours = drive(IN_FLIGHT, TOTAL, {
         let bus = bus.clone();
-        move || {
-            let bus = bus.clone();
-            async move {
-                let c = typed::command(
-                    ThreadId::VersionManagement,
-                    Sign {
-                        payload: "{\"manifest\":1}".into(),
-                        key_version: None,
-                    },
-                );
-                call::<Sign>(
-                    &*bus,
-                    ThreadId::VersionManagement,
-                    ContentType::Binary,
-                    &c,
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-            }
-        }
+        move || sign_once(bus.clone())
     })
     .await;
     drop(running.stop().await);
@@ -309,31 +269,13 @@ async fn nats_sign_vs_echo() {
     };
     let dir = tempfile::tempdir().unwrap();
 
-    let echo = connect("echo").await;
-    let mut sub = echo.subscribe("bench.echo", None).await.unwrap();
-    let responder = echo.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            responder
-                .publish(Message::new(m.reply.clone().unwrap(), m.payload.clone()))
-                .await
-                .unwrap();
-        }
-    });
     let client: Arc<dyn Bus> = Arc::new(connect("client").await);
-    let payload = bytes::Bytes::from(vec![7u8; 200]);
-    let baseline = drive(IN_FLIGHT, TOTAL, {
-        let client = client.clone();
-        move || {
-            let (client, payload) = (client.clone(), payload.clone());
-            async move {
-                client
-                    .request(Message::new("bench.echo", payload), Duration::from_secs(10))
-                    .await
-                    .unwrap();
-            }
-        }
-    })
+    let baseline = echo_rate(
+        Arc::new(connect("echo").await),
+        client.clone(),
+        IN_FLIGHT,
+        TOTAL,
+    )
     .await;
 
     let keys = || {
@@ -366,27 +308,7 @@ async fn nats_sign_vs_echo() {
     .unwrap();
     let sign = {
         let client = client.clone();
-        move || {
-            let client = client.clone();
-            async move {
-                let c = typed::command(
-                    ThreadId::VersionManagement,
-                    Sign {
-                        payload: "{\"manifest\":1}".into(),
-                        key_version: None,
-                    },
-                );
-                call::<Sign>(
-                    &*client,
-                    ThreadId::VersionManagement,
-                    ContentType::Binary,
-                    &c,
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-            }
-        }
+        move || sign_once(client.clone())
     };
     let alone = drive(IN_FLIGHT, TOTAL, sign.clone()).await;
     row(
@@ -415,4 +337,55 @@ async fn nats_sign_vs_echo() {
     );
     replica.stop().await;
     drop(writer.stop().await);
+}
+
+/// Signs one manifest through `bus`, as a client does.
+async fn sign_once(bus: Arc<dyn Bus>) {
+    let c = typed::command(
+        ThreadId::VersionManagement,
+        Sign {
+            payload: "{\"manifest\":1}".into(),
+            key_version: None,
+        },
+    );
+    call::<Sign>(
+        &*bus,
+        ThreadId::VersionManagement,
+        ContentType::Binary,
+        &c,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+}
+
+/// The baseline: request/reply through `client` to a bare echo served on
+/// `server`, `in_flight` at a time.
+async fn echo_rate(
+    server: Arc<dyn Bus>,
+    client: Arc<dyn Bus>,
+    in_flight: usize,
+    total: usize,
+) -> f64 {
+    let mut sub = server.subscribe("bench.echo", None).await.unwrap();
+    let responder = server.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            responder
+                .publish(Message::new(m.reply.clone().unwrap(), m.payload.clone()))
+                .await
+                .unwrap();
+        }
+    });
+    let payload = bytes::Bytes::from(vec![7u8; 200]);
+    drive(in_flight, total, move || {
+        let (client, payload) = (client.clone(), payload.clone());
+        async move {
+            client
+                .request(Message::new("bench.echo", payload), Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+    })
+    .await
 }
