@@ -95,6 +95,17 @@ pub struct RunOptions {
     pub wire: Wire,
 }
 
+impl RunOptions {
+    /// The rotation policy these options describe.
+    pub fn policy(&self) -> tes_version_management::core::Policy {
+        tes_version_management::core::Policy {
+            grace: self.grace,
+            key_ttl: self.key_ttl,
+            dual_sign: !self.no_dual_sign,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Wire {
     Binary,

@@ -17,7 +17,6 @@ use tes_proto::reply::StatusReply;
 use tes_proto::{CommandBody, ContentType, Fingerprint, KeyVersion, ThreadId};
 use tes_supervisor::actor::SupervisorConfig;
 use tes_version_management::actor::{self, ActorConfig, Running};
-use tes_version_management::core::Policy;
 use tes_version_management::engine::system_clock;
 use tes_version_management::replica::{self, Replica, ReplicaConfig};
 use tes_version_management::{Engine, EngineConfig, Request};
@@ -271,11 +270,7 @@ async fn start_replica(
     let config = ReplicaConfig {
         name: format!("signer-{}", std::process::id()),
         wire,
-        policy: Policy {
-            grace: run.grace,
-            key_ttl: run.key_ttl,
-            dual_sign: !run.no_dual_sign,
-        },
+        policy: run.policy(),
         timeout: typed::DEFAULT_TIMEOUT,
     };
     replica::start(stream, bus, keyring, config)
@@ -296,11 +291,7 @@ async fn start_version(
     let held = keyring.held();
     let config = EngineConfig {
         ledger_path: global.ledger_path(),
-        policy: Policy {
-            grace: run.grace,
-            key_ttl: run.key_ttl,
-            dual_sign: !run.no_dual_sign,
-        },
+        policy: run.policy(),
         snapshot_every: run.snapshot_every,
     };
     let engine = Engine::open(config, keyring, system_clock())
