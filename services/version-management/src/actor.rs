@@ -142,29 +142,21 @@ pub async fn start(
         .spawn(move || engine_loop(engine, rx, committed_tx))
         .expect("spawn engine thread");
     let handle = EngineHandle { tx };
-    // `sign` in the signers' queue group (replicas share it); every other
-    // verb on a plain subscription, which leaves `sign` to the group.
-    let commands = bus.subscribe(&subject::commands_of(THREAD), None).await?;
-    let signs = bus
-        .subscribe(
-            &subject::command(THREAD, verb::SIGN),
-            Some(subject::SIGNERS_QUEUE),
-        )
+    // One subscription, in the signers' queue group: a `sign` request goes
+    // to one member of the group (this writer or a replica, which subscribe
+    // to `sign` only); every other verb matches this subscription alone.
+    let mut commands = bus
+        .subscribe(&subject::commands_of(THREAD), Some(subject::SIGNERS_QUEUE))
         .await?;
-    let listeners = [(commands, false), (signs, true)].map(|(mut sub, signing)| {
+    let listener = {
         let (bus, handle) = (bus.clone(), handle.clone());
         tokio::spawn(async move {
-            while let Some(message) = sub.next().await {
-                let is_sign =
-                    subject::parse(&message.subject).is_some_and(|p| p.last == verb::SIGN);
-                if is_sign != signing {
-                    continue;
-                }
+            while let Some(message) = commands.next().await {
                 let (bus, handle) = (bus.clone(), handle.clone());
                 tokio::spawn(async move { serve(&*bus, &handle, &message).await });
             }
         })
-    });
+    };
     let ticker = {
         let handle = handle.clone();
         let every = config.tick_every;
@@ -204,7 +196,7 @@ pub async fn start(
     let publisher = tokio::spawn(publish_committed(bus, committed_rx, config, outbox));
     Ok(Running {
         handle,
-        tasks: listeners.into_iter().chain([ticker, heartbeat]).collect(),
+        tasks: vec![listener, ticker, heartbeat],
         publisher,
         engine,
     })
