@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::Envelope;
 use crate::event::Event;
 use crate::key_version::KeyVersion;
-use crate::reply::{BumpReply, RecordReply, RotationReply, SignReply, StatusReply, VerifyReply};
+use crate::metrics::MetricsSnapshot;
+use crate::reply::{
+    AlertsReply, BumpReply, RecordReply, RotationReply, SignReply, StatusReply, VerifyReply,
+};
 use crate::subject::verb;
 use crate::thread::ThreadId;
 
@@ -194,5 +197,39 @@ pub struct Record {
 
 impl CommandBody for Record {
     const VERB: &'static str = verb::RECORD;
+    type Reply = RecordReply;
+}
+
+/// Ask Monitoring (0x5000) for its current snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {}
+
+impl CommandBody for MetricsQuery {
+    const VERB: &'static str = verb::METRICS;
+    type Reply = MetricsSnapshot;
+}
+
+/// Ask Alert (0x5003) for the alerts that are open.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsQuery {}
+
+impl CommandBody for AlertsQuery {
+    const VERB: &'static str = verb::ALERTS;
+    type Reply = AlertsReply;
+}
+
+/// Alert (0x5003) hands an `alert` or `resolved` event to the Supervisor
+/// (0x1001), which has Version Management record it in the ledger; Version
+/// Management then publishes it on `tes.evt.0x5003.<kind>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertNotice {
+    pub event: Envelope<Event>,
+}
+
+impl CommandBody for AlertNotice {
+    const VERB: &'static str = verb::ALERT;
     type Reply = RecordReply;
 }

@@ -122,6 +122,15 @@ impl schemars::JsonSchema for Timestamp {
     }
 }
 
+/// Where a shell reads the time: the wall clock in production, a fake one in
+/// tests and replays. The pure cores never hold one; they are handed times.
+pub type Clock = std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    std::sync::Arc::new(Timestamp::now)
+}
+
 /// The two channels of DESIGN.md §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

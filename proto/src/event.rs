@@ -8,9 +8,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::alert::{AlertRaised, AlertResolved};
 use crate::command::Scope;
 use crate::envelope::Timestamp;
 use crate::key_version::{Fingerprint, KeyVersion};
+pub use crate::metrics::MetricsSnapshot;
 use crate::thread::colour;
 
 /// Every event kind. The serialized tag is the kind (`{"key_rotate": {…}}`);
@@ -32,6 +34,9 @@ pub enum Event {
     // New kinds go at the end: the binary form numbers variants in order,
     // and stored rows must keep decoding.
     SignerHeartbeat(SignerHeartbeat),
+    Metrics(MetricsSnapshot),
+    Alert(AlertRaised),
+    Resolved(AlertResolved),
 }
 
 /// Event kind names, as in subjects and the ledger's `kind` column.
@@ -48,8 +53,11 @@ pub mod kind {
     pub const REJECTED: &str = "rejected";
     pub const CHECKPOINT: &str = "checkpoint";
     pub const SIGNER_HEARTBEAT: &str = "signer_heartbeat";
+    pub const METRICS: &str = "metrics";
+    pub const ALERT: &str = "alert";
+    pub const RESOLVED: &str = "resolved";
 
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 15] = [
         KEY_PROVISIONED,
         KEY_ROTATE,
         KEY_ROLLBACK,
@@ -62,6 +70,9 @@ pub mod kind {
         REJECTED,
         CHECKPOINT,
         SIGNER_HEARTBEAT,
+        METRICS,
+        ALERT,
+        RESOLVED,
     ];
 }
 
@@ -80,6 +91,9 @@ impl Event {
             Event::Rejected(_) => kind::REJECTED,
             Event::Checkpoint(_) => kind::CHECKPOINT,
             Event::SignerHeartbeat(_) => kind::SIGNER_HEARTBEAT,
+            Event::Metrics(_) => kind::METRICS,
+            Event::Alert(_) => kind::ALERT,
+            Event::Resolved(_) => kind::RESOLVED,
         }
     }
 
@@ -92,6 +106,8 @@ impl Event {
             }
             Event::SignatureGenerated(_) => "signature:generated".to_string(),
             Event::SignatureVerified(_) => "signature:verified".to_string(),
+            Event::Alert(a) => format!("alert:{}", a.rule),
+            Event::Resolved(r) => format!("resolved:{}", r.rule),
             other => other.kind().to_string(),
         }
     }
@@ -109,7 +125,12 @@ impl Event {
             Event::SignatureGenerated(e) => Some(e.key_version),
             Event::SignatureVerified(e) => Some(e.key_version),
             Event::VersionBump(e) => Some(e.key_version),
-            Event::Rejected(_) | Event::Checkpoint(_) | Event::SignerHeartbeat(_) => None,
+            Event::Rejected(_)
+            | Event::Checkpoint(_)
+            | Event::SignerHeartbeat(_)
+            | Event::Metrics(_)
+            | Event::Alert(_)
+            | Event::Resolved(_) => None,
         }
     }
 
@@ -119,17 +140,24 @@ impl Event {
             Event::KeyFallback(_) | Event::KeyRollback(_) => colour::FALLBACK_ORANGE,
             Event::RotationFailed(_) => colour::MISSING_KEY_RED,
             Event::Rejected(_) => colour::REJECTED_ORANGE_RED,
+            Event::Alert(_) => colour::ALERT_MAGENTA,
+            Event::Resolved(_) | Event::Metrics(_) => colour::MONITORING_GREEN,
+            Event::SignerHeartbeat(_) | Event::Checkpoint(_) => colour::TELEMETRY_GREY,
             _ => colour::VERSION_PURPLE,
         }
     }
 
     /// Whether the event is part of the ledger (the rest are bus-only:
     /// rejections change nothing, checkpoints describe the ledger itself,
-    /// heartbeats describe who is alive).
+    /// heartbeats describe who is alive, snapshots are derived from the
+    /// ledger). Alerts are ledgered: the Supervisor records them.
     pub fn is_ledgered(&self) -> bool {
         !matches!(
             self,
-            Event::Rejected(_) | Event::Checkpoint(_) | Event::SignerHeartbeat(_)
+            Event::Rejected(_)
+                | Event::Checkpoint(_)
+                | Event::SignerHeartbeat(_)
+                | Event::Metrics(_)
         )
     }
 }

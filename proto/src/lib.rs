@@ -4,17 +4,20 @@
 //! lives here and nowhere else: thread ids and colours ([`thread`]), the
 //! subject scheme ([`subject`]), the envelope every message travels in
 //! ([`envelope`]), one struct per command ([`command`]), the events
-//! ([`event`]), request/reply bodies ([`reply`]) and the two codecs
+//! ([`event`]), Monitoring's snapshot ([`metrics`]), Alert's rules and
+//! events ([`alert`]), request/reply bodies ([`reply`]) and the two codecs
 //! ([`codec`]: JSON for people and other languages, postcard for speed).
 //!
 //! The JSON Schemas under `schemas/` are generated from these types
 //! ([`schema`]); a test fails when the files and the types drift apart.
 
+pub mod alert;
 pub mod codec;
 pub mod command;
 pub mod envelope;
 pub mod event;
 pub mod key_version;
+pub mod metrics;
 pub mod reply;
 pub mod schema;
 pub mod subject;

@@ -236,3 +236,21 @@ pub struct RecordReply {
     /// The ledger seq of each recorded event, in order.
     pub seqs: Vec<u64>,
 }
+
+/// An alert that has been raised and not resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenAlert {
+    /// The id of its `alert` event.
+    pub id: crate::MsgId,
+    pub alert: crate::alert::AlertRaised,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsReply {
+    pub open: Vec<OpenAlert>,
+    /// The last snapshot judged (its time and ledger seq).
+    pub at: Timestamp,
+    pub seq: u64,
+}

@@ -5,7 +5,10 @@
 
 use schemars::{schema_for, JsonSchema};
 
-use crate::command::{Bump, CommandBody, Record, Rollback, Rotate, Sign, Status, Verify};
+use crate::command::{
+    AlertNotice, AlertsQuery, Bump, CommandBody, MetricsQuery, Record, Rollback, Rotate, Sign,
+    Status, Verify,
+};
 use crate::envelope::Envelope;
 use crate::event::{self, Event};
 use crate::reply::Reply;
@@ -20,6 +23,9 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     command::<Bump>(&mut out);
     command::<Status>(&mut out);
     command::<Record>(&mut out);
+    command::<MetricsQuery>(&mut out);
+    command::<AlertsQuery>(&mut out);
+    command::<AlertNotice>(&mut out);
     push::<Envelope<Event>>(&mut out, "event.envelope.json".to_string());
     push::<event::KeyProvisioned>(&mut out, event_file(event::kind::KEY_PROVISIONED));
     push::<event::KeyRotate>(&mut out, event_file(event::kind::KEY_ROTATE));
@@ -33,6 +39,9 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     push::<event::Rejected>(&mut out, event_file(event::kind::REJECTED));
     push::<event::Checkpoint>(&mut out, event_file(event::kind::CHECKPOINT));
     push::<event::SignerHeartbeat>(&mut out, event_file(event::kind::SIGNER_HEARTBEAT));
+    push::<event::MetricsSnapshot>(&mut out, event_file(event::kind::METRICS));
+    push::<event::AlertRaised>(&mut out, event_file(event::kind::ALERT));
+    push::<event::AlertResolved>(&mut out, event_file(event::kind::RESOLVED));
     out
 }
 

@@ -39,6 +39,10 @@ pub const SIGNERS_QUEUE: &str = "signers";
 
 /// Header carrying the codec of the payload (`application/json` or the binary form).
 pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
+/// On a published ledger event: its ledger seq. Followers use it to count
+/// each ledgered event exactly once (a resend after JetStream's duplicate
+/// window, or an event both replayed from the ledger and seen live).
+pub const LEDGER_SEQ_HEADER: &str = "Tes-Seq";
 /// Header carrying the message id; NATS JetStream de-duplicates on it.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
@@ -64,8 +68,16 @@ pub mod verb {
     pub const VERIFY: &str = "verify";
     pub const BUMP: &str = "bump";
     pub const STATUS: &str = "status";
-    /// Signer replicas hand their audit events to the ledger writer.
+    /// Signer replicas (and the Supervisor, for alerts) hand events to the
+    /// ledger writer.
     pub const RECORD: &str = "record";
+    /// Monitoring's current snapshot (`tes.cmd.0x5000.metrics`).
+    pub const METRICS: &str = "metrics";
+    /// Alert's open alerts (`tes.cmd.0x5003.alerts`).
+    pub const ALERTS: &str = "alerts";
+    /// Alert hands a raised or resolved alert to the Supervisor
+    /// (`tes.cmd.0x1001.alert`), which has it recorded.
+    pub const ALERT: &str = "alert";
 }
 
 /// `tes.cmd.<thread>.<verb>`

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
-use tes_proto::subject::{self, CONTENT_TYPE_HEADER, REPLY_TO_HEADER};
+use tes_proto::subject::{self, CONTENT_TYPE_HEADER, LEDGER_SEQ_HEADER, REPLY_TO_HEADER};
 use tes_proto::{CommandBody, ContentType, Envelope, Event, Reply, ThreadId};
 use tokio::sync::mpsc;
 
@@ -60,22 +60,24 @@ impl EventStream {
         Ok(EventStream { js })
     }
 
-    /// Publishes `events` in order and waits until the stream has stored each
-    /// (pipelined: all are sent, then the acks are awaited in order). Returns
-    /// how many, from the front, are stored; the rest are to be sent again.
+    /// Publishes ledger events (with their seqs) in order and waits until
+    /// the stream has stored each (pipelined: all are sent, then the acks
+    /// are awaited in order). Returns how many, from the front, are stored;
+    /// the rest are to be sent again.
     pub async fn publish_all(
         &self,
         ct: ContentType,
-        events: &[Envelope<Event>],
+        events: &[(u64, Envelope<Event>)],
     ) -> (usize, Option<BusError>) {
         let mut pending = Vec::with_capacity(events.len());
-        for event in events {
+        for (seq, event) in events {
             let payload = match ct.encode(event) {
                 Ok(p) => p,
                 Err(e) => return (0, Some(transport(e))),
             };
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_TYPE_HEADER, ct.mime());
+            headers.insert(LEDGER_SEQ_HEADER, seq.to_string().as_str());
             let message = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
                 .headers(headers)
@@ -115,28 +117,47 @@ async fn confirmed(
     (n, None)
 }
 
+/// An event as read from `TES_EVENTS`.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    /// Its position in the stream.
+    pub stream_seq: u64,
+    /// How many of the followed events were stored after it when it was
+    /// delivered: 0 means the follower has caught up.
+    pub pending: u64,
+    /// Its ledger seq, for a ledger event (the `Tes-Seq` header). A
+    /// follower skips one it has already seen: the stream can hold an
+    /// event twice if it was resent after the duplicate window.
+    pub ledger_seq: Option<u64>,
+    pub event: Envelope<Event>,
+}
+
 impl EventStream {
-    /// Follows the events of `thread` from the start of the stream: the
-    /// receiver yields `(stream seq, event)` in order, then new ones as they
-    /// come. Also returns the stream's last seq when following began, so a
-    /// follower knows when it has caught up.
+    /// Follows the events of `threads` from the start of the stream: the
+    /// receiver yields them in order, then new ones as they come. Also
+    /// returns how many there were when following began (0: none, so the
+    /// follower is caught up at once; otherwise [`Followed::pending`] says
+    /// when).
     pub async fn follow(
         &self,
-        thread: ThreadId,
-    ) -> Result<(u64, mpsc::Receiver<(u64, Envelope<Event>)>), BusError> {
-        let mut stream = self
+        threads: &[ThreadId],
+    ) -> Result<(u64, mpsc::Receiver<Followed>), BusError> {
+        let stream = self
             .js
             .get_stream(subject::EVENTS_STREAM)
             .await
             .map_err(|e| transport(format!("stream {}: {e}", subject::EVENTS_STREAM)))?;
-        let last = stream.info().await.map_err(transport)?.state.last_sequence;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: format!("{}.{}.>", subject::EVENT_PREFIX, thread.token()),
+                filter_subjects: threads
+                    .iter()
+                    .map(|t| format!("{}.{}.>", subject::EVENT_PREFIX, t.token()))
+                    .collect(),
                 ..Default::default()
             })
             .await
             .map_err(transport)?;
+        let backlog = consumer.cached_info().num_pending;
         let mut messages = consumer.messages().await.map_err(transport)?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(async move {
@@ -148,18 +169,26 @@ impl EventStream {
                         continue;
                     }
                 };
-                let Ok(info) = m.info().map(|i| i.stream_sequence) else {
+                let Ok((info, pending)) = m.info().map(|i| (i.stream_sequence, i.pending)) else {
                     continue;
                 };
-                let ct = ContentType::from_header(
+                let header = |name| {
                     m.headers
                         .as_ref()
-                        .and_then(|h| h.get(CONTENT_TYPE_HEADER))
-                        .map(|v| v.as_str()),
-                );
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str())
+                };
+                let ledger_seq = header(LEDGER_SEQ_HEADER).and_then(|s| s.parse().ok());
+                let ct = ContentType::from_header(header(CONTENT_TYPE_HEADER));
                 match ct.and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload)) {
                     Ok(event) => {
-                        if tx.send((info, event)).await.is_err() {
+                        let followed = Followed {
+                            stream_seq: info,
+                            pending,
+                            ledger_seq,
+                            event,
+                        };
+                        if tx.send(followed).await.is_err() {
                             break;
                         }
                     }
@@ -169,7 +198,7 @@ impl EventStream {
                 }
             }
         });
-        Ok((last, rx))
+        Ok((backlog, rx))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use tes_proto::codec::{decode_incoming, Incoming};
-use tes_proto::subject::{CONTENT_TYPE_HEADER, MSG_ID_HEADER};
+use tes_proto::subject::{CONTENT_TYPE_HEADER, LEDGER_SEQ_HEADER, MSG_ID_HEADER};
 use tes_proto::{
     Channel, CodecError, CommandBody, ContentType, Envelope, ErrorReply, Event, MsgId, Reply,
     ThreadId, Timestamp,
@@ -100,6 +100,25 @@ pub async fn publish_event(
     let m = message(subject, ct, Some(event.id), event)
         .map_err(|e| BusError::Transport(e.to_string()))?;
     bus.publish(m).await
+}
+
+/// Publishes a committed ledger event, its seq in the `Tes-Seq` header.
+pub async fn publish_ledgered(
+    bus: &dyn Bus,
+    ct: ContentType,
+    seq: u64,
+    event: &Envelope<Event>,
+) -> Result<(), BusError> {
+    let subject = tes_proto::subject::event(event.thread, event.body.kind());
+    let m = message(subject, ct, Some(event.id), event)
+        .map_err(|e| BusError::Transport(e.to_string()))?
+        .with_header(LEDGER_SEQ_HEADER, seq.to_string());
+    bus.publish(m).await
+}
+
+/// The ledger seq a published event carries, if it is a ledger event.
+pub fn ledger_seq(message: &Message) -> Option<u64> {
+    message.header(LEDGER_SEQ_HEADER)?.parse().ok()
 }
 
 /// Decodes an event as a subscriber receives it.

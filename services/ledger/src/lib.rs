@@ -7,6 +7,7 @@
 //!   group append, reading, snapshots.
 //! - [`verify`]: walks the chain and names the first bad seq.
 //! - [`outbox`]: what a publisher has sent so far, and what follows.
+//! - [`tail`]: what a reader outside the writer follows, verified row by row.
 //!
 //! Invariants: rows are never updated or deleted (the database's triggers
 //! refuse it); `seq` runs 1, 2, 3, … without gaps; each row's `prev_hash` is
@@ -18,12 +19,14 @@ pub mod codec;
 mod error;
 pub mod outbox;
 pub mod store;
+pub mod tail;
 pub mod verify;
 
 pub use chain::{Hash, GENESIS};
 pub use error::{DecodeError, LedgerError};
 pub use outbox::Outbox;
 pub use store::{Appended, Head, Ledger, Row, Snapshot};
+pub use tail::Tail;
 pub use verify::{verify, walk, BreakReason, ChainBreak, Verified, VerifyError};
 
 /// The ledger's file name inside a data directory (DESIGN.md §6).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tes_bus::jetstream::EventStream;
-use tes_bus::typed::{decode_command, publish_event, refuse, respond};
+use tes_bus::typed::{decode_command, publish_event, publish_ledgered, refuse, respond};
 use tes_bus::{Bus, Message};
 use tes_ledger::{Head, Outbox};
 use tes_proto::command::{Bump, Record, Rollback, Rotate, Sign, Status, Verify};
@@ -61,7 +61,8 @@ struct Job {
 }
 
 struct Committed {
-    events: Vec<Envelope<Event>>,
+    /// With their ledger seqs.
+    events: Vec<(u64, Envelope<Event>)>,
     head: Head,
 }
 
@@ -265,8 +266,8 @@ async fn publish_committed(
         match &outbox {
             Some((outbox, stream)) => drain(outbox, stream, config.wire).await,
             None => {
-                for event in &batch.events {
-                    if let Err(error) = publish_event(&*bus, config.wire, event).await {
+                for (seq, event) in &batch.events {
+                    if let Err(error) = publish_ledgered(&*bus, config.wire, *seq, event).await {
                         tracing::warn!(%error, kind = event.body.kind(), "could not publish event");
                     }
                 }
@@ -305,8 +306,7 @@ async fn drain(outbox: &std::sync::Mutex<Outbox>, stream: &EventStream, ct: Cont
         if pending.is_empty() {
             return;
         }
-        let events: Vec<Envelope<Event>> = pending.iter().map(|(_, e)| e.clone()).collect();
-        let (stored, error) = stream.publish_all(ct, &events).await;
+        let (stored, error) = stream.publish_all(ct, &pending).await;
         if stored > 0 {
             if let Err(error) = outbox().advance(pending[stored - 1].0) {
                 return tracing::error!(%error, "cannot advance the outbox cursor");

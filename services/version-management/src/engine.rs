@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tes_keyring::Keyring;
@@ -35,11 +34,7 @@ use crate::replay::{replay, Until};
 pub const WRITER: &str = tes_proto::event::WRITER_SIGNER;
 
 /// The clock the shell reads; injectable so tests can move time.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
-pub fn system_clock() -> Clock {
-    Arc::new(Timestamp::now)
-}
+pub use tes_proto::envelope::{system_clock, Clock};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -108,11 +103,16 @@ enum Slot {
 }
 
 /// What a signer replica may record: the audit trail of signing.
-fn recordable(event: &Event) -> bool {
-    matches!(
-        event,
-        Event::SignatureGenerated(_) | Event::SignatureVerified(_) | Event::KeyFallback(_)
-    )
+/// What `record` takes, and from whom: a signer replica's audit events
+/// (thread 0x6001) and Alert's alerts, brought by the Supervisor (0x5003).
+fn recordable(event: &Envelope<Event>) -> bool {
+    match event.body {
+        Event::SignatureGenerated(_) | Event::SignatureVerified(_) | Event::KeyFallback(_) => {
+            event.thread == ThreadId::VersionManagement
+        }
+        Event::Alert(_) | Event::Resolved(_) => event.thread == ThreadId::Alert,
+        _ => false,
+    }
 }
 
 pub struct Engine {
@@ -181,8 +181,12 @@ impl Engine {
     }
 
     /// Handles requests that arrived together. Returns one outcome per
-    /// request, in order, and the events that were committed, in ledger order.
-    pub fn handle_batch(&mut self, requests: Vec<Request>) -> (Vec<Outcome>, Vec<Envelope<Event>>) {
+    /// request, in order, and the events that were committed with their
+    /// ledger seqs, in ledger order.
+    pub fn handle_batch(
+        &mut self,
+        requests: Vec<Request>,
+    ) -> (Vec<Outcome>, Vec<(u64, Envelope<Event>)>) {
         let now = (self.clock)();
         let mut events: Vec<Envelope<Event>> = Vec::new();
         let mut decided: Vec<Result<Pending, ErrorReply>> = Vec::with_capacity(requests.len());
@@ -199,7 +203,7 @@ impl Engine {
         if events.is_empty() {
             return (
                 decided.into_iter().map(|d| d.map(|p| p.response)).collect(),
-                events,
+                Vec::new(),
             );
         }
         let before = self.ledger.head().seq;
@@ -224,7 +228,8 @@ impl Engine {
                         })
                     })
                     .collect();
-                (outcomes, events)
+                let committed = appended.iter().map(|a| a.seq).zip(events).collect();
+                (outcomes, committed)
             }
             Err(error) => {
                 tracing::error!(%error, "ledger append failed; nothing from this batch was handed out");
@@ -314,12 +319,13 @@ impl Engine {
             Request::Record(cmd) => {
                 let mut recorded = Vec::with_capacity(cmd.body.events.len());
                 for event in &cmd.body.events {
-                    if !recordable(&event.body) || event.thread != ThreadId::VersionManagement {
+                    if !recordable(event) {
                         return Err(ErrorReply::new(
                             ErrorCode::Malformed,
                             format!(
-                                "a {} event cannot be recorded by a signer",
-                                event.body.kind()
+                                "a {} event from {} cannot be recorded",
+                                event.body.kind(),
+                                event.thread
                             ),
                         ));
                     }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tes_bus::jetstream::EventStream;
+use tes_bus::jetstream::{EventStream, Followed};
 use tes_bus::typed::{self, call, decode_command, refuse, respond};
 use tes_bus::{Bus, BusError, Message};
 use tes_keyring::Keyring;
@@ -71,15 +71,17 @@ pub async fn start(
     keyring: Keyring,
     config: ReplicaConfig,
 ) -> Result<Replica, BusError> {
-    let (last, mut events) = stream.follow(THREAD).await?;
+    // Alerts are ledger events too (recorded for Alert, 0x5003).
+    let (backlog, mut events) = stream.follow(&[THREAD, ThreadId::Alert]).await?;
     let mut state = State::default();
-    let mut seen = 0;
-    while seen < last {
-        let Some((seq, event)) = events.recv().await else {
+    let mut applied = 0;
+    let mut caught_up = backlog == 0;
+    while !caught_up {
+        let Some(followed) = events.recv().await else {
             break;
         };
-        state.apply(event.time, &event.body);
-        seen = seq;
+        caught_up = followed.pending == 0;
+        apply_once(&mut state, &mut applied, followed);
     }
     tracing::info!(signer = %config.name, events = state.seq, active = ?state.active, "replica caught up with {}", subject::EVENTS_STREAM);
     let shared = Arc::new(Shared {
@@ -91,12 +93,9 @@ pub async fn start(
     let follower = {
         let shared = shared.clone();
         tokio::spawn(async move {
-            while let Some((_, event)) = events.recv().await {
-                shared
-                    .state
-                    .write()
-                    .expect("state lock poisoned")
-                    .apply(event.time, &event.body);
+            while let Some(followed) = events.recv().await {
+                let mut state = shared.state.write().expect("state lock poisoned");
+                apply_once(&mut state, &mut applied, followed);
             }
         })
     };
@@ -134,6 +133,18 @@ pub async fn start(
     Ok(Replica {
         tasks: vec![follower, heartbeat, server],
     })
+}
+
+/// Folds a ledger event in unless its seq was folded already (the stream
+/// may hold an event twice if it was resent after the duplicate window).
+fn apply_once(state: &mut State, applied: &mut u64, followed: Followed) {
+    if let Some(seq) = followed.ledger_seq {
+        if seq <= *applied {
+            return;
+        }
+        *applied = seq;
+    }
+    state.apply(followed.event.time, &followed.event.body);
 }
 
 async fn serve(bus: &dyn Bus, shared: &Shared, message: &Message) {

@@ -331,8 +331,13 @@ fn missing_active_material_falls_back_with_an_event() {
     };
     assert_eq!((s.key_version, s.fallback_from), (v(1), Some(v(2))));
     assert_eq!(s.signature, openssl_hmac(V1_SECRET, "p"));
-    assert!(matches!(&events[0].body, Event::KeyFallback(f) if f.from == v(2) && f.to == v(1)));
-    assert_eq!(events[0].body.seed_label(), "key:fallback_v2_to_v1");
+    assert!(matches!(&events[0].1.body, Event::KeyFallback(f) if f.from == v(2) && f.to == v(1)));
+    assert_eq!(events[0].1.body.seed_label(), "key:fallback_v2_to_v1");
+    assert_eq!(
+        events[1].0,
+        events[0].0 + 1,
+        "committed events carry their seqs"
+    );
     // A pinned v2 does not fall back.
     assert_eq!(code(sign(&mut e, "p", Some(v(2)))), ErrorCode::MissingKey);
 }

@@ -142,7 +142,12 @@ impl State {
             Event::VersionBump(e) => {
                 self.entities.insert(e.entity.clone(), e.to.clone());
             }
-            Event::Rejected(_) | Event::Checkpoint(_) | Event::SignerHeartbeat(_) => {
+            // Alerts are in the ledger for the audit trail; they change no key.
+            Event::Alert(_) | Event::Resolved(_) => {}
+            Event::Rejected(_)
+            | Event::Checkpoint(_)
+            | Event::SignerHeartbeat(_)
+            | Event::Metrics(_) => {
                 unreachable!("not ledgered")
             }
         }
