@@ -88,11 +88,12 @@ async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
     match verb {
         Some(verb::ROTATE) => gated(bus, config, message, ROTATE_GATE).await,
         Some(verb::ROLLBACK) => gated(bus, config, message, ROLLBACK_GATE).await,
+        Some(verb::ALERT) => crate::alerts::record(bus, config, message).await,
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
                 format!(
-                    "the Supervisor takes rotate and rollback, not {:?}",
+                    "the Supervisor takes rotate, rollback and alert, not {:?}",
                     message.subject
                 ),
             );
@@ -177,7 +178,7 @@ where
     Ok(reply)
 }
 
-fn unavailable(e: CallError) -> ErrorReply {
+pub(crate) fn unavailable(e: CallError) -> ErrorReply {
     match e {
         CallError::Refused(r) => r,
         CallError::Bus(BusError::NoResponders(_)) => ErrorReply::new(

@@ -1,0 +1,198 @@
+//! Alert's shell (0x5003): judges each snapshot from Monitoring
+//! (`tes.evt.0x5003.metrics`) with the [`Evaluator`], and hands every alert
+//! and resolution to the Supervisor (`tes.cmd.0x1001.alert`), which has it
+//! recorded; Version Management then publishes it on
+//! `tes.evt.0x5003.alert|resolved`. What the ledger already holds (from an
+//! earlier run) comes in through the feed first, so a restart raises
+//! nothing twice. Answers `tes.cmd.0x5003.alerts` with the open alerts.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tes_bus::typed::{self, decode_command, decode_event, refuse, respond, CallError};
+use tes_bus::{Bus, BusError, Message};
+use tes_monitoring::feed::Item;
+use tes_proto::command::{AlertNotice, AlertsQuery};
+use tes_proto::event::kind;
+use tes_proto::reply::{AlertsReply, OpenAlert};
+use tes_proto::subject::{self, verb};
+use tes_proto::{ContentType, Envelope, ErrorCode, ErrorReply, Event, Reply, ThreadId, Timestamp};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::core::Evaluator;
+use crate::rules::Rules;
+
+const THREAD: ThreadId = ThreadId::Alert;
+
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    pub wire: ContentType,
+    pub rules: Rules,
+    /// How long to wait for the Supervisor to have an alert recorded.
+    pub timeout: Duration,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            wire: ContentType::Binary,
+            rules: Rules::default(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which ledger events Alert reads back: its own.
+pub const FOLLOWS: [ThreadId; 1] = [ThreadId::Alert];
+
+/// Runs Alert until the task is aborted. `feed` gives the alerts already in
+/// the ledger (see [`tes_monitoring::feed`]).
+pub async fn start(
+    bus: Arc<dyn Bus>,
+    mut feed: mpsc::Receiver<Item>,
+    config: AlertConfig,
+) -> Result<JoinHandle<()>, BusError> {
+    let mut snapshots = bus
+        .subscribe(&subject::event(ThreadId::Monitoring, kind::METRICS), None)
+        .await?;
+    let mut queries = bus.subscribe(&subject::commands_of(THREAD), None).await?;
+    Ok(tokio::spawn(async move {
+        let mut evaluator = Evaluator::new(config.rules.clone());
+        let mut restored = false;
+        let mut feed_open = true;
+        // Judged but not yet recorded, oldest first.
+        let mut pending: VecDeque<Envelope<Event>> = VecDeque::new();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                item = feed.recv(), if feed_open => match item {
+                    Some(Item::Event(_, event)) => evaluator.restore(&event),
+                    Some(Item::CaughtUp) => restored = true,
+                    None => {
+                        feed_open = false;
+                        restored = true;
+                    }
+                },
+                Some(message) = snapshots.next() => {
+                    let Some(snapshot) = snapshot_of(&message) else { continue };
+                    if !restored {
+                        continue;
+                    }
+                    pending.extend(evaluator.evaluate(&snapshot));
+                    deliver(&*bus, &config, &mut pending, &mut failing).await;
+                }
+                Some(message) = queries.next() => answer(&*bus, &message, &evaluator).await,
+                else => break,
+            }
+        }
+    }))
+}
+
+/// The snapshot in a message, or `None` (with a warning) for one this build
+/// cannot read: a newer schema, or not a snapshot at all.
+fn snapshot_of(message: &Message) -> Option<tes_proto::event::MetricsSnapshot> {
+    match decode_event(message) {
+        Ok(envelope) if envelope.schema > tes_proto::SCHEMA_VERSION => {
+            tracing::warn!(
+                schema = envelope.schema,
+                supported = tes_proto::SCHEMA_VERSION,
+                "a snapshot from a newer schema version; skipped"
+            );
+            None
+        }
+        Ok(Envelope {
+            body: Event::Metrics(snapshot),
+            ..
+        }) => Some(snapshot),
+        Ok(other) => {
+            tracing::warn!(
+                kind = other.body.kind(),
+                "not a snapshot on the snapshot subject; skipped"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a snapshot that does not decode (a newer schema?); skipped");
+            None
+        }
+    }
+}
+
+/// Hands pending alerts to the Supervisor in order; stops at the first
+/// that does not get through and keeps it (and the rest) for next time.
+async fn deliver(
+    bus: &dyn Bus,
+    config: &AlertConfig,
+    pending: &mut VecDeque<Envelope<Event>>,
+    failing: &mut bool,
+) {
+    while let Some(event) = pending.front() {
+        let notice = typed::command(
+            ThreadId::Supervisor,
+            AlertNotice {
+                event: event.clone(),
+            },
+        );
+        match typed::call::<AlertNotice>(
+            bus,
+            ThreadId::Supervisor,
+            config.wire,
+            &notice,
+            config.timeout,
+        )
+        .await
+        {
+            Ok(_) => {
+                if let Event::Alert(a) = &event.body {
+                    tracing::warn!(rule = %a.rule, "{}", a.message);
+                }
+                pending.pop_front();
+                *failing = false;
+            }
+            Err(CallError::Refused(e)) if e.code == ErrorCode::Duplicate => {
+                pending.pop_front();
+            }
+            Err(error) => {
+                if !*failing {
+                    tracing::warn!(%error, waiting = pending.len(), "alerts not recorded yet (Supervisor or Version Management away); will retry");
+                    *failing = true;
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn answer(bus: &dyn Bus, message: &Message, evaluator: &Evaluator) {
+    if subject::parse(&message.subject).map(|p| p.last) != Some(verb::ALERTS) {
+        let error = ErrorReply::new(
+            ErrorCode::UnknownVerb,
+            format!("Alert takes alerts, not {:?}", message.subject),
+        );
+        return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
+    }
+    let ct = match decode_command::<AlertsQuery>(message, THREAD) {
+        Ok((ct, _)) => ct,
+        Err(e) => {
+            let error = ErrorReply::new(ErrorCode::Malformed, format!("alerts query refused: {e}"));
+            return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    let (at, seq) = evaluator.last_judged().unwrap_or((Timestamp::default(), 0));
+    let reply = AlertsReply {
+        open: evaluator
+            .open()
+            .map(|(id, alert)| OpenAlert {
+                id,
+                alert: alert.clone(),
+            })
+            .collect(),
+        at,
+        seq,
+    };
+    if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
+        tracing::warn!(%error, "could not answer an alerts query");
+    }
+}

@@ -1,0 +1,135 @@
+//! Monitoring's shell (0x5000): folds the ledger feed into [`Metrics`],
+//! publishes a snapshot on `tes.evt.0x5000.metrics` at a set interval once
+//! it has caught up with the ledger (a snapshot of half the history would
+//! raise false alerts), and answers `tes.cmd.0x5000.metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tes_bus::typed::{decode_command, publish_event, refuse, respond};
+use tes_bus::{Bus, BusError, Message};
+use tes_proto::command::MetricsQuery;
+use tes_proto::envelope::Clock;
+use tes_proto::subject::{self, verb};
+use tes_proto::{
+    Channel, ContentType, Envelope, ErrorCode, ErrorReply, Event, MsgId, Reply, ThreadId,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::core::{Metrics, DEFAULT_WINDOW};
+use crate::feed::Item;
+
+const THREAD: ThreadId = ThreadId::Monitoring;
+
+#[derive(Clone)]
+pub struct MonitoringConfig {
+    pub wire: ContentType,
+    /// The recent-traffic window for shares and rates.
+    pub window: Duration,
+    /// How often a snapshot is published.
+    pub publish_every: Duration,
+    pub clock: Clock,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            wire: ContentType::Binary,
+            window: DEFAULT_WINDOW,
+            publish_every: Duration::from_secs(1),
+            clock: tes_proto::envelope::system_clock(),
+        }
+    }
+}
+
+/// Which events Monitoring counts (the ledger's, of both writers of it).
+pub const FOLLOWS: [ThreadId; 2] = [ThreadId::VersionManagement, ThreadId::Alert];
+
+/// Runs Monitoring on `feed` (see [`crate::feed`]) until the task is aborted.
+pub async fn start(
+    bus: Arc<dyn Bus>,
+    mut feed: mpsc::Receiver<Item>,
+    config: MonitoringConfig,
+) -> Result<JoinHandle<()>, BusError> {
+    let mut queries = bus.subscribe(&subject::commands_of(THREAD), None).await?;
+    Ok(tokio::spawn(async move {
+        let mut metrics = Metrics::new(config.window);
+        let mut caught_up = false;
+        let mut tick = tokio::time::interval(config.publish_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut feed_open = true;
+        loop {
+            tokio::select! {
+                item = feed.recv(), if feed_open => match item {
+                    Some(Item::Event(seq, event)) => {
+                        metrics.observe(seq, &event);
+                    }
+                    Some(Item::CaughtUp) => {
+                        caught_up = true;
+                        tracing::info!(seq = metrics.seq(), "Monitoring caught up with the ledger");
+                    }
+                    None => {
+                        tracing::warn!("the ledger feed ended; Monitoring keeps its last counts");
+                        feed_open = false;
+                    }
+                },
+                _ = tick.tick(), if caught_up => {
+                    let snapshot = metrics.snapshot((config.clock)());
+                    let event = Envelope::new(
+                        MsgId::generate(),
+                        snapshot.at,
+                        THREAD,
+                        Channel::Event,
+                        Event::Metrics(snapshot),
+                    );
+                    if let Err(error) = publish_event(&*bus, config.wire, &event).await {
+                        tracing::debug!(%error, "snapshot not published");
+                    }
+                }
+                Some(message) = queries.next() => {
+                    let snapshot = metrics.snapshot((config.clock)());
+                    answer(&*bus, &message, snapshot, caught_up).await;
+                }
+                else => break,
+            }
+        }
+    }))
+}
+
+async fn answer(
+    bus: &dyn Bus,
+    message: &Message,
+    snapshot: tes_proto::event::MetricsSnapshot,
+    caught_up: bool,
+) {
+    if subject::parse(&message.subject).map(|p| p.last) != Some(verb::METRICS) {
+        let error = ErrorReply::new(
+            ErrorCode::UnknownVerb,
+            format!("Monitoring takes metrics, not {:?}", message.subject),
+        );
+        return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
+    }
+    let ct = match decode_command::<MetricsQuery>(message, THREAD) {
+        Ok((ct, _)) => ct,
+        Err(e) => {
+            let error =
+                ErrorReply::new(ErrorCode::Malformed, format!("metrics query refused: {e}"));
+            return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    let reply = if caught_up {
+        Reply::Ok(snapshot)
+    } else {
+        Reply::Err(ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!(
+                "Monitoring is still reading the ledger (at seq {}); ask again in a moment",
+                snapshot.seq
+            ),
+        ))
+    };
+    if let Err(error) = respond(bus, message, ct, &reply).await {
+        tracing::warn!(%error, "could not answer a metrics query");
+    }
+}

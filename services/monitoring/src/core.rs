@@ -1,0 +1,256 @@
+//! The pure core of Monitoring: a fold of ledger events into counts, and a
+//! snapshot of them at a given moment. No I/O, no clock: each event brings
+//! its own time and a snapshot is given its time, so replaying a ledger
+//! through [`Metrics`] gives exactly the numbers the live actor had.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use tes_proto::event::MetricsSnapshot;
+use tes_proto::metrics::{FallbackCount, Migration, VersionCounts, VersionUsage, WindowCounts};
+use tes_proto::{Envelope, Event, KeyVersion, MsgId, Timestamp};
+
+/// The recent-traffic window when none is configured.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Counts since the ledger began, plus the traffic of the last window.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    window_ms: u64,
+    /// The last ledger seq counted: an event at or below it is not counted again.
+    seq: u64,
+    last_event_at: Timestamp,
+    active: Option<KeyVersion>,
+    versions: BTreeMap<KeyVersion, VersionCounts>,
+    fallbacks: BTreeMap<(KeyVersion, KeyVersion), u64>,
+    sign_requests: u64,
+    /// The command behind the last signature: the signatures of one request
+    /// (two during dual signing) are adjacent in the ledger and share it.
+    last_sign_cause: Option<MsgId>,
+    rotations: u64,
+    rollbacks: u64,
+    rotation_failures: u64,
+    failures_since_rotation: u64,
+    retirements: u64,
+    bumps: u64,
+    alerts: u64,
+    migration: Option<Migration>,
+    recent: VecDeque<(u64, Recent)>,
+    window: WindowTotals,
+}
+
+/// One thing that happened within the window.
+#[derive(Debug, Clone, Copy)]
+enum Recent {
+    SignRequest,
+    Fallback,
+    Use(KeyVersion),
+}
+
+#[derive(Debug, Clone, Default)]
+struct WindowTotals {
+    sign_requests: u64,
+    fallbacks: u64,
+    usage: BTreeMap<KeyVersion, u64>,
+}
+
+impl WindowTotals {
+    fn add(&mut self, what: Recent, sign: i8) {
+        let bump = |n: &mut u64| {
+            *n = if sign > 0 {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            }
+        };
+        match what {
+            Recent::SignRequest => bump(&mut self.sign_requests),
+            Recent::Fallback => bump(&mut self.fallbacks),
+            Recent::Use(v) => {
+                let n = self.usage.entry(v).or_default();
+                bump(n);
+                if *n == 0 {
+                    self.usage.remove(&v);
+                }
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// Empty counts with a recent-traffic window of `window`.
+    pub fn new(window: Duration) -> Metrics {
+        Metrics {
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            seq: 0,
+            last_event_at: Timestamp::default(),
+            active: None,
+            versions: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
+            sign_requests: 0,
+            last_sign_cause: None,
+            rotations: 0,
+            rollbacks: 0,
+            rotation_failures: 0,
+            failures_since_rotation: 0,
+            retirements: 0,
+            bumps: 0,
+            alerts: 0,
+            migration: None,
+            recent: VecDeque::new(),
+            window: WindowTotals::default(),
+        }
+    }
+
+    /// The last ledger seq counted.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The time of the last event counted.
+    pub fn last_event_at(&self) -> Timestamp {
+        self.last_event_at
+    }
+
+    /// Counts ledger event `seq`. Returns false (and counts nothing) for an
+    /// event that is not a ledger event or whose seq was already counted.
+    pub fn observe(&mut self, seq: u64, event: &Envelope<Event>) -> bool {
+        if !event.body.is_ledgered() || seq <= self.seq {
+            return false;
+        }
+        self.seq = seq;
+        let at = event.time;
+        self.last_event_at = self.last_event_at.max(at);
+        match &event.body {
+            Event::KeyProvisioned(_) => {}
+            Event::KeyRotate(e) => {
+                self.active = Some(e.to);
+                self.failures_since_rotation = 0;
+                if let Some(from) = e.from {
+                    self.rotations += 1;
+                    self.migration = Some(Migration {
+                        from,
+                        to: e.to,
+                        started_at: at,
+                        first_signature_at: None,
+                    });
+                }
+            }
+            Event::KeyRollback(e) => {
+                self.active = Some(e.to);
+                self.rollbacks += 1;
+                self.failures_since_rotation = 0;
+                // Back where it was: no migration is in progress.
+                self.migration = None;
+            }
+            Event::KeyRetired(_) => self.retirements += 1,
+            Event::KeyFallback(e) => {
+                *self.fallbacks.entry((e.from, e.to)).or_default() += 1;
+                self.remember(at, Recent::Fallback);
+            }
+            Event::RotationFailed(_) => {
+                self.rotation_failures += 1;
+                self.failures_since_rotation += 1;
+            }
+            Event::SignatureGenerated(e) => {
+                self.counts(e.key_version).signatures += 1;
+                let cause = event.causation_id;
+                if cause.is_none() || cause != self.last_sign_cause {
+                    self.sign_requests += 1;
+                    self.remember(at, Recent::SignRequest);
+                }
+                self.last_sign_cause = cause;
+                self.remember(at, Recent::Use(e.key_version));
+                if let Some(m) = &mut self.migration {
+                    if m.to == e.key_version && m.first_signature_at.is_none() {
+                        m.first_signature_at = Some(at);
+                    }
+                }
+            }
+            Event::SignatureVerified(e) => {
+                let counts = self.counts(e.key_version);
+                if e.valid {
+                    counts.verified_valid += 1;
+                } else {
+                    counts.verified_invalid += 1;
+                }
+                self.remember(at, Recent::Use(e.key_version));
+            }
+            Event::VersionBump(_) => self.bumps += 1,
+            Event::Alert(_) => self.alerts += 1,
+            Event::Resolved(_) => {}
+            Event::Rejected(_)
+            | Event::Checkpoint(_)
+            | Event::SignerHeartbeat(_)
+            | Event::Metrics(_) => unreachable!("not ledgered"),
+        }
+        true
+    }
+
+    fn counts(&mut self, version: KeyVersion) -> &mut VersionCounts {
+        self.versions.entry(version).or_insert(VersionCounts {
+            version,
+            signatures: 0,
+            verified_valid: 0,
+            verified_invalid: 0,
+        })
+    }
+
+    fn remember(&mut self, at: Timestamp, what: Recent) {
+        self.recent.push_back((at.as_millis(), what));
+        self.window.add(what, 1);
+    }
+
+    /// Forgets traffic older than the window before `at`.
+    fn expire(&mut self, at: Timestamp) {
+        let cutoff = at.as_millis().saturating_sub(self.window_ms);
+        while let Some(&(t, what)) = self.recent.front() {
+            if t >= cutoff {
+                break;
+            }
+            self.window.add(what, -1);
+            self.recent.pop_front();
+        }
+    }
+
+    /// Everything known, as of `at`. Time only moves forward: an `at`
+    /// before an event already counted is taken as that event's time.
+    pub fn snapshot(&mut self, at: Timestamp) -> MetricsSnapshot {
+        let at = at.max(self.last_event_at);
+        self.expire(at);
+        MetricsSnapshot {
+            at,
+            seq: self.seq,
+            active: self.active,
+            versions: self.versions.values().cloned().collect(),
+            fallbacks: self
+                .fallbacks
+                .iter()
+                .map(|(&(from, to), &count)| FallbackCount { from, to, count })
+                .collect(),
+            sign_requests: self.sign_requests,
+            rotations: self.rotations,
+            rollbacks: self.rollbacks,
+            rotation_failures: self.rotation_failures,
+            failures_since_rotation: self.failures_since_rotation,
+            retirements: self.retirements,
+            bumps: self.bumps,
+            alerts: self.alerts,
+            migration: self.migration.clone(),
+            window: WindowCounts {
+                span_ms: self.window_ms,
+                sign_requests: self.window.sign_requests,
+                fallbacks: self.window.fallbacks,
+                usage: self
+                    .window
+                    .usage
+                    .iter()
+                    .map(|(&version, &operations)| VersionUsage {
+                        version,
+                        operations,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
