@@ -121,8 +121,9 @@ pub enum Command {
     /// them on the embedded bus.
     Daemon {
         /// Which actors this process runs: `all`, or a list of
-        /// `supervisor`, `version` (several daemons on one NATS server form
-        /// the system). Subsets need --nats.
+        /// `supervisor`, `version`, `monitoring`, `telemetry`, `alert`
+        /// (several daemons on one NATS server form the system). Subsets
+        /// need --nats.
         #[arg(long, default_value = "all", value_parser = parse_actors)]
         actors: ActorSet,
         /// What Version Management is here: the ledger `writer` (one per
@@ -133,6 +134,8 @@ pub enum Command {
         role: Role,
         #[command(flatten)]
         run: RunOptions,
+        #[command(flatten)]
+        observe: ObserveOptions,
     },
     /// Rotate to the next provisioned key version (through the Supervisor).
     Rotate {
@@ -185,6 +188,35 @@ pub enum Command {
     },
     /// Show key versions, their states, and the ledger head.
     Status(#[command(flatten)] RunOptions),
+    /// Follow events as they happen, coloured by actor and kind (plain
+    /// without a terminal or with NO_COLOR): on NATS every event on the
+    /// bus, else the ledger's rows as they are appended.
+    Watch {
+        /// Only these actors (repeatable): 0x1001, 0x6001, 0x5000, 0x5002, 0x5003.
+        #[arg(long = "thread", value_name = "THREAD")]
+        threads: Vec<tes_proto::ThreadId>,
+        /// Only these kinds (repeatable), e.g. signature_generated, key_rotate, alert.
+        #[arg(long = "kind", value_name = "KIND", value_parser = parse_kind)]
+        kinds: Vec<&'static str>,
+        /// Also heartbeats, checkpoints and metrics snapshots (hidden unless
+        /// asked for by --kind).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Monitoring's numbers: from the daemon on NATS, else folded from the ledger.
+    Metrics {
+        #[command(flatten)]
+        observe: ObserveOptions,
+    },
+    /// The open alerts: from the daemon on NATS, else judged from the ledger.
+    Alerts {
+        /// Every alert and resolution the ledger's history raises, at the
+        /// event that raised it (read from the ledger, even with --nats).
+        #[arg(long)]
+        replay: bool,
+        #[command(flatten)]
+        observe: ObserveOptions,
+    },
     /// Rebuild the state from the ledger and print it.
     Replay {
         /// Stop after this seq.
@@ -200,6 +232,29 @@ pub enum Command {
     /// Provision and list key material.
     #[command(subcommand)]
     Secret(Secret),
+}
+
+/// Monitoring, Telemetry and Alert settings.
+#[derive(Debug, Clone, Args)]
+pub struct ObserveOptions {
+    /// The recent window that usage shares and the fallback rate cover.
+    #[arg(long, env = "TES_METRICS_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub metrics_window: Duration,
+    /// How often Monitoring publishes a snapshot.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub metrics_every: Duration,
+    /// Where Telemetry serves Prometheus `/metrics`.
+    #[arg(long, env = "TES_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Telemetry's event log directory (the file is worker-events.log).
+    #[arg(long, env = "TES_LOG_DIR", default_value = "./logs")]
+    pub log_dir: PathBuf,
+    /// Rotate the event log when it would pass this many bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub log_max_bytes: u64,
+    /// Alert rules (TOML); default: the seed's thresholds.
+    #[arg(long, env = "TES_ALERT_RULES", value_name = "FILE")]
+    pub alert_rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -239,18 +294,36 @@ pub enum Secret {
 pub struct ActorSet {
     pub supervisor: bool,
     pub version: bool,
+    pub monitoring: bool,
+    pub telemetry: bool,
+    pub alert: bool,
 }
 
 impl ActorSet {
     pub const ALL: ActorSet = ActorSet {
         supervisor: true,
         version: true,
+        monitoring: true,
+        telemetry: true,
+        alert: true,
+    };
+
+    /// What a one-shot verb or the demo needs: no observers, no ports.
+    pub const CORE: ActorSet = ActorSet {
+        supervisor: true,
+        version: true,
+        monitoring: false,
+        telemetry: false,
+        alert: false,
     };
 
     pub fn names(self) -> Vec<&'static str> {
         [
             (self.supervisor, "Supervisor (0x1001)"),
             (self.version, "Version Management (0x6001)"),
+            (self.monitoring, "Monitoring (0x5000)"),
+            (self.telemetry, "Telemetry (0x5002)"),
+            (self.alert, "Alert (0x5003)"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -265,22 +338,37 @@ fn parse_actors(s: &str) -> Result<ActorSet, String> {
     let mut set = ActorSet {
         supervisor: false,
         version: false,
+        monitoring: false,
+        telemetry: false,
+        alert: false,
     };
     for name in s.split(',').map(str::trim) {
         match name {
             "supervisor" | "0x1001" => set.supervisor = true,
             "version" | "0x6001" => set.version = true,
-            "monitoring" | "telemetry" | "alert" | "0x5000" | "0x5002" | "0x5003" => {
-                return Err(format!("the {name} actor is not built yet (issue 4)"))
-            }
+            "monitoring" | "0x5000" => set.monitoring = true,
+            "telemetry" | "0x5002" => set.telemetry = true,
+            "alert" | "0x5003" => set.alert = true,
             other => {
                 return Err(format!(
-                    "unknown actor {other:?}: expected all, or supervisor and/or version"
+                    "unknown actor {other:?}: expected all, or a list of supervisor, version, monitoring, telemetry, alert"
                 ))
             }
         }
     }
     Ok(set)
+}
+
+fn parse_kind(s: &str) -> Result<&'static str, String> {
+    tes_proto::event::kind::ALL
+        .into_iter()
+        .find(|k| *k == s)
+        .ok_or_else(|| {
+            format!(
+                "unknown event kind {s:?}: expected one of {}",
+                tes_proto::event::kind::ALL.join(", ")
+            )
+        })
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {

@@ -15,7 +15,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Audit, Cli, Command, Secret};
-use crate::commands::{audit, client, daemon, demo, replay, secret};
+use crate::commands::{audit, client, daemon, demo, observe, replay, secret, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,7 +37,19 @@ async fn run(cli: Cli) -> failure::Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Demo(run) => demo::run(g, &run).await,
-        Command::Daemon { actors, role, run } => daemon::run(g, &run, actors, role).await,
+        Command::Daemon {
+            actors,
+            role,
+            run,
+            observe,
+        } => daemon::run(g, &run, &observe, actors, role).await,
+        Command::Watch {
+            threads,
+            kinds,
+            all,
+        } => watch::run(g, threads, kinds, all).await,
+        Command::Metrics { observe } => observe::metrics(g, &observe).await,
+        Command::Alerts { replay, observe } => observe::alerts(g, &observe, replay).await,
         Command::Rotate {
             to,
             force,

@@ -1,7 +1,7 @@
-//! The actors of this process (any of Supervisor and Version Management) on
-//! one data directory and one bus: the in-process bus (the embedded default:
-//! the demo, the one-shot verbs, `tes daemon` without NATS) or a NATS server
-//! (`tes daemon --nats`). Also how any verb reaches NATS.
+//! The actors of this process (any of the five) on one data directory and
+//! one bus: the in-process bus (the embedded default: the demo, the one-shot
+//! verbs, `tes daemon` without NATS) or a NATS server (`tes daemon --nats`).
+//! Also how any verb reaches NATS.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,8 +22,13 @@ use tes_version_management::replica::{self, Replica, ReplicaConfig};
 use tes_version_management::{Engine, EngineConfig, Request};
 use tokio::task::JoinHandle;
 
-use crate::cli::{ActorSet, Global, Role, RunOptions, Wire};
+use crate::cli::{ActorSet, Global, ObserveOptions, Role, RunOptions, Wire};
 use crate::failure::{Failure, Result};
+use tes_alert::actor::AlertConfig;
+use tes_alert::Rules;
+use tes_monitoring::actor::MonitoringConfig;
+use tes_monitoring::feed::{self, Source};
+use tes_telemetry::actor::{Telemetry, TelemetryConfig};
 
 /// What the actors talk over.
 pub enum Transport {
@@ -41,6 +46,9 @@ pub struct Actors {
     /// The Supervisor's tasks: its command subscription and, on NATS, the
     /// KV signal watch.
     supervisor: Vec<JoinHandle<()>>,
+    /// Monitoring and Alert.
+    observers: Vec<JoinHandle<()>>,
+    telemetry: Option<tes_telemetry::actor::Telemetry>,
     key_store: KeyStore,
     wire: ContentType,
     pub ledger_path: PathBuf,
@@ -86,14 +94,17 @@ pub fn wire(w: Wire) -> ContentType {
 }
 
 impl Actors {
-    /// Every actor, in this process, on the in-process bus: the embedded
-    /// default of the demo and the one-shot verbs.
+    /// Supervisor and Version Management in this process, on the
+    /// in-process bus: the embedded default of the demo and the one-shot
+    /// verbs (the observers belong to the daemon: they serve a port and
+    /// write a log).
     pub async fn embedded(global: &Global, run: &RunOptions) -> Result<Actors> {
         Actors::start(
             global,
             run,
+            None,
             Transport::Embedded,
-            ActorSet::ALL,
+            ActorSet::CORE,
             Role::Writer,
         )
         .await
@@ -105,6 +116,7 @@ impl Actors {
     pub async fn start(
         global: &Global,
         run: &RunOptions,
+        observe: Option<&ObserveOptions>,
         transport: Transport,
         which: ActorSet,
         role: Role,
@@ -173,11 +185,17 @@ impl Actors {
                 );
             }
         }
+        let (observers, telemetry) = match observe {
+            Some(o) => start_observers(global, o, wire, &bus, &transport, which).await?,
+            None => (Vec::new(), None),
+        };
         Ok(Actors {
             bus,
             version,
             replica,
             supervisor,
+            observers,
+            telemetry,
             key_store,
             wire,
             ledger_path: global.ledger_path(),
@@ -236,6 +254,13 @@ impl Actors {
 
     /// Stops the actors, letting work in flight finish; releases the ledger.
     pub async fn stop(self) {
+        for task in self.observers {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(telemetry) = self.telemetry {
+            telemetry.stop().await;
+        }
         for task in self.supervisor {
             task.abort();
             let _ = task.await;
@@ -247,6 +272,96 @@ impl Actors {
             drop(version.running.stop().await);
         }
     }
+}
+
+/// Where the observers read the ledger's events: the ledger file on the
+/// embedded bus, `TES_EVENTS` on NATS (they may run on another host).
+pub async fn feed_source(global: &Global, transport: &Transport) -> Result<Source> {
+    Ok(match transport {
+        Transport::Embedded => Source::Ledger(global.ledger_path()),
+        Transport::Nats(nats) => Source::Stream(
+            EventStream::ensure(nats.client().clone())
+                .await
+                .map_err(Failure::check)?,
+        ),
+    })
+}
+
+/// The alert rules: the file's, refused at start-up if it has a mistake.
+pub fn alert_rules(observe: &ObserveOptions) -> Result<Rules> {
+    match &observe.alert_rules {
+        Some(path) => Rules::load(path).map_err(Failure::input),
+        None => Ok(Rules::default()),
+    }
+}
+
+/// Monitoring (0x5000), Alert (0x5003) and Telemetry (0x5002), as `which` says.
+async fn start_observers(
+    global: &Global,
+    observe: &ObserveOptions,
+    wire: ContentType,
+    bus: &Arc<dyn Bus>,
+    transport: &Transport,
+    which: ActorSet,
+) -> Result<(Vec<JoinHandle<()>>, Option<Telemetry>)> {
+    let mut tasks = Vec::new();
+    if which.monitoring {
+        let feed = feed::start(
+            feed_source(global, transport).await?,
+            &tes_monitoring::actor::FOLLOWS,
+            0,
+        )
+        .await
+        .map_err(Failure::check)?;
+        let config = MonitoringConfig {
+            wire,
+            window: observe.metrics_window,
+            publish_every: observe.metrics_every,
+            clock: tes_proto::envelope::system_clock(),
+        };
+        tasks.push(
+            tes_monitoring::actor::start(bus.clone(), feed, config)
+                .await
+                .context("starting Monitoring (0x5000)")?,
+        );
+    }
+    if which.alert {
+        let rules = alert_rules(observe)?;
+        let feed = feed::start(
+            feed_source(global, transport).await?,
+            &tes_alert::actor::FOLLOWS,
+            0,
+        )
+        .await
+        .map_err(Failure::check)?;
+        let config = AlertConfig {
+            wire,
+            rules,
+            ..AlertConfig::default()
+        };
+        tasks.push(
+            tes_alert::actor::start(bus.clone(), feed, config)
+                .await
+                .context("starting Alert (0x5003)")?,
+        );
+    }
+    let telemetry = if which.telemetry {
+        let config = TelemetryConfig {
+            listen: observe.metrics_addr,
+            log_dir: observe.log_dir.clone(),
+            log_max_bytes: observe.log_max_bytes,
+            ..TelemetryConfig::default()
+        };
+        let source = feed_source(global, transport).await?;
+        Some(
+            tes_telemetry::actor::start(bus.clone(), source, config)
+                .await
+                .map_err(Failure::input)?,
+        )
+    } else {
+        None
+    };
+    Ok((tasks, telemetry))
 }
 
 /// A signer replica: its own keys (never generated: a replica must hold the

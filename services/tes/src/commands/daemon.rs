@@ -9,13 +9,19 @@ use anyhow::anyhow;
 use tes_bus::nats::redact;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{ActorSet, Global, Role, RunOptions};
+use crate::cli::{ActorSet, Global, ObserveOptions, Role, RunOptions};
 use crate::failure::{Failure, Result};
 use crate::runtime::{self, Actors, Transport};
 
 const KEY_STORE_POLL: Duration = Duration::from_secs(2);
 
-pub async fn run(global: &Global, run: &RunOptions, which: ActorSet, role: Role) -> Result<()> {
+pub async fn run(
+    global: &Global,
+    run: &RunOptions,
+    observe: &ObserveOptions,
+    which: ActorSet,
+    role: Role,
+) -> Result<()> {
     let (transport, on) = match runtime::nats(global, "tes-daemon").await? {
         Some(nats) => (
             Transport::Nats(nats),
@@ -36,7 +42,7 @@ pub async fn run(global: &Global, run: &RunOptions, which: ActorSet, role: Role)
         }
         None => (Transport::Embedded, "the embedded bus".to_string()),
     };
-    let mut rt = Actors::start(global, run, transport, which, role).await?;
+    let mut rt = Actors::start(global, run, Some(observe), transport, which, role).await?;
     tracing::info!(
         actors = %which.names().join(", "),
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },

@@ -4,5 +4,7 @@ pub mod audit;
 pub mod client;
 pub mod daemon;
 pub mod demo;
+pub mod observe;
 pub mod replay;
 pub mod secret;
+pub mod watch;

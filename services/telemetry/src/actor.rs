@@ -1,0 +1,185 @@
+//! Telemetry's shell (0x5002): keeps Monitoring's latest snapshot
+//! (`tes.evt.0x5000.metrics`) and serves it as Prometheus text on
+//! `GET /metrics`; writes every ledger event from the feed to the event log,
+//! going on after the last seq the log already holds, so the log lists each
+//! ledger event once even across restarts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tes_bus::typed::decode_event;
+use tes_bus::{Bus, BusError};
+use tes_monitoring::feed::{self, Item, Source};
+use tes_proto::event::{kind, MetricsSnapshot};
+use tes_proto::subject;
+use tes_proto::{Envelope, Event, ThreadId};
+use tokio::task::JoinHandle;
+
+use crate::event_log::{EventLog, FILE_NAME};
+use crate::prometheus;
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Where `/metrics` is served (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The event log's directory (the file is `worker-events.log` in it).
+    pub log_dir: PathBuf,
+    /// Rotate the event log when it would pass this size.
+    pub log_max_bytes: u64,
+    /// Rotated files kept.
+    pub log_keep: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            log_dir: PathBuf::from("logs"),
+            log_max_bytes: 64 * 1024 * 1024,
+            log_keep: 5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot open the event log {path}: {error}")]
+    Log { path: String, error: std::io::Error },
+    #[error("cannot serve /metrics on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Which ledger events go to the event log: all of them.
+pub const FOLLOWS: [ThreadId; 2] = [ThreadId::VersionManagement, ThreadId::Alert];
+
+pub struct Telemetry {
+    /// Where `/metrics` is served.
+    pub addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Telemetry {
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Shared {
+    snapshot: Mutex<Option<MetricsSnapshot>>,
+    log: EventLog,
+}
+
+pub async fn start(
+    bus: Arc<dyn Bus>,
+    source: Source,
+    config: TelemetryConfig,
+) -> Result<Telemetry, TelemetryError> {
+    let path = config.log_dir.join(FILE_NAME);
+    let log = EventLog::open(&path, config.log_max_bytes, config.log_keep).map_err(|error| {
+        TelemetryError::Log {
+            path: path.display().to_string(),
+            error,
+        }
+    })?;
+    let after = EventLog::last_seq(&path).unwrap_or(0);
+    let shared = Arc::new(Shared {
+        snapshot: Mutex::new(None),
+        log,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| TelemetryError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|error| TelemetryError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(shared.clone());
+    let server = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the /metrics server stopped");
+        }
+    });
+    let mut snapshots = bus
+        .subscribe(&subject::event(ThreadId::Monitoring, kind::METRICS), None)
+        .await?;
+    let keeper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(message) = snapshots.next().await {
+                match decode_event(&message) {
+                    Ok(e) if e.schema > tes_proto::SCHEMA_VERSION => tracing::warn!(
+                        schema = e.schema,
+                        supported = tes_proto::SCHEMA_VERSION,
+                        "a snapshot from a newer schema version; skipped"
+                    ),
+                    Ok(Envelope {
+                        body: Event::Metrics(s),
+                        ..
+                    }) => *shared.snapshot.lock().expect("snapshot lock") = Some(s),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "a snapshot that does not decode (a newer schema?); skipped")
+                    }
+                }
+            }
+        })
+    };
+    let mut events = feed::start(source, &FOLLOWS, after).await?;
+    let writer = {
+        let shared = shared.clone();
+        // File writes block: they run on the blocking pool, a batch at a time.
+        tokio::spawn(async move {
+            while let Some(first) = events.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = events.try_recv() {
+                    batch.push(more);
+                    if batch.len() >= 1024 {
+                        break;
+                    }
+                }
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for item in batch {
+                        if let Item::Event(seq, event) = item {
+                            shared.log.write(seq, &event);
+                        }
+                    }
+                })
+                .await;
+            }
+        })
+    };
+    tracing::info!(%addr, log = %path.display(), after, "Telemetry serving /metrics and writing the event log");
+    Ok(Telemetry {
+        addr,
+        tasks: vec![server, keeper, writer],
+    })
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let snapshot = shared.snapshot.lock().expect("snapshot lock").clone();
+    let body = prometheus::render(snapshot.as_ref(), shared.log.health());
+    ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body)
+}
