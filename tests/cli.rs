@@ -2,148 +2,14 @@
 //! tools outside the project where the contract says so (openssl, sqlite).
 //! Secrets are known values, so every output can be searched for them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const V1: &str = "e2e-known-secret-v1-4c9d1f0a7b3e2d56";
-const V2: &str = "e2e-known-secret-v2-8a7f6e5d4c3b2a19";
-
-/// `tes` with a clean environment (no secrets leak in from the developer's
-/// shell) and the given data directory.
-fn tes(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tes"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .arg("--data-dir")
-        .arg(data)
-        .stdin(Stdio::null());
-    c
-}
-
-fn with_keys(mut c: Command) -> Command {
-    c.env("VERSION_SIGNING_KEY", V1)
-        .env("VERSION_SIGNING_KEY_V2", V2);
-    c
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(mut c: Command) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = c.output().expect("tes runs");
-    let r = Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    };
-    for secret in [V1, V2] {
-        assert!(
-            !r.stdout.contains(secret) && !r.stderr.contains(secret),
-            "a secret was printed"
-        );
-    }
-    r
-}
-
-fn args(mut c: Command, a: &[&str]) -> Command {
-    c.args(a);
-    c
-}
-
-/// `tes secret put --version 2` with `secret` piped on stdin; must succeed.
-fn secret_put(mut c: Command, secret: &str) {
-    use std::io::Write;
-    c.args(["secret", "put", "--version", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(secret.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn json_lines(s: &str) -> Vec<Value> {
-    s.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// HMAC-SHA256 the way an outside checker computes it: `openssl dgst`
-/// where openssl exists, the RustCrypto crates otherwise.
-fn outside_hmac(secret: &str, payload: &str) -> String {
-    if let Ok(mut child) = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(payload.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        return text.trim().rsplit(' ').next().unwrap().to_string();
-    }
-    fast_hmac(secret, payload)
-}
-
-/// HMAC-SHA256 in-process (RustCrypto, independent of the project's
-/// keyring), for checking thousands of signatures without a process each.
-fn fast_hmac(secret: &str, payload: &str) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(payload.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-fn assert_no_secret_in(dir: &Path) {
-    for entry in walk(dir) {
-        let bytes = std::fs::read(&entry).unwrap();
-        for secret in [V1, V2] {
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "secret found in {entry:?}"
-            );
-        }
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
+use support::*;
 
 fn demo(dir: &Path) -> Vec<Value> {
     let r = run(args(with_keys(tes(dir)), &["demo", "--json"]));
@@ -609,21 +475,6 @@ fn the_os_key_store_keeps_secrets_off_the_disk() {
     assert_no_secret_in(dir.path());
 }
 
-/// The active key version of the daemon on NATS `url` (`""` if none answers).
-fn key_version_on(dir: &Path, url: &str) -> String {
-    let r = run(args(tes(dir), &["--nats", url, "status", "--json"]));
-    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
-    v["keyVersion"].as_str().unwrap_or("").to_string()
-}
-
-fn wait_for_key_version(dir: &Path, url: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while key_version_on(dir, url) != want {
-        assert!(Instant::now() < deadline, "keyVersion never became {want}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Every `signature_generated` in the ledger of `dir`, by seq.
 fn signatures_in_ledger(dir: &Path) -> std::collections::HashMap<u64, String> {
     let ledger = tes_ledger::Ledger::open_reader(&dir.join("ledger.db")).unwrap();
@@ -701,75 +552,6 @@ fn sign_load(
         })
     });
     (stop, load)
-}
-
-/// A `tes daemon` child process, stopped with SIGTERM on drop.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    /// `c` (global options) `daemon` `daemon_args`.
-    fn spawn(mut c: Command, daemon_args: &[&str]) -> Daemon {
-        c.arg("daemon")
-            .args(daemon_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Daemon(c.spawn().unwrap())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until_ok(c: impl Fn() -> Command) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while run(c()).code != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon never answered on NATS"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-/// A `tes daemon --nats` (all actors) on its own real nats-server.
-struct NatsDaemon {
-    _daemon: Daemon,
-    _server: tes_bus::test_server::TestServer,
-    url: String,
-}
-
-impl NatsDaemon {
-    fn start(dir: &Path) -> NatsDaemon {
-        let server = tes_bus::test_server::TestServer::start();
-        let url = server.url();
-        block_on(server.ready(None));
-        let daemon = Daemon::spawn(args(with_keys(tes(dir)), &["--nats", &url]), &[]);
-        wait_until_ok(|| args(tes(dir), &["--nats", &url, "status"]));
-        NatsDaemon {
-            _daemon: daemon,
-            _server: server,
-            url,
-        }
-    }
-
-    fn client(&self, dir: &Path) -> Command {
-        args(tes(dir), &["--nats", &self.url])
-    }
 }
 
 #[test]
@@ -937,6 +719,47 @@ fn actors_in_separate_daemons_with_their_own_nats_users() {
     assert!(
         !other_dir.path().join("ledger.db").exists(),
         "the Supervisor's process keeps no ledger"
+    );
+
+    // The observers, each as its own user, far from the ledger: they follow
+    // TES_EVENTS. An alert goes Alert → Supervisor → Version Management.
+    let _monitoring = Daemon::spawn(
+        as_user(other_dir.path(), "monitoring"),
+        &["--actors", "monitoring"],
+    );
+    let _alert = Daemon::spawn(as_user(other_dir.path(), "alert"), &["--actors", "alert"]);
+    let _telemetry = Daemon::spawn(
+        as_user(other_dir.path(), "telemetry"),
+        &["--actors", "telemetry"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = run(args(
+            as_user(other_dir.path(), "operator"),
+            &["metrics", "--json"],
+        ));
+        let v: Value = serde_json::from_str(m.stdout.trim()).unwrap_or(Value::Null);
+        if v["rotations"] == 1 && v["signRequests"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Monitoring never counted: {} {}",
+            m.stdout,
+            m.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a = run(args(
+        as_user(other_dir.path(), "operator"),
+        &["alerts", "--json"],
+    ));
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    let r = run(args(as_user(other_dir.path(), "client"), &["metrics"]));
+    assert!(
+        r.stderr.contains("not permitted"),
+        "a service may not ask Monitoring: {}",
+        r.stderr
     );
 
     let r = run(args(

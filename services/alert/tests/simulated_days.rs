@@ -150,7 +150,7 @@ fn eight_days_of_a_dragging_migration_raise_and_resolve_at_the_right_events() {
     let mut t = rotation;
     while t < T0 + 8 * DAY {
         world.at(t);
-        let first_of_hour = (t - rotation) % HOUR == 0;
+        let first_of_hour = (t - rotation).is_multiple_of(HOUR);
         match (t >= flip, first_of_hour) {
             (false, true) => traffic(&mut engine, 1, 9),
             (false, false) => traffic(&mut engine, 0, 10),

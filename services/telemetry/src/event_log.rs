@@ -240,12 +240,14 @@ fn rotated(path: &Path, n: usize) -> PathBuf {
 }
 
 fn last_seq_in(path: &Path) -> Option<u64> {
+    const TAIL: u64 = 64 * 1024;
     let mut file = File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
-    let start = len.saturating_sub(64 * 1024);
-    file.seek(SeekFrom::Start(start)).ok()?;
-    let mut tail = String::new();
-    file.read_to_string(&mut tail).ok()?;
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    // Never more than the tail: a device (a test's /dev/full) reads forever.
+    let mut bytes = Vec::new();
+    file.take(TAIL).read_to_end(&mut bytes).ok()?;
+    let tail = String::from_utf8_lossy(&bytes);
     tail.lines().rev().find_map(|line| {
         let rest = line.split_once("\"seq\":")?.1;
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();

@@ -42,6 +42,10 @@ pub async fn run(
         }
         None => (Transport::Embedded, "the embedded bus".to_string()),
     };
+    if which.alert {
+        // A mistake in the rules file stops the start, before anything runs.
+        runtime::alert_rules(observe)?;
+    }
     let mut rt = Actors::start(global, run, Some(observe), transport, which, role).await?;
     tracing::info!(
         actors = %which.names().join(", "),

@@ -1,0 +1,234 @@
+//! What the end-to-end tests share: the real `tes` binary with a clean
+//! environment and known secrets (so every output can be searched for
+//! them), daemons that stop on drop, and a daemon on its own nats-server.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const V1: &str = "e2e-known-secret-v1-4c9d1f0a7b3e2d56";
+
+pub const V2: &str = "e2e-known-secret-v2-8a7f6e5d4c3b2a19";
+
+/// `tes` with a clean environment (no secrets leak in from the developer's
+/// shell) and the given data directory.
+pub fn tes(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tes"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TES_METRICS_ADDR", "127.0.0.1:0")
+        .env("TES_LOG_DIR", data.join("logs"))
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn with_keys(mut c: Command) -> Command {
+    c.env("VERSION_SIGNING_KEY", V1)
+        .env("VERSION_SIGNING_KEY_V2", V2);
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(mut c: Command) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().expect("tes runs");
+    let r = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    for secret in [V1, V2] {
+        assert!(
+            !r.stdout.contains(secret) && !r.stderr.contains(secret),
+            "a secret was printed"
+        );
+    }
+    r
+}
+
+pub fn args(mut c: Command, a: &[&str]) -> Command {
+    c.args(a);
+    c
+}
+
+/// `tes secret put --version 2` with `secret` piped on stdin; must succeed.
+pub fn secret_put(mut c: Command, secret: &str) {
+    use std::io::Write;
+    c.args(["secret", "put", "--version", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn json_lines(s: &str) -> Vec<Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// HMAC-SHA256 the way an outside checker computes it: `openssl dgst`
+/// where openssl exists, the RustCrypto crates otherwise.
+pub fn outside_hmac(secret: &str, payload: &str) -> String {
+    if let Ok(mut child) = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(payload.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        return text.trim().rsplit(' ').next().unwrap().to_string();
+    }
+    fast_hmac(secret, payload)
+}
+
+/// HMAC-SHA256 in-process (RustCrypto, independent of the project's
+/// keyring), for checking thousands of signatures without a process each.
+pub fn fast_hmac(secret: &str, payload: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(payload.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+pub fn assert_no_secret_in(dir: &Path) {
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for secret in [V1, V2] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret found in {entry:?}"
+            );
+        }
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The active key version of the daemon on NATS `url` (`""` if none answers).
+pub fn key_version_on(dir: &Path, url: &str) -> String {
+    let r = run(args(tes(dir), &["--nats", url, "status", "--json"]));
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
+    v["keyVersion"].as_str().unwrap_or("").to_string()
+}
+
+pub fn wait_for_key_version(dir: &Path, url: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while key_version_on(dir, url) != want {
+        assert!(Instant::now() < deadline, "keyVersion never became {want}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `tes daemon` child process, stopped with SIGTERM on drop.
+pub struct Daemon(pub std::process::Child);
+
+impl Daemon {
+    /// `c` (global options) `daemon` `daemon_args`.
+    pub fn spawn(mut c: Command, daemon_args: &[&str]) -> Daemon {
+        c.arg("daemon")
+            .args(daemon_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Daemon(c.spawn().unwrap())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_until_ok(c: impl Fn() -> Command) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run(c()).code != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never answered on NATS"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A `tes daemon --nats` (all actors) on its own real nats-server.
+pub struct NatsDaemon {
+    pub daemon: Daemon,
+    pub server: tes_bus::test_server::TestServer,
+    pub url: String,
+}
+
+impl NatsDaemon {
+    pub fn start(dir: &Path) -> NatsDaemon {
+        let server = tes_bus::test_server::TestServer::start();
+        let url = server.url();
+        block_on(server.ready(None));
+        let daemon = Daemon::spawn(args(with_keys(tes(dir)), &["--nats", &url]), &[]);
+        wait_until_ok(|| args(tes(dir), &["--nats", &url, "status"]));
+        NatsDaemon {
+            daemon,
+            server,
+            url,
+        }
+    }
+
+    pub fn client(&self, dir: &Path) -> Command {
+        args(tes(dir), &["--nats", &self.url])
+    }
+}
