@@ -10,14 +10,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tes_bus::typed::{self, decode_command, decode_event, refuse, respond, CallError};
+use tes_bus::typed::{self, accept, decode_event, respond, CallError};
 use tes_bus::{Bus, BusError, Message};
 use tes_monitoring::feed::Item;
 use tes_proto::command::{AlertNotice, AlertsQuery};
 use tes_proto::event::kind;
-use tes_proto::reply::{AlertsReply, OpenAlert};
-use tes_proto::subject::{self, verb};
-use tes_proto::{ContentType, Envelope, ErrorCode, ErrorReply, Event, Reply, ThreadId, Timestamp};
+use tes_proto::subject;
+use tes_proto::{ContentType, Envelope, ErrorCode, Event, Reply, ThreadId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -166,32 +165,10 @@ async fn deliver(
 }
 
 async fn answer(bus: &dyn Bus, message: &Message, evaluator: &Evaluator) {
-    if subject::parse(&message.subject).map(|p| p.last) != Some(verb::ALERTS) {
-        let error = ErrorReply::new(
-            ErrorCode::UnknownVerb,
-            format!("Alert takes alerts, not {:?}", message.subject),
-        );
-        return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
-    }
-    let ct = match decode_command::<AlertsQuery>(message, THREAD) {
-        Ok((ct, _)) => ct,
-        Err(e) => {
-            let error = ErrorReply::new(ErrorCode::Malformed, format!("alerts query refused: {e}"));
-            return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
-        }
+    let Some((ct, _)) = accept::<AlertsQuery>(bus, THREAD, message).await else {
+        return;
     };
-    let (at, seq) = evaluator.last_judged().unwrap_or((Timestamp::default(), 0));
-    let reply = AlertsReply {
-        open: evaluator
-            .open()
-            .map(|(id, alert)| OpenAlert {
-                id,
-                alert: alert.clone(),
-            })
-            .collect(),
-        at,
-        seq,
-    };
+    let reply = evaluator.report();
     if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
         tracing::warn!(%error, "could not answer an alerts query");
     }

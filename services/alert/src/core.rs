@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use tes_proto::alert::{AlertRaised, AlertResolved, Rule};
 use tes_proto::event::MetricsSnapshot;
 use tes_proto::metrics::{percent, Migration};
+use tes_proto::reply::{AlertsReply, OpenAlert};
 use tes_proto::{Channel, Envelope, Event, KeyVersion, MsgId, ThreadId, Timestamp};
 
 use crate::rules::Rules;
@@ -58,6 +59,22 @@ impl Evaluator {
     /// The time and ledger seq of the last snapshot judged.
     pub fn last_judged(&self) -> Option<(Timestamp, u64)> {
         self.last
+    }
+
+    /// The open alerts, as `tes.cmd.0x5003.alerts` answers.
+    pub fn report(&self) -> AlertsReply {
+        let (at, seq) = self.last.unwrap_or_default();
+        AlertsReply {
+            open: self
+                .open()
+                .map(|(id, alert)| OpenAlert {
+                    id,
+                    alert: alert.clone(),
+                })
+                .collect(),
+            at,
+            seq,
+        }
     }
 
     /// Takes in an alert or resolution the ledger already holds (from an

@@ -120,6 +120,27 @@ async fn rules_start_and_stop_holding_once_and_unreadable_snapshots_are_skipped(
     .unwrap();
     assert_eq!(open.open.len(), 1);
     assert_eq!((open.open[0].id, open.seq), (raised.id, 3));
+    // Another verb, or a body that is not the query: a clear refusal.
+    let bogus = bus
+        .request(
+            Message::new("tes.cmd.0x5003.silence", &b"{}"[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bogus.payload);
+    assert!(
+        text.contains("unknown_verb") && text.contains("takes alerts"),
+        "{text}"
+    );
+    let bad = bus
+        .request(
+            Message::new("tes.cmd.0x5003.alerts", &b"{\"mute\": true}"[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.payload).contains("malformed"));
 
     // A rotation succeeded: resolved, naming the alert it ends.
     publish(&*bus, snapshot(0, 4), tes_proto::SCHEMA_VERSION).await;

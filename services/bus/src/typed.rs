@@ -69,6 +69,38 @@ pub fn command<C>(thread: ThreadId, body: C) -> Envelope<C> {
     )
 }
 
+/// Takes a request that must be command `C` (an actor with one verb, such
+/// as a query): refuses another verb or an undecodable body (a `rejected`
+/// event and an error reply) and returns `None`; else the decoded command.
+pub async fn accept<C: CommandBody>(
+    bus: &dyn Bus,
+    thread: ThreadId,
+    message: &Message,
+) -> Option<(ContentType, Envelope<C>)> {
+    let verb = tes_proto::subject::parse(&message.subject).map(|p| p.last);
+    let error = if verb != Some(C::VERB) {
+        ErrorReply::new(
+            tes_proto::ErrorCode::UnknownVerb,
+            format!(
+                "{} ({thread}) takes {}, not {:?}",
+                thread.name(),
+                C::VERB,
+                message.subject
+            ),
+        )
+    } else {
+        match decode_command::<C>(message, thread) {
+            Ok(decoded) => return Some(decoded),
+            Err(e) => ErrorReply::new(
+                tes_proto::ErrorCode::Malformed,
+                format!("{} command refused: {e}", C::VERB),
+            ),
+        }
+    };
+    refuse::<C::Reply>(bus, thread, message, ContentType::Json, error).await;
+    None
+}
+
 /// Decodes a command as an actor receives it. A bare JSON body (from `nats
 /// pub` or another language) gets an envelope: its id from `Nats-Msg-Id`
 /// when present, so a retried publish is still recognised.

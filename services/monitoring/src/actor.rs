@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tes_bus::typed::{decode_command, publish_event, refuse, respond};
+use tes_bus::typed::{accept, publish_event, respond};
 use tes_bus::{Bus, BusError, Message};
 use tes_proto::command::MetricsQuery;
 use tes_proto::envelope::Clock;
-use tes_proto::subject::{self, verb};
+use tes_proto::subject;
 use tes_proto::{
     Channel, ContentType, Envelope, ErrorCode, ErrorReply, Event, MsgId, Reply, ThreadId,
 };
@@ -103,20 +103,8 @@ async fn answer(
     snapshot: tes_proto::event::MetricsSnapshot,
     caught_up: bool,
 ) {
-    if subject::parse(&message.subject).map(|p| p.last) != Some(verb::METRICS) {
-        let error = ErrorReply::new(
-            ErrorCode::UnknownVerb,
-            format!("Monitoring takes metrics, not {:?}", message.subject),
-        );
-        return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
-    }
-    let ct = match decode_command::<MetricsQuery>(message, THREAD) {
-        Ok((ct, _)) => ct,
-        Err(e) => {
-            let error =
-                ErrorReply::new(ErrorCode::Malformed, format!("metrics query refused: {e}"));
-            return refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
-        }
+    let Some((ct, _)) = accept::<MetricsQuery>(bus, THREAD, message).await else {
+        return;
     };
     let reply = if caught_up {
         Reply::Ok(snapshot)

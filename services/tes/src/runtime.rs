@@ -295,6 +295,17 @@ pub fn alert_rules(observe: &ObserveOptions) -> Result<Rules> {
     }
 }
 
+/// The ledger's events of `threads`, from the start.
+async fn ledger_feed(
+    global: &Global,
+    transport: &Transport,
+    threads: &[ThreadId],
+) -> Result<tokio::sync::mpsc::Receiver<feed::Item>> {
+    feed::start(feed_source(global, transport).await?, threads, 0)
+        .await
+        .map_err(Failure::check)
+}
+
 /// Monitoring (0x5000), Alert (0x5003) and Telemetry (0x5002), as `which` says.
 async fn start_observers(
     global: &Global,
@@ -306,13 +317,7 @@ async fn start_observers(
 ) -> Result<(Vec<JoinHandle<()>>, Option<Telemetry>)> {
     let mut tasks = Vec::new();
     if which.monitoring {
-        let feed = feed::start(
-            feed_source(global, transport).await?,
-            &tes_monitoring::actor::FOLLOWS,
-            0,
-        )
-        .await
-        .map_err(Failure::check)?;
+        let feed = ledger_feed(global, transport, &tes_monitoring::actor::FOLLOWS).await?;
         let config = MonitoringConfig {
             wire,
             window: observe.metrics_window,
@@ -327,13 +332,7 @@ async fn start_observers(
     }
     if which.alert {
         let rules = alert_rules(observe)?;
-        let feed = feed::start(
-            feed_source(global, transport).await?,
-            &tes_alert::actor::FOLLOWS,
-            0,
-        )
-        .await
-        .map_err(Failure::check)?;
+        let feed = ledger_feed(global, transport, &tes_alert::actor::FOLLOWS).await?;
         let config = AlertConfig {
             wire,
             rules,

@@ -9,7 +9,7 @@ use tes_bus::typed;
 use tes_proto::command::{AlertsQuery, MetricsQuery};
 use tes_proto::event::MetricsSnapshot;
 use tes_proto::metrics::percent;
-use tes_proto::reply::{AlertsReply, OpenAlert};
+use tes_proto::reply::AlertsReply;
 use tes_proto::{CommandBody, Event, ThreadId, Timestamp};
 
 use crate::cli::{Global, ObserveOptions};
@@ -132,18 +132,7 @@ pub async fn alerts(global: &Global, observe: &ObserveOptions, replay: bool) -> 
         }
         return Ok(());
     }
-    let (at, seq) = evaluator.last_judged().unwrap_or_default();
-    let reply = AlertsReply {
-        open: evaluator
-            .open()
-            .map(|(id, alert)| OpenAlert {
-                id,
-                alert: alert.clone(),
-            })
-            .collect(),
-        at,
-        seq,
-    };
+    let reply = evaluator.report();
     print_open(printer, &reply)
 }
 
