@@ -71,8 +71,34 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         ),
         &json!({"step": "audit", "ok": true, "events": ok.events, "headSeq": ok.head.seq, "headHash": ok.head.hash_hex()}),
     );
+
+    // 9. What Monitoring (0x5000) makes of the same ledger.
+    let mut metrics =
+        tes_monitoring::fold_ledger(&global.ledger_path(), tes_monitoring::core::DEFAULT_WINDOW)
+            .map_err(verify_failure)?;
+    let at = metrics.last_event_at();
+    let snapshot = metrics.snapshot(at);
+    let per_version = snapshot
+        .versions
+        .iter()
+        .map(|v| format!("{} {}", v.version, v.signatures))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut line = serde_json::to_value(&snapshot).expect("a snapshot serializes");
+    line.as_object_mut()
+        .expect("object")
+        .insert("step".into(), json!("metrics"));
+    p.emit(
+        format!(
+            "9. Monitoring (0x5000) folds the same ledger: signatures per version {per_version}; {} rotation(s), {} rollback(s), {} fallback(s). `tes daemon` serves these on /metrics and writes logs/worker-events.log.",
+            snapshot.rotations,
+            snapshot.rollbacks,
+            snapshot.fallback_total()
+        ),
+        &line,
+    );
     p.say(format!(
-        "Done. Inspect it yourself: tes replay --data-dir {0} · tes audit verify --data-dir {0}",
+        "Done. Inspect it yourself: tes replay --data-dir {0} · tes audit verify --data-dir {0} · tes metrics --data-dir {0}",
         global.data_dir.display()
     ));
     Ok(())
