@@ -423,3 +423,35 @@ fn a_rules_file_with_a_mistake_stops_the_daemon_naming_the_line() {
         assert!(!dir.path().join("ledger.db").exists(), "nothing started");
     }
 }
+
+#[test]
+fn watch_without_nats_follows_the_ledger_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A ledger to follow.
+    assert_eq!(run(args(with_keys(tes(dir.path())), &["status"])).code, 0);
+    let mut watch = args(tes(dir.path()), &["watch", "--json", "--thread", "0x6001"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // A one-shot verb writes the ledger while `tes watch` reads it.
+    sign(args(with_keys(tes(dir.path())), &["sign", "followed"]));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a watched event");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["thread"], "0x6001");
+    assert!(event["body"]["signature_generated"].is_object(), "{event}");
+}

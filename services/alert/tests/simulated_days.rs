@@ -47,6 +47,10 @@ impl World {
 
     /// The engine, holding the material of `versions`.
     fn engine(&self, versions: &[u32]) -> Engine {
+        self.engine_with(versions, None)
+    }
+
+    fn engine_with(&self, versions: &[u32], key_ttl: Option<Duration>) -> Engine {
         let env = versions.iter().map(|n| {
             let var = if *n == 1 {
                 "VERSION_SIGNING_KEY".to_string()
@@ -59,7 +63,7 @@ impl World {
             Keyring::load(env, &KeyStore::new("/nonexistent/keystore.json"), false).unwrap();
         let policy = Policy {
             grace: Duration::from_secs(30 * 24 * 3600),
-            key_ttl: None,
+            key_ttl,
             dual_sign: false,
         };
         let now = self.now.clone();
@@ -271,4 +275,37 @@ fn a_six_percent_fallback_rate_raises_the_alert_and_four_percent_does_not() {
         resolved(&transitions, Rule::FallbackRateAbove).len(),
         "at 4% nothing stays open: {transitions:#?}"
     );
+}
+
+#[test]
+fn a_rotation_failure_alerts_the_supervisor_until_a_rotation_succeeds() {
+    let world = World::new();
+    // v1 expires after a day, and there is nothing to rotate to.
+    let mut engine = world.engine_with(&[1], Some(Duration::from_secs(24 * 3600)));
+    traffic(&mut engine, 1, 0);
+    world.at(T0 + DAY + MINUTE);
+    let (outcomes, committed) = engine.handle_batch(vec![Request::Tick]);
+    assert!(outcomes[0].is_ok());
+    assert!(
+        committed
+            .iter()
+            .any(|(_, e)| matches!(e.body, Event::RotationFailed(_))),
+        "{committed:?}"
+    );
+    drop(engine);
+    // v2 arrives; the operator rotates.
+    world.at(T0 + DAY + HOUR);
+    let mut engine = world.engine_with(&[1, 2], Some(Duration::from_secs(24 * 3600)));
+    rotate(&mut engine);
+    drop(engine);
+
+    let path = world.ledger();
+    let (transitions, evaluator) = replay_ledger(&path, WINDOW, Rules::default()).unwrap();
+    let failed = raised(&transitions, Rule::RotationFailed);
+    assert_eq!(failed.len(), 1, "{transitions:#?}");
+    assert_eq!(time_of(&path, failed[0].seq), T0 + DAY + MINUTE);
+    let ended = resolved(&transitions, Rule::RotationFailed);
+    assert_eq!(ended.len(), 1);
+    assert_eq!(time_of(&path, ended[0].seq), T0 + DAY + HOUR);
+    assert_eq!(evaluator.open().count(), 0);
 }

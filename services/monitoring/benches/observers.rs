@@ -90,7 +90,12 @@ fn main() {
             }
         }
     });
-    row("Monitoring fold (+ snapshot / 1000)", ours, "ledger read + chain verify", baseline);
+    row(
+        "Monitoring fold (+ snapshot / 1000)",
+        ours,
+        "ledger read + chain verify",
+        baseline,
+    );
 
     let lines = 20_000u64;
     let log_dir = tempfile::tempdir().unwrap();
@@ -117,5 +122,10 @@ fn main() {
             log.write(*seq, e);
         }
     });
-    row(&format!("event log lines ({sample_len} B)"), ours, "raw append of equal lines", baseline);
+    row(
+        &format!("event log lines ({sample_len} B)"),
+        ours,
+        "raw append of equal lines",
+        baseline,
+    );
 }
