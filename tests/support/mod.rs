@@ -20,6 +20,7 @@ pub fn tes(data: &Path) -> Command {
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("TES_METRICS_ADDR", "127.0.0.1:0")
+        .env("TES_HTTP_ADDR", "127.0.0.1:0")
         .env("TES_LOG_DIR", data.join("logs"))
         .arg("--data-dir")
         .arg(data)

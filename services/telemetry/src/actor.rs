@@ -180,6 +180,6 @@ pub async fn start(
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let snapshot = shared.snapshot.lock().expect("snapshot lock").clone();
-    let body = prometheus::render(snapshot.as_ref(), shared.log.health());
+    let body = prometheus::render(snapshot.as_ref(), Some(shared.log.health()));
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body)
 }

@@ -17,8 +17,9 @@ use crate::event_log::LogHealth;
 /// The Content-Type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The exposition of `snapshot` (none before Monitoring's first) and `log`.
-pub fn render(snapshot: Option<&MetricsSnapshot>, log: LogHealth) -> String {
+/// The exposition of `snapshot` (none before Monitoring's first) and, from
+/// Telemetry itself, the event log's health.
+pub fn render(snapshot: Option<&MetricsSnapshot>, log: Option<LogHealth>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Exposition {
         snapshot: snapshot.cloned(),
@@ -33,7 +34,7 @@ pub fn render(snapshot: Option<&MetricsSnapshot>, log: LogHealth) -> String {
 #[derive(Debug)]
 struct Exposition {
     snapshot: Option<MetricsSnapshot>,
-    log: LogHealth,
+    log: Option<LogHealth>,
 }
 
 fn counter(
@@ -65,18 +66,20 @@ fn ratio(bp: u32) -> f64 {
 
 impl Collector for Exposition {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        counter(
-            &mut e,
-            "tes_event_log_lines",
-            "Lines written to the JSON-lines event log",
-            self.log.written,
-        )?;
-        counter(
-            &mut e,
-            "tes_event_log_dropped_lines",
-            "Event log lines lost to write errors (e.g. a full disk)",
-            self.log.dropped,
-        )?;
+        if let Some(log) = self.log {
+            counter(
+                &mut e,
+                "tes_event_log_lines",
+                "Lines written to the JSON-lines event log",
+                log.written,
+            )?;
+            counter(
+                &mut e,
+                "tes_event_log_dropped_lines",
+                "Event log lines lost to write errors (e.g. a full disk)",
+                log.dropped,
+            )?;
+        }
         let Some(s) = &self.snapshot else {
             return Ok(());
         };

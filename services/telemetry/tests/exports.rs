@@ -225,11 +225,11 @@ fn prometheus_text_has_help_type_and_per_version_labels() {
     };
     let text = tes_telemetry::prometheus::render(
         Some(&snapshot),
-        LogHealth {
+        Some(LogHealth {
             written: 5,
             dropped: 1,
             failing: false,
-        },
+        }),
     );
     for line in [
         "# HELP tes_signatures Signatures made, per key version (signature_generated)",
@@ -250,7 +250,7 @@ fn prometheus_text_has_help_type_and_per_version_labels() {
             "missing {line:?} in\n{text}"
         );
     }
-    let before_monitoring = tes_telemetry::prometheus::render(None, LogHealth::default());
+    let before_monitoring = tes_telemetry::prometheus::render(None, Some(LogHealth::default()));
     assert!(
         !before_monitoring.contains("tes_signatures"),
         "{before_monitoring}"

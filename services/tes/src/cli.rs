@@ -121,9 +121,9 @@ pub enum Command {
     /// them on the embedded bus.
     Daemon {
         /// Which actors this process runs: `all`, or a list of
-        /// `supervisor`, `version`, `monitoring`, `telemetry`, `alert`
-        /// (several daemons on one NATS server form the system). Subsets
-        /// need --nats.
+        /// `supervisor`, `version`, `monitoring`, `telemetry`, `alert`,
+        /// `gateway` (the HTTP edge) (several daemons on one NATS server
+        /// form the system). Subsets need --nats.
         #[arg(long, default_value = "all", value_parser = parse_actors)]
         actors: ActorSet,
         /// What Version Management is here: the ledger `writer` (one per
@@ -136,6 +136,8 @@ pub enum Command {
         run: RunOptions,
         #[command(flatten)]
         observe: ObserveOptions,
+        #[command(flatten)]
+        http: HttpOptions,
     },
     /// Rotate to the next provisioned key version (through the Supervisor).
     Rotate {
@@ -257,6 +259,26 @@ pub struct ObserveOptions {
     pub alert_rules: Option<PathBuf>,
 }
 
+/// The HTTP gateway's settings. The admin credential comes from
+/// `TES_ADMIN_TOKEN` or `TES_ADMIN_TOKEN_FILE` (never a flag: flags show in
+/// `ps`).
+#[derive(Debug, Clone, Args)]
+pub struct HttpOptions {
+    /// Where the HTTP gateway listens (the seed's port).
+    #[arg(long, env = "TES_HTTP_ADDR", default_value = tes_gateway::server::DEFAULT_LISTEN)]
+    pub http_addr: std::net::SocketAddr,
+    /// Addresses (CIDRs) allowed to rotate and roll back over HTTP, and
+    /// trusted as proxies for X-Forwarded-For.
+    #[arg(long, env = "TES_PROXY_IPS", default_value = tes_gateway::trust::DEFAULT_TRUSTED)]
+    pub proxy_ips: tes_gateway::trust::Trusted,
+    /// How long a CSRF token is good for.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub csrf_ttl: Duration,
+    /// Requests per second per client (and twice that as a burst).
+    #[arg(long, default_value_t = 20)]
+    pub http_rate: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
     Writer,
@@ -297,6 +319,7 @@ pub struct ActorSet {
     pub monitoring: bool,
     pub telemetry: bool,
     pub alert: bool,
+    pub gateway: bool,
 }
 
 impl ActorSet {
@@ -306,6 +329,7 @@ impl ActorSet {
         monitoring: true,
         telemetry: true,
         alert: true,
+        gateway: true,
     };
 
     /// What a one-shot verb or the demo needs: no observers, no ports.
@@ -315,6 +339,7 @@ impl ActorSet {
         monitoring: false,
         telemetry: false,
         alert: false,
+        gateway: false,
     };
 
     pub fn names(self) -> Vec<&'static str> {
@@ -324,6 +349,7 @@ impl ActorSet {
             (self.monitoring, "Monitoring (0x5000)"),
             (self.telemetry, "Telemetry (0x5002)"),
             (self.alert, "Alert (0x5003)"),
+            (self.gateway, "HTTP gateway"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -341,6 +367,7 @@ fn parse_actors(s: &str) -> Result<ActorSet, String> {
         monitoring: false,
         telemetry: false,
         alert: false,
+        gateway: false,
     };
     for name in s.split(',').map(str::trim) {
         match name {
@@ -349,9 +376,10 @@ fn parse_actors(s: &str) -> Result<ActorSet, String> {
             "monitoring" | "0x5000" => set.monitoring = true,
             "telemetry" | "0x5002" => set.telemetry = true,
             "alert" | "0x5003" => set.alert = true,
+            "gateway" | "http" => set.gateway = true,
             other => {
                 return Err(format!(
-                    "unknown actor {other:?}: expected all, or a list of supervisor, version, monitoring, telemetry, alert"
+                    "unknown actor {other:?}: expected all, or a list of supervisor, version, monitoring, telemetry, alert, gateway"
                 ))
             }
         }

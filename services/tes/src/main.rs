@@ -42,7 +42,8 @@ async fn run(cli: Cli) -> failure::Result<()> {
             role,
             run,
             observe,
-        } => daemon::run(g, &run, &observe, actors, role).await,
+            http,
+        } => daemon::run(g, &run, &observe, &http, actors, role).await,
         Command::Watch {
             threads,
             kinds,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tes_bus::jetstream::EventStream;
+use tes_bus::jetstream::{CommandStream, EventStream};
 use tes_bus::typed::{self, CallError};
 use tes_bus::{Bus, InProcessBus, NatsBus, NatsConfig};
 use tes_keyring::{KeyStore, Keyring};
@@ -22,10 +22,13 @@ use tes_version_management::replica::{self, Replica, ReplicaConfig};
 use tes_version_management::{Engine, EngineConfig, Request};
 use tokio::task::JoinHandle;
 
-use crate::cli::{ActorSet, Global, ObserveOptions, Role, RunOptions, Wire};
+use crate::cli::{ActorSet, Global, HttpOptions, ObserveOptions, Role, RunOptions, Wire};
 use crate::failure::{Failure, Result};
 use tes_alert::actor::AlertConfig;
 use tes_alert::Rules;
+use tes_gateway::csrf::Csrf;
+use tes_gateway::GatewayConfig;
+use tes_keyring::Secret;
 use tes_monitoring::actor::MonitoringConfig;
 use tes_monitoring::feed::{self, Source};
 use tes_telemetry::actor::{Telemetry, TelemetryConfig};
@@ -49,6 +52,9 @@ pub struct Actors {
     /// Monitoring and Alert.
     observers: Vec<JoinHandle<()>>,
     telemetry: Option<tes_telemetry::actor::Telemetry>,
+    gateway: Option<tes_gateway::Gateway>,
+    /// The NATS connection, when there is one (the gateway's CSRF store).
+    nats: Option<NatsBus>,
     key_store: KeyStore,
     wire: ContentType,
     pub ledger_path: PathBuf,
@@ -196,10 +202,55 @@ impl Actors {
             supervisor,
             observers,
             telemetry,
+            gateway: None,
+            nats: match &transport {
+                Transport::Nats(n) => Some(n.clone()),
+                Transport::Embedded => None,
+            },
             key_store,
             wire,
             ledger_path: global.ledger_path(),
         })
+    }
+
+    /// The HTTP gateway, on this process's bus; its CSRF tokens in NATS KV
+    /// on NATS, else in a file beside the ledger.
+    pub async fn start_gateway(
+        &mut self,
+        global: &Global,
+        http: &HttpOptions,
+        admin_token: Option<Arc<Secret>>,
+    ) -> Result<()> {
+        let csrf = match &self.nats {
+            Some(nats) => Csrf::on_nats(nats.client().clone(), http.csrf_ttl)
+                .await
+                .map_err(Failure::check)?,
+            None => Csrf::in_file(&global.data_dir, http.csrf_ttl).map_err(Failure::input)?,
+        };
+        let rate = std::num::NonZeroU32::new(http.http_rate.max(1)).expect("at least 1");
+        let mut config = GatewayConfig::new(http.http_addr);
+        config.trusted = http.proxy_ips.clone();
+        config.admin_token = admin_token;
+        config.rate = rate;
+        config.burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2"));
+        config.wire = self.wire;
+        match &self.nats {
+            Some(nats) => {
+                let client = nats.client().clone();
+                config.transport = "nats";
+                config.durable = Some((CommandStream::sender(client.clone()), nats.clone()));
+                config.connected = Arc::new(move || {
+                    client.connection_state() == async_nats::connection::State::Connected
+                });
+            }
+            None => config.transport = "embedded",
+        }
+        self.gateway = Some(
+            tes_gateway::start(self.bus.clone(), csrf, config)
+                .await
+                .map_err(Failure::input)?,
+        );
+        Ok(())
     }
 
     pub fn key_store(&self) -> &KeyStore {
@@ -254,6 +305,9 @@ impl Actors {
 
     /// Stops the actors, letting work in flight finish; releases the ledger.
     pub async fn stop(self) {
+        if let Some(gateway) = self.gateway {
+            gateway.stop().await;
+        }
         for task in self.observers {
             task.abort();
             let _ = task.await;
@@ -272,6 +326,34 @@ impl Actors {
             drop(version.running.stop().await);
         }
     }
+}
+
+/// The admin credential of the HTTP gateway: `TES_ADMIN_TOKEN`, or the
+/// file `TES_ADMIN_TOKEN_FILE` names. Never logged; compared in constant time.
+pub fn admin_token() -> Result<Option<Arc<Secret>>> {
+    let value = std::env::var_os("TES_ADMIN_TOKEN");
+    let file = std::env::var_os("TES_ADMIN_TOKEN_FILE");
+    let (name, bytes) = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::input(anyhow::anyhow!(
+                "both TES_ADMIN_TOKEN and TES_ADMIN_TOKEN_FILE are set: set one"
+            )))
+        }
+        (None, None) => return Ok(None),
+        (Some(v), None) => ("TES_ADMIN_TOKEN".to_string(), v.into_encoded_bytes()),
+        (None, Some(path)) => {
+            let bytes = std::fs::read(&path).map_err(|e| {
+                Failure::input(anyhow::anyhow!(
+                    "TES_ADMIN_TOKEN_FILE: cannot read {}: {e}",
+                    std::path::Path::new(&path).display()
+                ))
+            })?;
+            ("TES_ADMIN_TOKEN_FILE".to_string(), bytes)
+        }
+    };
+    Secret::from_text(&name, bytes)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(Failure::input)
 }
 
 /// Where the observers read the ledger's events: the ledger file on the

@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use tes_bus::nats::redact;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{ActorSet, Global, ObserveOptions, Role, RunOptions};
+use crate::cli::{ActorSet, Global, HttpOptions, ObserveOptions, Role, RunOptions};
 use crate::failure::{Failure, Result};
 use crate::runtime::{self, Actors, Transport};
 
@@ -19,6 +19,7 @@ pub async fn run(
     global: &Global,
     run: &RunOptions,
     observe: &ObserveOptions,
+    http: &HttpOptions,
     which: ActorSet,
     role: Role,
 ) -> Result<()> {
@@ -46,7 +47,16 @@ pub async fn run(
         // A mistake in the rules file stops the start, before anything runs.
         runtime::alert_rules(observe)?;
     }
+    let admin_token = if which.gateway {
+        // A bad credential source stops the start, before anything runs.
+        runtime::admin_token()?
+    } else {
+        None
+    };
     let mut rt = Actors::start(global, run, Some(observe), transport, which, role).await?;
+    if which.gateway {
+        rt.start_gateway(global, http, admin_token).await?;
+    }
     tracing::info!(
         actors = %which.names().join(", "),
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },

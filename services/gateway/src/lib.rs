@@ -1,0 +1,16 @@
+//! The HTTP gateway: the seed's HTTP edge, a client of the actors.
+//!
+//! - [`server`]: the routes, the admin checks, limits and the access log.
+//! - [`csrf`]: one-time tokens in a store every instance shares (NATS KV,
+//!   or a file on the embedded bus).
+//! - [`trust`]: the client's address and `TES_PROXY_IPS`.
+//! - [`ws`]: the version WebSocket and its subprotocol rule.
+//! - [`page`]: the admin page, compiled in.
+
+pub mod csrf;
+mod page;
+pub mod server;
+pub mod trust;
+mod ws;
+
+pub use server::{start, Gateway, GatewayConfig, GatewayError};
