@@ -762,6 +762,38 @@ fn actors_in_separate_daemons_with_their_own_nats_users() {
         r.stderr
     );
 
+    // The HTTP gateway as its own user: CSRF tokens in KV, a durable rotation.
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut gateway = as_user(other_dir.path(), "gateway");
+    gateway.env("TES_HTTP_ADDR", format!("127.0.0.1:{http_port}"));
+    let _gateway = Daemon::spawn(gateway, &["--actors", "gateway"]);
+    let base = format!("http://127.0.0.1:{http_port}");
+    let curl = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("BASE", &base)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !curl("curl -s $BASE/api/dev/version-ws/health").contains("\"keyVersion\":\"2\"") {
+        assert!(Instant::now() < deadline, "the gateway never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = curl(
+        r#"curl -s -w ' %{http_code}' -X POST $BASE/admin/rotate -H "X-CSRF-Token: $(curl -s $BASE/api/auth/csrf-token | jq -r .token)""#,
+    );
+    assert_eq!(
+        r, "V3 key not configured [HSL:#FF0000] 500",
+        "through TES_COMMANDS and the gate"
+    );
+
     let r = run(args(
         tes(other_dir.path()),
         &["daemon", "--actors", "supervisor"],

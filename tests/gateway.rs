@@ -800,15 +800,29 @@ fn a_client_that_asks_too_fast_is_slowed_down() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _daemon = Daemon::spawn(env(with_keys(tes(dir.path())), &[("TES_HTTP_ADDR", &addr)]), &["--http-rate", "2"]);
+    let _daemon = Daemon::spawn(
+        env(with_keys(tes(dir.path())), &[("TES_HTTP_ADDR", &addr)]),
+        &["--http-rate", "2"],
+    );
     let base = format!("http://{addr}");
     rt().block_on(async {
         ready(&base).await;
         let mut codes = Vec::new();
         for _ in 0..20 {
-            codes.push(http().get(format!("{base}/api/auth/csrf-token")).send().await.unwrap().status().as_u16());
+            codes.push(
+                http()
+                    .get(format!("{base}/api/auth/csrf-token"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
         }
         assert!(codes.contains(&429), "{codes:?}");
-        assert!(codes.iter().filter(|c| **c == 200).count() <= 6, "a burst of twice the rate at most: {codes:?}");
+        assert!(
+            codes.iter().filter(|c| **c == 200).count() <= 6,
+            "a burst of twice the rate at most: {codes:?}"
+        );
     });
 }

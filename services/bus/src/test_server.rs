@@ -20,6 +20,7 @@ pub const OPS_USERS: &[&str] = &[
     "operator",
     "client",
     "monitor",
+    "gateway",
 ];
 
 /// The password tests give `user` of [`OPS_USERS`].
