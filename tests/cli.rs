@@ -763,11 +763,7 @@ fn actors_in_separate_daemons_with_their_own_nats_users() {
     );
 
     // The HTTP gateway as its own user: CSRF tokens in KV, a durable rotation.
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let http_port = free_port();
     let mut gateway = as_user(other_dir.path(), "gateway");
     gateway.env("TES_HTTP_ADDR", format!("127.0.0.1:{http_port}"));
     let _gateway = Daemon::spawn(gateway, &["--actors", "gateway"]);

@@ -15,14 +15,6 @@ use support::*;
 
 const ADMIN: &str = "e2e-admin-token-5d1c0b7e9a";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn env(mut c: Command, pairs: &[(&str, &str)]) -> Command {
     for (k, v) in pairs {
         c.env(k, v);

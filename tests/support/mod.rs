@@ -233,3 +233,12 @@ impl NatsDaemon {
         args(tes(dir), &["--nats", &self.url])
     }
 }
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
