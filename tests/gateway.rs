@@ -157,9 +157,12 @@ fn the_seeds_curl_lines_work_against_the_daemon() {
 #[test]
 fn sixteen_concurrent_posts_with_one_token_rotate_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
+    let (daemon, base) = embedded_gateway(dir.path(), &[]);
+    // The token outlives the gateway that issued it.
+    let t = rt().block_on(token(&base));
+    drop(daemon);
     let (_daemon, base) = embedded_gateway(dir.path(), &[]);
     rt().block_on(async {
-        let t = token(&base).await;
         let posts = (0..16).map(|_| {
             let (base, t) = (base.clone(), t.clone());
             tokio::spawn(async move {
