@@ -170,8 +170,20 @@ pub async fn start(
         .route("/admin/app.css", get(crate::page::css))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), edge))
-        .with_state(app);
+        .with_state(app.clone());
     let (shutdown, signal) = oneshot::channel::<()>();
+    // The limiter keeps a cell per client address: forget the quiet ones.
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                app.limiter.retain_recent();
+                app.limiter.shrink_to_fit();
+            }
+        })
+    };
     let task = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, service)
@@ -182,6 +194,7 @@ pub async fn start(
         {
             tracing::error!(%error, "the HTTP gateway stopped");
         }
+        sweeper.abort();
     });
     tracing::info!(%addr, "HTTP gateway listening");
     Ok(Gateway {
