@@ -14,8 +14,24 @@ pub const ALL_COMMANDS: &str = "tes.cmd.>";
 /// Every event, for a stream or `tes watch`.
 pub const ALL_EVENTS: &str = "tes.evt.>";
 
-/// The JetStream stream of every event (`tes.evt.>`).
+/// The JetStream stream of the events worth keeping (see [`durable_events`]).
 pub const EVENTS_STREAM: &str = "TES_EVENTS";
+
+/// The subjects of [`EVENTS_STREAM`]: the ledger's writer (its committed
+/// events, heartbeats, checkpoints), Alert's recorded alerts and the
+/// Supervisor's refusals. Monitoring's snapshot (every second) and
+/// Telemetry are left to core NATS: they are derived from the rest and
+/// would otherwise fill the stream.
+pub fn durable_events() -> Vec<String> {
+    [
+        ThreadId::VersionManagement,
+        ThreadId::Alert,
+        ThreadId::Supervisor,
+    ]
+    .iter()
+    .map(|t| format!("{EVENT_PREFIX}.{}.>", t.token()))
+    .collect()
+}
 
 /// The JetStream stream of the commands that must not be lost: the
 /// Supervisor's `rotate` and `rollback`. Request/reply verbs stay out of it:

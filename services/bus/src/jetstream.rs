@@ -1,6 +1,7 @@
 //! JetStream: the durable side of the bus.
 //!
-//! - [`EventStream`]: committed events go to `TES_EVENTS` (`tes.evt.>`) with
+//! - [`EventStream`]: committed events go to `TES_EVENTS` (the events of
+//!   0x6001, 0x5003 and 0x1001; not Monitoring's snapshots) with
 //!   `Nats-Msg-Id` = event id, so a publish retried after a reconnect or a
 //!   restart is stored once.
 //! - [`CommandStream`]: the commands that must not be lost (`rotate`,
@@ -45,7 +46,7 @@ impl EventStream {
         let js = jetstream::new(client);
         js.get_or_create_stream(stream::Config {
             name: subject::EVENTS_STREAM.to_string(),
-            subjects: vec![subject::ALL_EVENTS.to_string()],
+            subjects: subject::durable_events(),
             duplicate_window: DUPLICATE_WINDOW,
             storage: stream::StorageType::File,
             ..Default::default()
