@@ -447,3 +447,13 @@ fn watch_without_nats_follows_the_ledger_file() {
     assert_eq!(event["thread"], "0x6001");
     assert!(event["body"]["signature_generated"].is_object(), "{event}");
 }
+
+#[test]
+fn metrics_and_alerts_without_a_ledger_are_input_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for verb in ["metrics", "alerts", "watch"] {
+        let r = run(args(tes(dir.path()), &[verb]));
+        assert_eq!(r.code, 2, "{verb}: {}", r.stderr);
+        assert!(r.stderr.contains("no ledger at"), "{verb}: {}", r.stderr);
+    }
+}

@@ -2,7 +2,6 @@
 //! `--nats` they ask the running actors; without, they fold the ledger
 //! themselves with the same pure cores, so both answers agree.
 
-use anyhow::Context as _;
 use serde_json::json;
 use tes_alert::replay::replay_ledger;
 use tes_bus::typed;
@@ -13,7 +12,8 @@ use tes_proto::reply::AlertsReply;
 use tes_proto::{CommandBody, Event, ThreadId, Timestamp};
 
 use crate::cli::{Global, ObserveOptions};
-use crate::failure::{from_call, Failure, Result};
+use crate::commands::replay::verify_failure;
+use crate::failure::{from_call, Result};
 use crate::output::Printer;
 use crate::runtime::{self, alert_rules};
 
@@ -43,9 +43,9 @@ pub async fn metrics(global: &Global, observe: &ObserveOptions) -> Result<()> {
         Some(s) => s,
         None => {
             let path = global.ledger_path();
+            // A missing file is an input error (2), a broken chain a failed check (1).
             let mut metrics = tes_monitoring::fold_ledger(&path, observe.metrics_window)
-                .with_context(|| format!("cannot read the ledger {}", path.display()))
-                .map_err(Failure::check)?;
+                .map_err(verify_failure)?;
             metrics.snapshot(Timestamp::now())
         }
     };
@@ -112,9 +112,8 @@ pub async fn alerts(global: &Global, observe: &ObserveOptions, replay: bool) -> 
         }
     }
     let path = global.ledger_path();
-    let (transitions, evaluator) = replay_ledger(&path, observe.metrics_window, rules)
-        .with_context(|| format!("cannot read the ledger {}", path.display()))
-        .map_err(Failure::check)?;
+    let (transitions, evaluator) =
+        replay_ledger(&path, observe.metrics_window, rules).map_err(verify_failure)?;
     if replay {
         for t in &transitions {
             let words = match &t.event.body {
