@@ -289,13 +289,15 @@ fn watch_in_a_terminal_is_coloured_and_piped_is_plain() {
     ])
     .status
     .success());
-    std::thread::sleep(Duration::from_millis(800));
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-e", "-t", &session]).stdout)
+            .into_owned()
+    };
+    wait_for("tes watch to subscribe", || pane().contains("watching"));
     sign(args(d.client(dir.path()), &["sign", "in-a-terminal"]));
     let mut screen = String::new();
     wait_for("the signature on the watching terminal", || {
-        screen =
-            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-e", "-t", &session]).stdout)
-                .into_owned();
+        screen = pane();
         screen.contains("signature:generated")
     });
     tmux(&["kill-session", "-t", &session]);
@@ -312,10 +314,10 @@ fn watch_in_a_terminal_is_coloured_and_piped_is_plain() {
         &["watch", "--kind", "signature_generated"],
     )
     .stdout(Stdio::piped())
-    .stderr(Stdio::null())
+    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    watching(&mut piped);
     sign(args(d.client(dir.path()), &["sign", "piped"]));
     assert_eq!(run(args(d.client(dir.path()), &["rotate"])).code, 0);
     // v2, and v1 too while the previous version is in its grace window.
@@ -423,10 +425,10 @@ fn watch_without_nats_follows_the_ledger_file() {
     assert_eq!(run(args(with_keys(tes(dir.path())), &["status"])).code, 0);
     let mut watch = args(tes(dir.path()), &["watch", "--json", "--thread", "0x6001"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    watching(&mut watch);
     // A one-shot verb writes the ledger while `tes watch` reads it.
     sign(args(with_keys(tes(dir.path())), &["sign", "followed"]));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -456,4 +458,20 @@ fn metrics_and_alerts_without_a_ledger_are_input_errors() {
         assert_eq!(r.code, 2, "{verb}: {}", r.stderr);
         assert!(r.stderr.contains("no ledger at"), "{verb}: {}", r.stderr);
     }
+}
+
+/// Waits until `tes watch` says it is watching (it says so on stderr once
+/// its subscription or its follow of the ledger has begun).
+fn watching(child: &mut std::process::Child) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("watching") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("tes watch never started watching");
 }
