@@ -118,31 +118,27 @@ async fn confirmed(
     (n, None)
 }
 
-/// An event as read from `TES_EVENTS`.
+/// What following `TES_EVENTS` yields.
 #[derive(Debug, Clone)]
-pub struct Followed {
-    /// Its position in the stream.
-    pub stream_seq: u64,
-    /// How many of the followed events were stored after it when it was
-    /// delivered: 0 means the follower has caught up.
-    pub pending: u64,
-    /// Its ledger seq, for a ledger event (the `Tes-Seq` header). A
-    /// follower skips one it has already seen: the stream can hold an
-    /// event twice if it was resent after the duplicate window.
-    pub ledger_seq: Option<u64>,
-    pub event: Envelope<Event>,
+pub enum Followed {
+    /// An event, with its ledger seq if it is a ledger event (the `Tes-Seq`
+    /// header). A ledger seq already yielded is not yielded again: the
+    /// stream can hold an event twice if it was resent after the duplicate
+    /// window, and every follower must see each ledger event once.
+    Event {
+        ledger_seq: Option<u64>,
+        event: Box<Envelope<Event>>,
+    },
+    /// Everything the stream held when following began has been yielded;
+    /// what follows is new. Yielded once.
+    CaughtUp,
 }
 
 impl EventStream {
     /// Follows the events of `threads` from the start of the stream: the
-    /// receiver yields them in order, then new ones as they come. Also
-    /// returns how many there were when following began (0: none, so the
-    /// follower is caught up at once; otherwise [`Followed::pending`] says
-    /// when).
-    pub async fn follow(
-        &self,
-        threads: &[ThreadId],
-    ) -> Result<(u64, mpsc::Receiver<Followed>), BusError> {
+    /// receiver yields them in order, [`Followed::CaughtUp`] once the
+    /// backlog is through, then new ones as they come.
+    pub async fn follow(&self, threads: &[ThreadId]) -> Result<mpsc::Receiver<Followed>, BusError> {
         let stream = self
             .js
             .get_stream(subject::EVENTS_STREAM)
@@ -162,6 +158,14 @@ impl EventStream {
         let mut messages = consumer.messages().await.map_err(transport)?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(async move {
+            let mut caught_up = false;
+            if backlog == 0 {
+                caught_up = true;
+                if tx.send(Followed::CaughtUp).await.is_err() {
+                    return;
+                }
+            }
+            let mut last_ledger_seq = 0;
             while let Some(next) = messages.next().await {
                 let m = match next {
                     Ok(m) => m,
@@ -170,7 +174,7 @@ impl EventStream {
                         continue;
                     }
                 };
-                let Ok((info, pending)) = m.info().map(|i| (i.stream_sequence, i.pending)) else {
+                let Ok((seq, pending)) = m.info().map(|i| (i.stream_sequence, i.pending)) else {
                     continue;
                 };
                 let header = |name| {
@@ -179,27 +183,37 @@ impl EventStream {
                         .and_then(|h| h.get(name))
                         .map(|v| v.as_str())
                 };
-                let ledger_seq = header(LEDGER_SEQ_HEADER).and_then(|s| s.parse().ok());
+                let ledger_seq = header(LEDGER_SEQ_HEADER).and_then(|s| s.parse::<u64>().ok());
+                let repeat = ledger_seq.is_some_and(|s| s <= last_ledger_seq);
                 let ct = ContentType::from_header(header(CONTENT_TYPE_HEADER));
                 match ct.and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload)) {
+                    Ok(_) if repeat => {}
                     Ok(event) => {
-                        let followed = Followed {
-                            stream_seq: info,
-                            pending,
-                            ledger_seq,
-                            event,
-                        };
-                        if tx.send(followed).await.is_err() {
-                            break;
+                        last_ledger_seq = ledger_seq.unwrap_or(last_ledger_seq);
+                        if tx
+                            .send(Followed::Event {
+                                ledger_seq,
+                                event: Box::new(event),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, seq = info, "an event in the stream does not decode; skipped")
+                        tracing::warn!(error = %e, seq, "an event in the stream does not decode; skipped")
+                    }
+                }
+                if !caught_up && pending == 0 {
+                    caught_up = true;
+                    if tx.send(Followed::CaughtUp).await.is_err() {
+                        return;
                     }
                 }
             }
         });
-        Ok((backlog, rx))
+        Ok(rx)
     }
 }
 

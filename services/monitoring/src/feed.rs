@@ -6,13 +6,13 @@
 //! - the ledger file itself, read-only (a process that can see the data
 //!   directory: the embedded daemon), each row checked against the chain;
 //! - `TES_EVENTS` on NATS (an observer anywhere), where each ledger event
-//!   carries its seq (`Tes-Seq`) and a repeat of a seq already fed is
-//!   dropped.
+//!   carries its seq (`Tes-Seq`) and `EventStream::follow` drops a repeat
+//!   of a seq already yielded.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tes_bus::jetstream::EventStream;
+use tes_bus::jetstream::{EventStream, Followed};
 use tes_bus::BusError;
 use tes_ledger::Tail;
 use tes_proto::{Envelope, Event, ThreadId};
@@ -57,28 +57,21 @@ pub async fn start(
                 .expect("spawn the ledger feed thread");
         }
         Source::Stream(stream) => {
-            let (backlog, mut followed) = stream.follow(&threads).await?;
+            // `follow` yields each ledger seq once, in order.
+            let mut followed = stream.follow(&threads).await?;
             tokio::spawn(async move {
-                let mut fed = after;
-                let mut caught_up = false;
-                if backlog == 0 {
-                    caught_up = true;
-                    if tx.send(Item::CaughtUp).await.is_err() {
-                        return;
-                    }
-                }
                 while let Some(f) = followed.recv().await {
-                    if let Some(seq) = f.ledger_seq.filter(|&s| s > fed) {
-                        fed = seq;
-                        if tx.send(Item::Event(seq, Box::new(f.event))).await.is_err() {
-                            return;
-                        }
-                    }
-                    if !caught_up && f.pending == 0 {
-                        caught_up = true;
-                        if tx.send(Item::CaughtUp).await.is_err() {
-                            return;
-                        }
+                    let item = match f {
+                        Followed::Event {
+                            ledger_seq: Some(seq),
+                            event,
+                        } if seq > after => Item::Event(seq, event),
+                        Followed::CaughtUp => Item::CaughtUp,
+                        // Bus-only events, and what the caller already has.
+                        Followed::Event { .. } => continue,
+                    };
+                    if tx.send(item).await.is_err() {
+                        return;
                     }
                 }
             });

@@ -72,16 +72,13 @@ pub async fn start(
     config: ReplicaConfig,
 ) -> Result<Replica, BusError> {
     // Alerts are ledger events too (recorded for Alert, 0x5003).
-    let (backlog, mut events) = stream.follow(&[THREAD, ThreadId::Alert]).await?;
+    let mut events = stream.follow(&[THREAD, ThreadId::Alert]).await?;
     let mut state = State::default();
-    let mut applied = 0;
-    let mut caught_up = backlog == 0;
-    while !caught_up {
-        let Some(followed) = events.recv().await else {
-            break;
-        };
-        caught_up = followed.pending == 0;
-        apply_once(&mut state, &mut applied, followed);
+    while let Some(followed) = events.recv().await {
+        match followed {
+            Followed::Event { event, .. } => state.apply(event.time, &event.body),
+            Followed::CaughtUp => break,
+        }
     }
     tracing::info!(signer = %config.name, events = state.seq, active = ?state.active, "replica caught up with {}", subject::EVENTS_STREAM);
     let shared = Arc::new(Shared {
@@ -94,8 +91,10 @@ pub async fn start(
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Some(followed) = events.recv().await {
-                let mut state = shared.state.write().expect("state lock poisoned");
-                apply_once(&mut state, &mut applied, followed);
+                if let Followed::Event { event, .. } = followed {
+                    let mut state = shared.state.write().expect("state lock poisoned");
+                    state.apply(event.time, &event.body);
+                }
             }
         })
     };
@@ -133,18 +132,6 @@ pub async fn start(
     Ok(Replica {
         tasks: vec![follower, heartbeat, server],
     })
-}
-
-/// Folds a ledger event in unless its seq was folded already (the stream
-/// may hold an event twice if it was resent after the duplicate window).
-fn apply_once(state: &mut State, applied: &mut u64, followed: Followed) {
-    if let Some(seq) = followed.ledger_seq {
-        if seq <= *applied {
-            return;
-        }
-        *applied = seq;
-    }
-    state.apply(followed.event.time, &followed.event.body);
 }
 
 async fn serve(bus: &dyn Bus, shared: &Shared, message: &Message) {
