@@ -1,5 +1,5 @@
 //! Alert's shell (0x5003): judges each snapshot from Monitoring
-//! (`tes.evt.0x5003.metrics`) with the [`Evaluator`], and hands every alert
+//! (`tes.evt.0x5000.metrics`) with the [`Evaluator`], and hands every alert
 //! and resolution to the Supervisor (`tes.cmd.0x1001.alert`), which has it
 //! recorded; Version Management then publishes it on
 //! `tes.evt.0x5003.alert|resolved`. What the ledger already holds (from an
@@ -10,11 +10,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tes_bus::typed::{self, accept, decode_event, respond, CallError};
+use tes_bus::typed::{self, accept, respond, CallError};
 use tes_bus::{Bus, BusError, Message};
+use tes_monitoring::actor::Snapshots;
 use tes_monitoring::feed::Item;
 use tes_proto::command::{AlertNotice, AlertsQuery};
-use tes_proto::event::kind;
 use tes_proto::subject;
 use tes_proto::{ContentType, Envelope, ErrorCode, Event, Reply, ThreadId};
 use tokio::sync::mpsc;
@@ -53,9 +53,7 @@ pub async fn start(
     mut feed: mpsc::Receiver<Item>,
     config: AlertConfig,
 ) -> Result<JoinHandle<()>, BusError> {
-    let mut snapshots = bus
-        .subscribe(&subject::event(ThreadId::Monitoring, kind::METRICS), None)
-        .await?;
+    let mut snapshots = Snapshots::subscribe(&*bus).await?;
     let mut queries = bus.subscribe(&subject::commands_of(THREAD), None).await?;
     Ok(tokio::spawn(async move {
         let mut evaluator = Evaluator::new(config.rules.clone());
@@ -74,8 +72,7 @@ pub async fn start(
                         restored = true;
                     }
                 },
-                Some(message) = snapshots.next() => {
-                    let Some(snapshot) = snapshot_of(&message) else { continue };
+                Some(snapshot) = snapshots.next() => {
                     if !restored {
                         continue;
                     }
@@ -87,36 +84,6 @@ pub async fn start(
             }
         }
     }))
-}
-
-/// The snapshot in a message, or `None` (with a warning) for one this build
-/// cannot read: a newer schema, or not a snapshot at all.
-fn snapshot_of(message: &Message) -> Option<tes_proto::event::MetricsSnapshot> {
-    match decode_event(message) {
-        Ok(envelope) if envelope.schema > tes_proto::SCHEMA_VERSION => {
-            tracing::warn!(
-                schema = envelope.schema,
-                supported = tes_proto::SCHEMA_VERSION,
-                "a snapshot from a newer schema version; skipped"
-            );
-            None
-        }
-        Ok(Envelope {
-            body: Event::Metrics(snapshot),
-            ..
-        }) => Some(snapshot),
-        Ok(other) => {
-            tracing::warn!(
-                kind = other.body.kind(),
-                "not a snapshot on the snapshot subject; skipped"
-            );
-            None
-        }
-        Err(error) => {
-            tracing::warn!(%error, "a snapshot that does not decode (a newer schema?); skipped");
-            None
-        }
-    }
 }
 
 /// Hands pending alerts to the Supervisor in order; stops at the first

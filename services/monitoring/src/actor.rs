@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tes_bus::typed::{accept, publish_event, respond};
-use tes_bus::{Bus, BusError, Message};
+use tes_bus::typed::{accept, decode_event, publish_event, respond};
+use tes_bus::{Bus, BusError, Message, Subscription};
 use tes_proto::command::MetricsQuery;
 use tes_proto::envelope::Clock;
+use tes_proto::event::{kind, MetricsSnapshot};
 use tes_proto::subject;
 use tes_proto::{
     Channel, ContentType, Envelope, ErrorCode, ErrorReply, Event, MsgId, Reply, ThreadId,
@@ -97,12 +98,45 @@ pub async fn start(
     }))
 }
 
-async fn answer(
-    bus: &dyn Bus,
-    message: &Message,
-    snapshot: tes_proto::event::MetricsSnapshot,
-    caught_up: bool,
-) {
+/// Monitoring's snapshots as a subscriber reads them (Telemetry, Alert).
+pub struct Snapshots(Subscription);
+
+impl Snapshots {
+    pub async fn subscribe(bus: &dyn Bus) -> Result<Snapshots, BusError> {
+        bus.subscribe(&subject::event(THREAD, kind::METRICS), None)
+            .await
+            .map(Snapshots)
+    }
+
+    /// The next snapshot this build can read. One from a newer schema
+    /// version, or anything else on the subject, is skipped with a warning,
+    /// never a crash. `None` once the bus is gone.
+    pub async fn next(&mut self) -> Option<MetricsSnapshot> {
+        loop {
+            let message = self.0.next().await?;
+            match decode_event(&message) {
+                Ok(e) if e.schema > tes_proto::SCHEMA_VERSION => tracing::warn!(
+                    schema = e.schema,
+                    supported = tes_proto::SCHEMA_VERSION,
+                    "a snapshot from a newer schema version; skipped"
+                ),
+                Ok(Envelope {
+                    body: Event::Metrics(snapshot),
+                    ..
+                }) => return Some(snapshot),
+                Ok(other) => tracing::warn!(
+                    kind = other.body.kind(),
+                    "not a snapshot on the snapshot subject; skipped"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "a snapshot that does not decode (a newer schema?); skipped")
+                }
+            }
+        }
+    }
+}
+
+async fn answer(bus: &dyn Bus, message: &Message, snapshot: MetricsSnapshot, caught_up: bool) {
     let Some((ct, _)) = accept::<MetricsQuery>(bus, THREAD, message).await else {
         return;
     };

@@ -12,12 +12,11 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tes_bus::typed::decode_event;
 use tes_bus::{Bus, BusError};
+use tes_monitoring::actor::Snapshots;
 use tes_monitoring::feed::{self, Item, Source};
-use tes_proto::event::{kind, MetricsSnapshot};
-use tes_proto::subject;
-use tes_proto::{Envelope, Event, ThreadId};
+use tes_proto::event::MetricsSnapshot;
+use tes_proto::ThreadId;
 use tokio::task::JoinHandle;
 
 use crate::event_log::{EventLog, FILE_NAME};
@@ -121,28 +120,12 @@ pub async fn start(
             tracing::error!(%error, "the /metrics server stopped");
         }
     });
-    let mut snapshots = bus
-        .subscribe(&subject::event(ThreadId::Monitoring, kind::METRICS), None)
-        .await?;
+    let mut snapshots = Snapshots::subscribe(&*bus).await?;
     let keeper = {
         let shared = shared.clone();
         tokio::spawn(async move {
-            while let Some(message) = snapshots.next().await {
-                match decode_event(&message) {
-                    Ok(e) if e.schema > tes_proto::SCHEMA_VERSION => tracing::warn!(
-                        schema = e.schema,
-                        supported = tes_proto::SCHEMA_VERSION,
-                        "a snapshot from a newer schema version; skipped"
-                    ),
-                    Ok(Envelope {
-                        body: Event::Metrics(s),
-                        ..
-                    }) => *shared.snapshot.lock().expect("snapshot lock") = Some(s),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "a snapshot that does not decode (a newer schema?); skipped")
-                    }
-                }
+            while let Some(s) = snapshots.next().await {
+                *shared.snapshot.lock().expect("snapshot lock") = Some(s);
             }
         })
     };
