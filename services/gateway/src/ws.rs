@@ -8,11 +8,10 @@
 //! version is at least N, else refused with 403 `Deprecate V<active>`; a
 //! subprotocol that is not `tes-ui-v<N>` is a 400.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
@@ -36,7 +35,6 @@ fn required_version(protocol: &str) -> Option<u32> {
 
 pub(crate) async fn version_ws(
     State(app): State<Arc<App>>,
-    ConnectInfo(_peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {

@@ -358,7 +358,7 @@ pub fn admin_token() -> Result<Option<Arc<Secret>>> {
 
 /// Where the observers read the ledger's events: the ledger file on the
 /// embedded bus, `TES_EVENTS` on NATS (they may run on another host).
-pub async fn feed_source(global: &Global, transport: &Transport) -> Result<Source> {
+async fn feed_source(global: &Global, transport: &Transport) -> Result<Source> {
     Ok(match transport {
         Transport::Embedded => Source::Ledger(global.ledger_path()),
         Transport::Nats(nats) => Source::Stream(
@@ -379,11 +379,10 @@ pub fn alert_rules(observe: &ObserveOptions) -> Result<Rules> {
 
 /// The ledger's events of `threads`, from the start.
 async fn ledger_feed(
-    global: &Global,
-    transport: &Transport,
+    source: &Source,
     threads: &[ThreadId],
 ) -> Result<tokio::sync::mpsc::Receiver<feed::Item>> {
-    feed::start(feed_source(global, transport).await?, threads, 0)
+    feed::start(source.clone(), threads, 0)
         .await
         .map_err(Failure::check)
 }
@@ -398,8 +397,12 @@ async fn start_observers(
     which: ActorSet,
 ) -> Result<(Vec<JoinHandle<()>>, Option<Telemetry>)> {
     let mut tasks = Vec::new();
+    if !(which.monitoring || which.alert || which.telemetry) {
+        return Ok((tasks, None));
+    }
+    let source = feed_source(global, transport).await?;
     if which.monitoring {
-        let feed = ledger_feed(global, transport, &tes_monitoring::actor::FOLLOWS).await?;
+        let feed = ledger_feed(&source, &tes_monitoring::actor::FOLLOWS).await?;
         let config = MonitoringConfig {
             wire,
             window: observe.metrics_window,
@@ -414,7 +417,7 @@ async fn start_observers(
     }
     if which.alert {
         let rules = alert_rules(observe)?;
-        let feed = ledger_feed(global, transport, &tes_alert::actor::FOLLOWS).await?;
+        let feed = ledger_feed(&source, &tes_alert::actor::FOLLOWS).await?;
         let config = AlertConfig {
             wire,
             rules,
@@ -433,7 +436,6 @@ async fn start_observers(
             log_max_bytes: observe.log_max_bytes,
             ..TelemetryConfig::default()
         };
-        let source = feed_source(global, transport).await?;
         Some(
             tes_telemetry::actor::start(bus.clone(), source, config)
                 .await

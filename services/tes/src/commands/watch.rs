@@ -55,8 +55,8 @@ pub async fn run(
         all,
     };
     let json = global.json;
-    // An event can come twice on the bus (live from its actor and again
-    // when recorded); it is shown once.
+    // An event can come twice on the bus (the outbox resends what NATS did
+    // not confirm); it is shown once.
     let mut seen = Seen::default();
     if let Some(bus) = runtime::nats(global, "tes-watch").await? {
         let mut events = bus
