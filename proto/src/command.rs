@@ -233,3 +233,20 @@ impl CommandBody for AlertNotice {
     const VERB: &'static str = verb::ALERT;
     type Reply = RecordReply;
 }
+
+/// Run (or, with `dry_run`, preview) an archive pass: the bundles of
+/// `version`, or of every version that left the verifying set, move from
+/// `bundle/v<N>/` to `archive/v<N>/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Archive {
+    #[serde(default)]
+    pub version: Option<KeyVersion>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl CommandBody for Archive {
+    const VERB: &'static str = verb::ARCHIVE;
+    type Reply = crate::reply::ArchiveReply;
+}

@@ -37,6 +37,8 @@ pub enum Event {
     Metrics(MetricsSnapshot),
     Alert(AlertRaised),
     Resolved(AlertResolved),
+    ArchiveBatch(ArchiveBatch),
+    BundleArchived(BundleArchived),
 }
 
 /// Event kind names, as in subjects and the ledger's `kind` column.
@@ -56,8 +58,10 @@ pub mod kind {
     pub const METRICS: &str = "metrics";
     pub const ALERT: &str = "alert";
     pub const RESOLVED: &str = "resolved";
+    pub const ARCHIVE_BATCH: &str = "archive_batch";
+    pub const BUNDLE_ARCHIVED: &str = "bundle_archived";
 
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         KEY_PROVISIONED,
         KEY_ROTATE,
         KEY_ROLLBACK,
@@ -73,6 +77,8 @@ pub mod kind {
         METRICS,
         ALERT,
         RESOLVED,
+        ARCHIVE_BATCH,
+        BUNDLE_ARCHIVED,
     ];
 }
 
@@ -94,6 +100,8 @@ impl Event {
             Event::Metrics(_) => kind::METRICS,
             Event::Alert(_) => kind::ALERT,
             Event::Resolved(_) => kind::RESOLVED,
+            Event::ArchiveBatch(_) => kind::ARCHIVE_BATCH,
+            Event::BundleArchived(_) => kind::BUNDLE_ARCHIVED,
         }
     }
 
@@ -125,6 +133,8 @@ impl Event {
             Event::SignatureGenerated(e) => Some(e.key_version),
             Event::SignatureVerified(e) => Some(e.key_version),
             Event::VersionBump(e) => Some(e.key_version),
+            Event::ArchiveBatch(e) => Some(e.version),
+            Event::BundleArchived(e) => Some(e.version),
             Event::Rejected(_)
             | Event::Checkpoint(_)
             | Event::SignerHeartbeat(_)
@@ -180,6 +190,9 @@ pub enum RotationReason {
     Requested,
     /// The active version passed its expiry.
     Expired,
+    /// A bundle signed under the active version carries an expiry that
+    /// passed (the seed's "V1 TTL Expiry → Force V2").
+    BundleExpired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -284,6 +297,36 @@ pub struct Rejected {
 pub struct Checkpoint {
     pub seq: u64,
     pub hash: String,
+}
+
+/// An archive batch is about to move: these bundles of `version` go from
+/// `bundle/v<N>/` to `archive/v<N>/`. Recorded before any of them moves, so
+/// a pass cut short (a crash, a kill) is finished with exactly these keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveBatch {
+    pub version: KeyVersion,
+    /// Numbered from 1 per version, across passes.
+    pub batch: u64,
+    /// Object keys under `bundle/v<N>/`, in order.
+    pub keys: Vec<String>,
+    /// Bundles of this version not yet archived when the batch was planned,
+    /// this batch included (for progress).
+    pub left: u64,
+}
+
+/// An archive batch is done: each of its keys is under `archive/v<N>/` and
+/// no longer under `bundle/v<N>/`, or was in neither place (`missing`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleArchived {
+    pub version: KeyVersion,
+    pub batch: u64,
+    /// Bundles now in the archive.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Keys found in neither place (deleted behind the archiver's back).
+    pub missing: Vec<String>,
 }
 
 /// The ledger writer's name as a signer (replicas have their own).

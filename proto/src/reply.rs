@@ -59,6 +59,10 @@ pub enum ErrorCode {
     Storage,
     /// An actor did not answer.
     Unavailable,
+    /// The version still signs or verifies, so its bundles stay where they are.
+    InUse,
+    /// The bundle store could not be reached or refused the request.
+    BundleStore,
 }
 
 impl ErrorCode {
@@ -203,6 +207,14 @@ pub struct KeyView {
     pub signatures: u64,
     /// Whether this signer holds the material.
     pub held: bool,
+    /// Bundles of this version moved to `archive/v<N>/`, and their bytes.
+    #[serde(default)]
+    pub archived_objects: u64,
+    #[serde(default)]
+    pub archived_bytes: u64,
+    /// An archive batch of this version is planned and not yet finished.
+    #[serde(default)]
+    pub archiving: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -223,6 +235,12 @@ pub struct StatusReply {
     pub next: Option<KeyVersion>,
     pub last_sig_version: Option<KeyVersion>,
     pub rotation_timestamp: Option<Timestamp>,
+    /// Why the active version last changed (`requested`, `expired`,
+    /// `bundle_expired`, …; none after a rollback) and who or what asked.
+    #[serde(default)]
+    pub rotation_reason: Option<crate::event::RotationReason>,
+    #[serde(default)]
+    pub rotated_by: Option<String>,
     pub keys: Vec<KeyView>,
     pub entities: Vec<EntityView>,
     pub fallbacks: u64,
@@ -253,4 +271,25 @@ pub struct AlertsReply {
     /// The last snapshot judged (its time and ledger seq).
     pub at: Timestamp,
     pub seq: u64,
+}
+
+/// What an archive pass did (or, dry, would do) for one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionArchive {
+    pub version: KeyVersion,
+    /// Bundles moved (dry: that would move).
+    pub objects: u64,
+    pub bytes: u64,
+    /// Batches recorded in this pass.
+    pub batches: u64,
+    /// Keys of planned batches found in neither place.
+    pub missing: Vec<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveReply {
+    pub versions: Vec<VersionArchive>,
 }

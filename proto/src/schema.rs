@@ -6,8 +6,8 @@
 use schemars::{schema_for, JsonSchema};
 
 use crate::command::{
-    AlertNotice, AlertsQuery, Bump, CommandBody, MetricsQuery, Record, Rollback, Rotate, Sign,
-    Status, Verify,
+    AlertNotice, AlertsQuery, Archive, Bump, CommandBody, MetricsQuery, Record, Rollback, Rotate,
+    Sign, Status, Verify,
 };
 use crate::envelope::Envelope;
 use crate::event::{self, Event};
@@ -26,6 +26,7 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     command::<MetricsQuery>(&mut out);
     command::<AlertsQuery>(&mut out);
     command::<AlertNotice>(&mut out);
+    command::<Archive>(&mut out);
     push::<Envelope<Event>>(&mut out, "event.envelope.json".to_string());
     push::<event::KeyProvisioned>(&mut out, event_file(event::kind::KEY_PROVISIONED));
     push::<event::KeyRotate>(&mut out, event_file(event::kind::KEY_ROTATE));
@@ -42,6 +43,8 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     push::<event::MetricsSnapshot>(&mut out, event_file(event::kind::METRICS));
     push::<event::AlertRaised>(&mut out, event_file(event::kind::ALERT));
     push::<event::AlertResolved>(&mut out, event_file(event::kind::RESOLVED));
+    push::<event::ArchiveBatch>(&mut out, event_file(event::kind::ARCHIVE_BATCH));
+    push::<event::BundleArchived>(&mut out, event_file(event::kind::BUNDLE_ARCHIVED));
     out
 }
 

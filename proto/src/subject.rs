@@ -94,6 +94,8 @@ pub mod verb {
     /// Alert hands a raised or resolved alert to the Supervisor
     /// (`tes.cmd.0x1001.alert`), which has it recorded.
     pub const ALERT: &str = "alert";
+    /// An archive pass over retired versions' bundles (`tes.cmd.0x6001.archive`).
+    pub const ARCHIVE: &str = "archive";
 }
 
 /// `tes.cmd.<thread>.<verb>`
@@ -104,6 +106,11 @@ pub fn command(thread: ThreadId, verb: &str) -> String {
 /// `tes.cmd.<thread>.*`: every command addressed to one actor.
 pub fn commands_of(thread: ThreadId) -> String {
     format!("{COMMAND_PREFIX}.{}.*", thread.token())
+}
+
+/// `tes.evt.<thread>.*`: every event one actor publishes.
+pub fn events_of(thread: ThreadId) -> String {
+    format!("{EVENT_PREFIX}.{}.*", thread.token())
 }
 
 /// `tes.evt.<thread>.<kind>`

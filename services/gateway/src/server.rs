@@ -294,11 +294,14 @@ pub(crate) fn from_call(e: CallError) -> Response {
                 ErrorCode::RetiredVersion
                 | ErrorCode::NothingToRollBack
                 | ErrorCode::Gated
-                | ErrorCode::Duplicate => StatusCode::CONFLICT,
+                | ErrorCode::Duplicate
+                | ErrorCode::InUse => StatusCode::CONFLICT,
                 ErrorCode::MissingKey | ErrorCode::NoNextVersion => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
-                ErrorCode::Storage | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Storage | ErrorCode::Unavailable | ErrorCode::BundleStore => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             };
             text(status, &r.message, &r.hsl)
         }

@@ -143,6 +143,7 @@ impl Metrics {
                 // Back where it was: no migration is in progress.
                 self.migration = None;
             }
+            Event::ArchiveBatch(_) | Event::BundleArchived(_) => {}
             Event::KeyRetired(_) => self.retirements += 1,
             Event::KeyFallback(e) => {
                 *self.fallbacks.entry((e.from, e.to)).or_default() += 1;

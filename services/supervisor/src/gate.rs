@@ -118,6 +118,9 @@ mod tests {
             expires_at: None,
             signatures: 0,
             held,
+            archived_objects: 0,
+            archived_bytes: 0,
+            archiving: false,
         }
     }
 
@@ -128,6 +131,8 @@ mod tests {
             next: next.and_then(KeyVersion::new),
             last_sig_version: None,
             rotation_timestamp: None,
+            rotation_reason: None,
+            rotated_by: None,
             keys,
             entities: vec![],
             fallbacks: 0,

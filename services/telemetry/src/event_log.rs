@@ -175,6 +175,24 @@ fn emit(seq: u64, e: &Envelope<Event>) {
             line.rule = Some(r.rule.to_string());
             line.detail = Some(r.message.clone());
         }
+        Event::ArchiveBatch(a) => {
+            line.version = Some(v(&a.version));
+            line.detail = Some(format!(
+                "batch {}: {} bundle(s) planned",
+                a.batch,
+                a.keys.len()
+            ));
+        }
+        Event::BundleArchived(a) => {
+            line.version = Some(v(&a.version));
+            line.detail = Some(format!(
+                "batch {}: {} bundle(s), {} byte(s) archived, {} missing",
+                a.batch,
+                a.objects,
+                a.bytes,
+                a.missing.len()
+            ));
+        }
         Event::Rejected(_)
         | Event::Checkpoint(_)
         | Event::SignerHeartbeat(_)

@@ -93,6 +93,59 @@ pub struct RunOptions {
     /// Wire form of published messages (receivers accept both).
     #[arg(long, value_enum, default_value_t = Wire::Binary)]
     pub wire: Wire,
+    #[command(flatten)]
+    pub bundles: BundleOptions,
+}
+
+/// Where signed bundles are kept and how they are archived. S3 credentials
+/// come from the environment only (flags show in `ps`):
+/// `TES_S3_ACCESS_KEY_ID` (or `AWS_ACCESS_KEY_ID`) and
+/// `TES_S3_SECRET_ACCESS_KEY_FILE`, `TES_S3_SECRET_ACCESS_KEY` (or
+/// `AWS_SECRET_ACCESS_KEY`).
+#[derive(Debug, Clone, Args)]
+pub struct BundleOptions {
+    /// `fs` (DIR/bundles), `fs:PATH`, `s3://BUCKET` (any S3-compatible
+    /// store: AWS, R2, MinIO), or `none` (no bundles).
+    #[arg(
+        long,
+        env = "TES_BUNDLE_STORE",
+        default_value = "fs",
+        value_name = "STORE"
+    )]
+    pub bundle_store: String,
+    /// The S3 endpoint (R2: https://ACCOUNT.r2.cloudflarestorage.com;
+    /// MinIO: http://host:9000). Default: AWS.
+    #[arg(long, env = "TES_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region (R2: `auto`).
+    #[arg(long, env = "TES_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Storage class of archived bundles on S3-compatible stores.
+    #[arg(long, env = "TES_ARCHIVE_CLASS", default_value = tes_bundles::DEFAULT_ARCHIVE_CLASS)]
+    pub archive_class: String,
+    /// How long a bundle lives before its `expiry` (which forces signing
+    /// onto the next version): `DURATION` for every key version, or
+    /// `vN=DURATION` for one (repeatable, or comma-separated).
+    #[arg(
+        long = "bundle-ttl",
+        env = "TES_BUNDLE_TTL",
+        value_delimiter = ',',
+        default_value = "365d",
+        value_name = "[vN=]DURATION"
+    )]
+    pub bundle_ttl: Vec<String>,
+    /// Bundles per archive batch (one `archive_batch` event each).
+    #[arg(long, default_value_t = 100)]
+    pub archive_batch: usize,
+    /// Bundles moved at once in an archive pass.
+    #[arg(long, default_value_t = 8)]
+    pub archive_concurrency: usize,
+    /// Do not archive a version on its own when it retires (only `tes archive` does).
+    #[arg(long)]
+    pub no_auto_archive: bool,
+    /// How often the active version's bundles are listed again for their expiry.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub expiry_scan_every: Duration,
 }
 
 impl RunOptions {
@@ -219,6 +272,22 @@ pub enum Command {
         #[command(flatten)]
         observe: ObserveOptions,
     },
+    /// Move the bundles of versions that left the verifying set from
+    /// bundle/v<N>/ to archive/v<N>/ (infrequent-access class), or preview
+    /// it. Through the daemon on NATS, else on the data directory here.
+    Archive {
+        /// Only this version (default: every version that no longer verifies).
+        #[arg(long)]
+        version: Option<KeyVersion>,
+        /// Say what would move; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// The bundle store.
+    #[command(subcommand)]
+    Bundles(Bundles),
     /// Rebuild the state from the ledger and print it.
     Replay {
         /// Stop after this seq.
@@ -283,6 +352,19 @@ pub struct HttpOptions {
 pub enum Role {
     Writer,
     Signer,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Bundles {
+    /// List what is where: bundles and archived bundles per key version
+    /// (with --all, every object with its expiry).
+    Ls {
+        /// Every object, not only the counts.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        bundles: BundleOptions,
+    },
 }
 
 #[derive(Debug, Subcommand)]

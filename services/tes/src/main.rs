@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Audit, Cli, Command, Secret};
-use crate::commands::{audit, client, daemon, demo, observe, replay, secret, watch};
+use crate::cli::{Audit, Bundles, Cli, Command, Secret};
+use crate::commands::{audit, bundles, client, daemon, demo, observe, replay, secret, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,6 +76,12 @@ async fn run(cli: Cli) -> failure::Result<()> {
             run,
         } => client::bump(g, &run, scope, entity, key_version).await,
         Command::Status(run) => client::status(g, &run).await,
+        Command::Archive {
+            version,
+            dry_run,
+            run,
+        } => bundles::archive(g, &run, version, dry_run).await,
+        Command::Bundles(Bundles::Ls { all, bundles: o }) => bundles::ls(g, &o, all).await,
         Command::Replay { to_seq, until } => replay::run(g, to_seq, until),
         Command::Audit(Audit::Verify { checkpoint }) => audit::verify(g, checkpoint),
         Command::Secret(Secret::Put { version, replace }) => secret::put(g, version, replace),

@@ -22,10 +22,13 @@ use tes_version_management::replica::{self, Replica, ReplicaConfig};
 use tes_version_management::{Engine, EngineConfig, Request};
 use tokio::task::JoinHandle;
 
-use crate::cli::{ActorSet, Global, HttpOptions, ObserveOptions, Role, RunOptions, Wire};
+use crate::cli::{
+    ActorSet, BundleOptions, Global, HttpOptions, ObserveOptions, Role, RunOptions, Wire,
+};
 use crate::failure::{Failure, Result};
 use tes_alert::actor::AlertConfig;
 use tes_alert::Rules;
+use tes_bundles::{S3Config, StoreConfig};
 use tes_gateway::csrf::Csrf;
 use tes_gateway::GatewayConfig;
 use tes_keyring::Secret;
@@ -63,6 +66,8 @@ pub struct Actors {
 /// Version Management and what it was started with.
 struct VersionActor {
     running: Running,
+    /// Its bundle worker (none with `--bundle-store none`).
+    bundles: Option<tes_bundles::Worker>,
     env: Vec<(String, String)>,
     /// The versions (and fingerprints) it was last given.
     held: BTreeMap<KeyVersion, Fingerprint>,
@@ -150,7 +155,13 @@ impl Actors {
                     event_stream,
                     ..ActorConfig::default()
                 };
-                version = Some(start_version(global, run, bus.clone(), &key_store, config).await?);
+                // Archiving on its own belongs to the daemon; a one-shot
+                // verb's actors live for one command.
+                let auto_archive = observe.is_some() && !run.bundles.no_auto_archive;
+                version = Some(
+                    start_version(global, run, bus.clone(), &key_store, config, auto_archive)
+                        .await?,
+                );
             }
             (true, Role::Signer, Transport::Nats(nats)) => {
                 replica = Some(start_replica(run, nats, bus.clone(), &key_store, wire).await?);
@@ -253,6 +264,11 @@ impl Actors {
         Ok(())
     }
 
+    /// The bus these actors are on (to watch their events).
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        self.bus.clone()
+    }
+
     pub fn key_store(&self) -> &KeyStore {
         &self.key_store
     }
@@ -323,6 +339,10 @@ impl Actors {
             replica.stop().await;
         }
         if let Some(version) = self.version {
+            // The worker first: it writes the bundles of what was committed.
+            if let Some(worker) = version.bundles {
+                worker.stop().await;
+            }
             drop(version.running.stop().await);
         }
     }
@@ -483,7 +503,14 @@ async fn start_version(
     bus: Arc<dyn Bus>,
     key_store: &KeyStore,
     actor_config: ActorConfig,
+    auto_archive: bool,
 ) -> Result<VersionActor> {
+    let store = match bundle_store(global, &run.bundles)? {
+        Some(config) => Some(tes_bundles::Store::new(&config).map_err(Failure::input)?),
+        None => None,
+    };
+    let worker_config = worker_config(global, &run.bundles, auto_archive)?;
+    let archiver = actor_config.archiver.clone();
     let env = environment();
     let keyring = Keyring::load(env.clone(), key_store, true).map_err(Failure::input)?;
     let held = keyring.held();
@@ -501,5 +528,132 @@ async fn start_version(
     let running = actor::start(engine, bus, actor_config)
         .await
         .context("starting Version Management (0x6001)")?;
-    Ok(VersionActor { running, env, held })
+    let bundles = match store {
+        Some(store) => {
+            // A store that does not answer is reported, not fatal: signing
+            // goes on, and the worker writes the bundles when it is back.
+            match tokio::time::timeout(std::time::Duration::from_secs(10), store.check()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "bundles will wait until the store answers; signing goes on"),
+                Err(_) => tracing::error!(store = store.describe(), "the bundle store did not answer within 10 s; bundles will wait, signing goes on"),
+            }
+            let worker =
+                tes_bundles::Worker::start(store, running.handle(), worker_config, system_clock())
+                    .map_err(Failure::input)?;
+            let _ = archiver.set(Arc::new(worker.handle()));
+            Some(worker)
+        }
+        None => None,
+    };
+    Ok(VersionActor {
+        running,
+        bundles,
+        env,
+        held,
+    })
+}
+
+/// The bundle store `--bundle-store` names; `None`: bundles are off.
+pub fn bundle_store(global: &Global, o: &BundleOptions) -> Result<Option<StoreConfig>> {
+    let spec = o.bundle_store.trim();
+    let bad = |why: &str| {
+        Failure::input(anyhow::anyhow!(
+            "--bundle-store {spec:?}: {why} (expected fs, fs:PATH, s3://BUCKET or none)"
+        ))
+    };
+    if spec == "none" {
+        return Ok(None);
+    }
+    if spec == "fs" {
+        return Ok(Some(StoreConfig::Fs {
+            root: global.data_dir.join(BUNDLES_DIR),
+        }));
+    }
+    if let Some(path) = spec.strip_prefix("fs:") {
+        if path.is_empty() {
+            return Err(bad("no path after fs:"));
+        }
+        return Ok(Some(StoreConfig::Fs { root: path.into() }));
+    }
+    let Some(bucket) = spec.strip_prefix("s3://") else {
+        return Err(bad("unknown kind of store"));
+    };
+    let bucket = bucket.trim_end_matches('/');
+    if bucket.is_empty() || bucket.contains('/') {
+        return Err(bad("a bucket name, without a path"));
+    }
+    let access_key_id = env_first(&["TES_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"]).ok_or_else(|| {
+        Failure::input(anyhow::anyhow!(
+            "{spec} needs credentials: set TES_S3_ACCESS_KEY_ID and TES_S3_SECRET_ACCESS_KEY_FILE (or TES_S3_SECRET_ACCESS_KEY)"
+        ))
+    })?;
+    let secret_access_key = s3_secret(spec)?;
+    Ok(Some(StoreConfig::S3(S3Config {
+        endpoint: o.s3_endpoint.clone(),
+        bucket: bucket.to_string(),
+        region: o.s3_region.clone(),
+        access_key_id,
+        secret_access_key,
+        archive_class: o.archive_class.clone(),
+    })))
+}
+
+/// Where `--bundle-store fs` keeps bundles, under the data directory.
+pub const BUNDLES_DIR: &str = "bundles";
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// The S3 secret: from the file `TES_S3_SECRET_ACCESS_KEY_FILE` names (a
+/// compose secret), else the environment. Never printed.
+fn s3_secret(spec: &str) -> Result<zeroize::Zeroizing<String>> {
+    if let Some(path) = std::env::var_os("TES_S3_SECRET_ACCESS_KEY_FILE") {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Failure::input(anyhow::anyhow!(
+                "cannot read TES_S3_SECRET_ACCESS_KEY_FILE {}: {e}",
+                std::path::Path::new(&path).display()
+            ))
+        })?;
+        let secret = zeroize::Zeroizing::new(text.trim().to_string());
+        if secret.is_empty() {
+            return Err(Failure::input(anyhow::anyhow!(
+                "TES_S3_SECRET_ACCESS_KEY_FILE {} is empty",
+                std::path::Path::new(&path).display()
+            )));
+        }
+        return Ok(secret);
+    }
+    env_first(&["TES_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"])
+        .map(zeroize::Zeroizing::new)
+        .ok_or_else(|| {
+            Failure::input(anyhow::anyhow!(
+                "{spec} needs a secret: set TES_S3_SECRET_ACCESS_KEY_FILE (or TES_S3_SECRET_ACCESS_KEY)"
+            ))
+        })
+}
+
+/// The bundle worker's settings.
+pub fn worker_config(
+    global: &Global,
+    o: &BundleOptions,
+    auto_archive: bool,
+) -> Result<tes_bundles::WorkerConfig> {
+    let mut ttl = tes_bundles::Ttl::default();
+    for spec in &o.bundle_ttl {
+        ttl.add(spec)
+            .map_err(|e| Failure::input(anyhow::anyhow!(e)))?;
+    }
+    Ok(tes_bundles::WorkerConfig {
+        ledger_path: global.ledger_path(),
+        ttl,
+        limits: tes_bundles::archive::Limits {
+            batch: o.archive_batch.max(1),
+            concurrency: o.archive_concurrency.max(1),
+        },
+        auto_archive,
+        expiry_scan_every: o.expiry_scan_every,
+    })
 }

@@ -14,8 +14,9 @@ use tes_bus::jetstream::EventStream;
 use tes_bus::typed::{decode_command, publish_event, publish_ledgered, refuse, respond};
 use tes_bus::{Bus, Message};
 use tes_ledger::{Head, Outbox};
-use tes_proto::command::{Bump, Record, Rollback, Rotate, Sign, Status, Verify};
+use tes_proto::command::{Archive, Bump, Record, Rollback, Rotate, Sign, Status, Verify};
 use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
+use tes_proto::reply::ArchiveReply;
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -42,7 +43,19 @@ pub struct ActorConfig {
     /// outbox into this stream. `None` (the embedded bus): published on
     /// the bus directly after each commit.
     pub event_stream: Option<EventStream>,
+    /// Who serves `tes.cmd.0x6001.archive`: the bundle worker, set once it
+    /// has started (it needs this actor's engine handle first). Empty:
+    /// bundles are off and the verb is refused.
+    pub archiver: ArchiverSlot,
 }
+
+/// Runs archive passes for the `archive` verb (the bundle worker).
+#[async_trait::async_trait]
+pub trait Archiver: Send + Sync + std::fmt::Debug {
+    async fn archive(&self, request: Archive) -> Result<ArchiveReply, ErrorReply>;
+}
+
+pub type ArchiverSlot = Arc<std::sync::OnceLock<Arc<dyn Archiver>>>;
 
 impl Default for ActorConfig {
     fn default() -> Self {
@@ -51,6 +64,7 @@ impl Default for ActorConfig {
             tick_every: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(1),
             event_stream: None,
+            archiver: ArchiverSlot::default(),
         }
     }
 }
@@ -151,10 +165,11 @@ pub async fn start(
         .await?;
     let listener = {
         let (bus, handle) = (bus.clone(), handle.clone());
+        let archiver = config.archiver.clone();
         tokio::spawn(async move {
             while let Some(message) = commands.next().await {
-                let (bus, handle) = (bus.clone(), handle.clone());
-                tokio::spawn(async move { serve(&*bus, &handle, &message).await });
+                let (bus, handle, archiver) = (bus.clone(), handle.clone(), archiver.clone());
+                tokio::spawn(async move { serve(&*bus, &handle, &archiver, &message).await });
             }
         })
     };
@@ -345,9 +360,10 @@ fn bus_event(body: Event) -> Envelope<Event> {
 }
 
 /// Handles one command message end to end.
-async fn serve(bus: &dyn Bus, engine: &EngineHandle, message: &Message) {
+async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, message: &Message) {
     let verb = subject::parse(&message.subject).map(|p| p.last);
     match verb {
+        Some(verb::ARCHIVE) => serve_archive(bus, archiver, message).await,
         Some(verb::SIGN) => {
             serve_as::<Sign>(bus, engine, message, Request::Sign, |r| match r {
                 Response::Sign(s) => Some(s),
@@ -406,10 +422,41 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, message: &Message) {
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
-                format!("unknown command subject {:?} (verbs: rotate, rollback, sign, verify, bump, status)", message.subject),
+                format!("unknown command subject {:?} (verbs: rotate, rollback, sign, verify, bump, status, archive)", message.subject),
             );
             refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
         }
+    }
+}
+
+/// An archive pass can take minutes: it runs in the bundle worker, and the
+/// reply comes when it is done (progress is in the `archive_batch` and
+/// `bundle_archived` events meanwhile).
+async fn serve_archive(bus: &dyn Bus, archiver: &ArchiverSlot, message: &Message) {
+    let (ct, envelope) = match decode_command::<Archive>(message, THREAD) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let error = ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("archive command refused: {e}"),
+            );
+            return refuse::<ArchiveReply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    let Some(archiver) = archiver.get() else {
+        let error = ErrorReply::new(
+            ErrorCode::Unavailable,
+            "bundles are off on this daemon (--bundle-store none): there is nothing to archive",
+        );
+        return refuse::<ArchiveReply>(bus, THREAD, message, ct, error).await;
+    };
+    match archiver.archive(envelope.body).await {
+        Ok(reply) => {
+            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
+                tracing::warn!(%error, "could not send reply");
+            }
+        }
+        Err(error) => refuse::<ArchiveReply>(bus, THREAD, message, ct, error).await,
     }
 }
 

@@ -63,12 +63,18 @@ pub enum Request {
     Verify(Envelope<Verify>),
     Bump(Envelope<Bump>),
     Status,
+    /// A copy of the folded state (the bundle worker reads archive progress
+    /// and the verifying set from it).
+    State,
     /// Time passed (grace windows, expiry).
     Tick,
     /// The keyring changed (a `tes secret put` while running).
     Rekey(Keyring),
     /// A signer replica's audit events.
     Record(Envelope<Record>),
+    /// From the bundle worker ([`crate::bundles`]): an archive batch planned
+    /// or finished, or an expired bundle. Only those three commands.
+    Bundles(Command),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +84,14 @@ pub enum Response {
     Verify(VerifyReply),
     Bump(BumpReply),
     Status(StatusReply),
+    State(Box<State>),
     Record(RecordReply),
+    /// What a [`Request::Bundles`] decided, once durable; `seq` is the first
+    /// event's (0 when nothing was decided).
+    Decided {
+        events: Vec<Event>,
+        seq: u64,
+    },
     Done,
 }
 
@@ -393,6 +406,35 @@ impl Engine {
                     response: Response::Done,
                 }
             }
+            Request::Bundles(command) => {
+                if !matches!(
+                    command,
+                    Command::BeginArchive { .. }
+                        | Command::FinishArchive { .. }
+                        | Command::BundleExpired { .. }
+                ) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Malformed,
+                        "the bundle worker may only plan or finish archive batches and report expired bundles",
+                    ));
+                }
+                let decided = decide(state, &command, &ctx).map_err(ErrorReply::from)?;
+                let primary = (!decided.is_empty()).then_some(start);
+                decided.iter().for_each(|e| emit(state, e.clone()));
+                Pending {
+                    recorded: Vec::new(),
+                    primary,
+                    response: Response::Decided {
+                        events: decided,
+                        seq: 0,
+                    },
+                }
+            }
+            Request::State => Pending {
+                primary: None,
+                recorded: Vec::new(),
+                response: Response::State(Box::new(state.clone())),
+            },
             Request::Status => Pending {
                 primary: None,
                 recorded: Vec::new(),
@@ -599,7 +641,12 @@ impl Request {
             Request::Bump(e) => Some((e.id, e.correlation_id)),
             // A record carries events with their own ids; those are what make
             // its retry idempotent, not the command id.
-            Request::Status | Request::Tick | Request::Rekey(_) | Request::Record(_) => None,
+            Request::Status
+            | Request::State
+            | Request::Tick
+            | Request::Rekey(_)
+            | Request::Record(_)
+            | Request::Bundles(_) => None,
         }
     }
 }
@@ -609,7 +656,12 @@ fn set_seq(response: &mut Response, seq: u64) {
         Response::Rotation(r) => r.seq = seq,
         Response::Sign(r) => r.seq = seq,
         Response::Bump(r) => r.seq = seq,
-        Response::Verify(_) | Response::Status(_) | Response::Record(_) | Response::Done => {}
+        Response::Decided { seq: s, .. } => *s = seq,
+        Response::Verify(_)
+        | Response::Status(_)
+        | Response::State(_)
+        | Response::Record(_)
+        | Response::Done => {}
     }
 }
 
@@ -625,6 +677,8 @@ pub fn status_view(
         next: state.next_version(),
         last_sig_version: state.last_sig_version,
         rotation_timestamp: state.rotation_timestamp,
+        rotation_reason: state.rotation_reason,
+        rotated_by: state.rotated_by.clone(),
         keys: state
             .keys
             .iter()
@@ -637,6 +691,9 @@ pub fn status_view(
                 expires_at: k.expires_at,
                 signatures: k.signatures,
                 held: held.contains_key(v),
+                archived_objects: state.archives.get(v).map_or(0, |a| a.objects),
+                archived_bytes: state.archives.get(v).map_or(0, |a| a.bytes),
+                archiving: state.archives.get(v).is_some_and(|a| a.open.is_some()),
             })
             .collect(),
         entities: state

@@ -1,6 +1,7 @@
 //! One module per verb (or family of verbs).
 
 pub mod audit;
+pub mod bundles;
 pub mod client;
 pub mod daemon;
 pub mod demo;

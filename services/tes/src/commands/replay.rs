@@ -94,6 +94,18 @@ pub fn describe(view: &StatusReply, heading: &str) -> String {
         Some(v) => out += &format!("  keyVersion: {} ({v} is active)\n", v.bare()),
         None => out += "  keyVersion: none (no version was ever activated)\n",
     }
+    if let (Some(at), Some(by)) = (view.rotation_timestamp, &view.rotated_by) {
+        out += &match view.rotation_reason {
+            Some(reason) => format!(
+                "  last rotation {at}: {} (by {by})\n",
+                serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+            None => format!("  last rollback {at} (by {by})\n"),
+        };
+    }
     for k in &view.keys {
         let mut line = format!(
             "  {:<4} {:<11} fingerprint {}  signatures {}",
@@ -104,6 +116,18 @@ pub fn describe(view: &StatusReply, heading: &str) -> String {
         );
         if let Some(g) = k.grace_until {
             line += &format!("  verifies until {g}");
+        }
+        if k.archived_objects > 0 || k.archiving {
+            line += &format!(
+                "  archived {} bundle(s), {} byte(s){}",
+                k.archived_objects,
+                k.archived_bytes,
+                if k.archiving {
+                    " (a batch is open)"
+                } else {
+                    ""
+                }
+            );
         }
         out += &line;
         out.push('\n');

@@ -213,5 +213,25 @@ fn details(event: &Event) -> String {
         ),
         Event::Alert(a) => format!("{}: {}", a.rule, a.message),
         Event::Resolved(r) => format!("{}: {}", r.rule, r.message),
+        Event::ArchiveBatch(a) => format!(
+            "{} batch {}: {} bundle(s) planned, {} left",
+            a.version,
+            a.batch,
+            a.keys.len(),
+            a.left
+        ),
+        Event::BundleArchived(a) => format!(
+            "{} batch {}: {} bundle(s), {} byte(s) in archive/{}/{}",
+            a.version,
+            a.batch,
+            a.objects,
+            a.bytes,
+            a.version,
+            if a.missing.is_empty() {
+                String::new()
+            } else {
+                format!(", {} missing", a.missing.len())
+            }
+        ),
     }
 }

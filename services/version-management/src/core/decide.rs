@@ -6,11 +6,11 @@
 
 use tes_proto::command::Scope;
 use tes_proto::event::{
-    Event, KeyProvisioned, KeyRetired, KeyRollback, KeyRotate, RetireReason, RotationFailed,
-    RotationReason, VersionBump,
+    ArchiveBatch, BundleArchived, Event, KeyProvisioned, KeyRetired, KeyRollback, KeyRotate,
+    RetireReason, RotationFailed, RotationReason, VersionBump,
 };
 use tes_proto::reply::KeyStatus;
-use tes_proto::{ErrorCode, ErrorReply, KeyVersion};
+use tes_proto::{ErrorCode, ErrorReply, KeyVersion, Timestamp};
 
 use super::manifest;
 use super::state::State;
@@ -40,6 +40,39 @@ pub enum Command {
         scope: Scope,
         key_version: KeyVersion,
     },
+    /// Plans an archive batch of `version`'s bundles. Recorded before any
+    /// of them moves (write-ahead), so a pass cut short finishes exactly
+    /// these keys.
+    BeginArchive {
+        version: KeyVersion,
+        keys: Vec<String>,
+        left: u64,
+    },
+    /// The open archive batch of `version` is done.
+    FinishArchive {
+        version: KeyVersion,
+        batch: u64,
+        objects: u64,
+        bytes: u64,
+        missing: Vec<String>,
+    },
+    /// The bundle store holds a bundle of `version` that expires at `expiry`
+    /// (`key` names it, for the record).
+    BundleExpired {
+        version: KeyVersion,
+        key: String,
+        expiry: Timestamp,
+    },
+}
+
+/// Where the bundles of `version` live until they are archived.
+pub fn bundle_prefix(version: KeyVersion) -> String {
+    format!("bundle/v{}/", version.get())
+}
+
+/// Where they go.
+pub fn archive_prefix(version: KeyVersion) -> String {
+    format!("archive/v{}/", version.get())
 }
 
 /// Why a command was refused. Converted to an [`ErrorReply`] for the caller
@@ -85,6 +118,23 @@ pub fn decide(
             scope,
             key_version,
         } => bump(state, entity, *scope, *key_version).map(|e| vec![e]),
+        Command::BeginArchive {
+            version,
+            keys,
+            left,
+        } => begin_archive(state, *version, keys, *left, ctx).map(|e| vec![e]),
+        Command::FinishArchive {
+            version,
+            batch,
+            objects,
+            bytes,
+            missing,
+        } => finish_archive(state, *version, *batch, *objects, *bytes, missing).map(|e| vec![e]),
+        Command::BundleExpired {
+            version,
+            key,
+            expiry,
+        } => bundle_expired(state, *version, key, *expiry, ctx),
     }
 }
 
@@ -256,36 +306,172 @@ fn tick(state: &State, ctx: &Context<'_>) -> Vec<Event> {
         );
     }
     if let Some(active) = scratch.active.filter(|a| expired(&scratch, *a, ctx)) {
-        let next = scratch
-            .next_version()
-            .filter(|n| ctx.held.contains_key(n) && !expired(&scratch, *n, ctx));
-        match next {
-            Some(to) => {
-                let e = Event::KeyRotate(KeyRotate {
-                    from: Some(active),
-                    to,
-                    reason: RotationReason::Expired,
-                    requested_by: "expiry".to_string(),
-                    forced: false,
-                    grace_until: Some(ctx.now.saturating_add(ctx.policy.grace)),
-                    expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
-                });
-                emit(&mut scratch, e);
-            }
-            None if scratch.expiry_failure_reported != Some(active) => {
-                let e = Event::RotationFailed(RotationFailed {
-                    from: Some(active),
-                    reason: format!(
-                        "{active} expired and there is no provisioned version to rotate to; {}",
-                        not_configured(active).message
-                    ),
-                });
-                emit(&mut scratch, e);
-            }
-            None => {}
+        let why = format!("{active} expired");
+        if let Some(e) = force_off(
+            &scratch,
+            active,
+            RotationReason::Expired,
+            "expiry",
+            &why,
+            ctx,
+        ) {
+            emit(&mut scratch, e);
         }
     }
     out
+}
+
+/// Moves signing off the expired active version: a rotation to the next
+/// held, unexpired version, or — once per version — a rotation failure
+/// (which Alert turns into an alert) when there is none.
+fn force_off(
+    state: &State,
+    active: KeyVersion,
+    reason: RotationReason,
+    requested_by: &str,
+    why: &str,
+    ctx: &Context<'_>,
+) -> Option<Event> {
+    let next = state
+        .next_version()
+        .filter(|n| ctx.held.contains_key(n) && !expired(state, *n, ctx));
+    match next {
+        Some(to) => Some(Event::KeyRotate(KeyRotate {
+            from: Some(active),
+            to,
+            reason,
+            requested_by: requested_by.to_string(),
+            forced: false,
+            grace_until: Some(ctx.now.saturating_add(ctx.policy.grace)),
+            expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
+        })),
+        None if state.expiry_failure_reported != Some(active) => {
+            Some(Event::RotationFailed(RotationFailed {
+                from: Some(active),
+                reason: format!(
+                    "{why} and there is no provisioned version to rotate to; {}",
+                    not_configured(active).message
+                ),
+            }))
+        }
+        None => None,
+    }
+}
+
+/// A bundle of the active version has expired: signing moves on, as the
+/// seed's "V1 TTL Expiry → Force V2". A bundle of any other version
+/// changes nothing (that version no longer signs).
+fn bundle_expired(
+    state: &State,
+    version: KeyVersion,
+    key: &str,
+    expiry: Timestamp,
+    ctx: &Context<'_>,
+) -> Result<Vec<Event>, Rejection> {
+    if expiry > ctx.now {
+        return Err(Rejection::new(
+            ErrorCode::Malformed,
+            format!("bundle {key} expires at {expiry}, which has not passed"),
+        ));
+    }
+    if state.active != Some(version) {
+        return Ok(Vec::new());
+    }
+    let why = format!("bundle {key} of {version} expired at {expiry}");
+    let requested_by = format!("bundle expiry ({key})");
+    Ok(force_off(
+        state,
+        version,
+        RotationReason::BundleExpired,
+        &requested_by,
+        &why,
+        ctx,
+    )
+    .into_iter()
+    .collect())
+}
+
+fn begin_archive(
+    state: &State,
+    version: KeyVersion,
+    keys: &[String],
+    left: u64,
+    ctx: &Context<'_>,
+) -> Result<Event, Rejection> {
+    if !state.keys.contains_key(&version) {
+        return Err(unknown(version));
+    }
+    if state.verifying_set(ctx.now).any(|v| v == version) {
+        return Err(Rejection::new(
+            ErrorCode::InUse,
+            format!(
+                "{version} still signs or verifies: its bundles are archived once it leaves the verifying set"
+            ),
+        ));
+    }
+    let record = state.archives.get(&version);
+    if let Some((batch, _)) = record.and_then(|a| a.open.as_ref()) {
+        return Err(Rejection::new(
+            ErrorCode::InUse,
+            format!("archive batch {batch} of {version} is not finished yet"),
+        ));
+    }
+    let prefix = bundle_prefix(version);
+    if keys.is_empty() {
+        return Err(Rejection::new(
+            ErrorCode::Malformed,
+            "an archive batch needs at least one key",
+        ));
+    }
+    if let Some(bad) = keys
+        .iter()
+        .find(|k| !k.starts_with(&prefix) || k.len() == prefix.len())
+    {
+        return Err(Rejection::new(
+            ErrorCode::Malformed,
+            format!("{bad:?} is not a bundle of {version} (under {prefix})"),
+        ));
+    }
+    Ok(Event::ArchiveBatch(ArchiveBatch {
+        version,
+        batch: record.map_or(0, |a| a.batches) + 1,
+        keys: keys.to_vec(),
+        left: left.max(keys.len() as u64),
+    }))
+}
+
+fn finish_archive(
+    state: &State,
+    version: KeyVersion,
+    batch: u64,
+    objects: u64,
+    bytes: u64,
+    missing: &[String],
+) -> Result<Event, Rejection> {
+    let open = state.archives.get(&version).and_then(|a| a.open.as_ref());
+    let Some((open_batch, keys)) = open.filter(|(b, _)| *b == batch) else {
+        return Err(Rejection::new(
+            ErrorCode::Malformed,
+            format!("archive batch {batch} of {version} is not open"),
+        ));
+    };
+    if objects + missing.len() as u64 != keys.len() as u64 {
+        return Err(Rejection::new(
+            ErrorCode::Malformed,
+            format!(
+                "archive batch {open_batch} of {version} planned {} key(s); {objects} archived and {} missing do not add up",
+                keys.len(),
+                missing.len()
+            ),
+        ));
+    }
+    Ok(Event::BundleArchived(BundleArchived {
+        version,
+        batch,
+        objects,
+        bytes,
+        missing: missing.to_vec(),
+    }))
 }
 
 fn bump(

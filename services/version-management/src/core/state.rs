@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tes_proto::event::Event;
+use tes_proto::event::{Event, RotationReason};
 use tes_proto::reply::KeyStatus;
 use tes_proto::{Envelope, Fingerprint, KeyVersion, Timestamp};
 
 /// Version of the snapshot encoding of [`State`]. Bump it when `State`
 /// changes shape: old snapshots are then ignored and the state is rebuilt
 /// from the events (snapshots are caches; events are the truth).
-pub const STATE_SCHEMA: u16 = 1;
+pub const STATE_SCHEMA: u16 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -28,6 +28,18 @@ pub struct KeyRecord {
     pub failed_verifications: u64,
 }
 
+/// How far the archive of one version's bundles has come.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRecord {
+    /// Batches planned so far (the last one may still be open).
+    pub batches: u64,
+    pub objects: u64,
+    pub bytes: u64,
+    /// The planned batch not yet finished: its number and keys. A pass
+    /// that finds one finishes it before planning another.
+    pub open: Option<(u64, Vec<String>)>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub keys: BTreeMap<KeyVersion, KeyRecord>,
@@ -36,6 +48,9 @@ pub struct State {
     /// The version a rollback returns to (the active one before the last rotation).
     pub previous: Option<KeyVersion>,
     pub rotation_timestamp: Option<Timestamp>,
+    /// Why the active version last changed (none after a rollback), and who asked.
+    pub rotation_reason: Option<RotationReason>,
+    pub rotated_by: Option<String>,
     pub last_sig_version: Option<KeyVersion>,
     /// The expired active version a rotation failure was already reported
     /// for, so a tick does not report it again every second.
@@ -43,6 +58,8 @@ pub struct State {
     /// Entity name → semver.
     pub entities: BTreeMap<String, String>,
     pub fallbacks: u64,
+    /// Archive progress per version (only versions an archive pass touched).
+    pub archives: BTreeMap<KeyVersion, ArchiveRecord>,
     /// Number of events folded in (the ledger seq this state is at).
     pub seq: u64,
 }
@@ -96,6 +113,8 @@ impl State {
                 self.active = Some(e.to);
                 self.previous = e.from;
                 self.rotation_timestamp = Some(at);
+                self.rotation_reason = Some(e.reason);
+                self.rotated_by = Some(e.requested_by.clone());
                 self.expiry_failure_reported = None;
             }
             Event::KeyRollback(e) => {
@@ -112,6 +131,8 @@ impl State {
                 // rotation to undo first.
                 self.previous = None;
                 self.rotation_timestamp = Some(at);
+                self.rotation_reason = None;
+                self.rotated_by = Some(e.requested_by.clone());
                 self.expiry_failure_reported = None;
             }
             Event::KeyRetired(e) => {
@@ -144,6 +165,19 @@ impl State {
             }
             // Alerts are in the ledger for the audit trail; they change no key.
             Event::Alert(_) | Event::Resolved(_) => {}
+            Event::ArchiveBatch(e) => {
+                let a = self.archives.entry(e.version).or_default();
+                a.batches = a.batches.max(e.batch);
+                a.open = Some((e.batch, e.keys.clone()));
+            }
+            Event::BundleArchived(e) => {
+                let a = self.archives.entry(e.version).or_default();
+                a.objects += e.objects;
+                a.bytes += e.bytes;
+                if a.open.as_ref().is_some_and(|(b, _)| *b == e.batch) {
+                    a.open = None;
+                }
+            }
             Event::Rejected(_)
             | Event::Checkpoint(_)
             | Event::SignerHeartbeat(_)
