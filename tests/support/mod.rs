@@ -51,7 +51,7 @@ pub fn run(mut c: Command) -> Run {
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
-    for secret in [V1, V2] {
+    for secret in [V1, V2, S3_SECRET] {
         assert!(
             !r.stdout.contains(secret) && !r.stderr.contains(secret),
             "a secret was printed"
@@ -128,7 +128,7 @@ pub fn fast_hmac(secret: &str, payload: &str) -> String {
 pub fn assert_no_secret_in(dir: &Path) {
     for entry in walk(dir) {
         let bytes = std::fs::read(&entry).unwrap();
-        for secret in [V1, V2] {
+        for secret in [V1, V2, S3_SECRET] {
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "secret found in {entry:?}"
@@ -241,4 +241,120 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The project's Python (a venv `tests/run` fills with moto and boto3).
+pub fn python() -> PathBuf {
+    match std::env::var_os("TES_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+    }
+}
+
+/// A real S3-protocol server on loopback (moto from PyPI), killed on drop,
+/// with one bucket; read back with boto3 (`tests/support/s3.py`).
+pub struct S3Server {
+    child: std::process::Child,
+    pub endpoint: String,
+    pub bucket: String,
+    /// The credentials it accepts (any, unless started authenticated).
+    pub key_id: String,
+    pub secret: String,
+}
+
+pub const S3_KEY_ID: &str = "AKIDE2ETESTKEY";
+pub const S3_SECRET: &str = "e2e-s3-secret-never-printed-5f4e3d2c";
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        S3Server::spawn(false)
+    }
+
+    /// A server that checks signatures (moto's IAM mode), with a user
+    /// whose keys become this server's credentials.
+    pub fn start_authenticated() -> S3Server {
+        let mut server = S3Server::spawn(true);
+        let keys = json_lines(&server.boto(&["mkuser"])).remove(0);
+        server.key_id = keys["id"].as_str().unwrap().to_string();
+        server.secret = keys["secret"].as_str().unwrap().to_string();
+        server
+    }
+
+    fn spawn(auth: bool) -> S3Server {
+        let port = free_port();
+        let moto = python().with_file_name("moto_server");
+        let mut c = Command::new(&moto);
+        c.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if auth {
+            c.env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
+        }
+        let child = c.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); ./tests/run installs moto into .venv",
+                moto.display()
+            )
+        });
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: "tes-bundles".to_string(),
+            key_id: S3_KEY_ID.to_string(),
+            secret: S3_SECRET.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto never listened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !auth {
+            server.boto(&["mkbucket"]);
+        }
+        server
+    }
+
+    fn try_boto(&self, a: &[&str]) -> Result<String, String> {
+        let out = Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/support/s3.py"))
+            .arg(&self.endpoint)
+            .arg(&self.bucket)
+            .args(a)
+            .env("AWS_ACCESS_KEY_ID", &self.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .output()
+            .expect("python runs");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// boto3 `verb args…`; panics on failure.
+    pub fn boto(&self, a: &[&str]) -> String {
+        self.try_boto(a)
+            .unwrap_or_else(|e| panic!("s3.py {a:?}: {e}"))
+    }
+
+    /// Every object under `prefix`, as boto3 sees it.
+    pub fn ls(&self, prefix: &str) -> Vec<Value> {
+        json_lines(&self.boto(&["ls", prefix]))
+    }
+
+    /// `tes` options and credentials for this store.
+    pub fn configure(&self, mut c: Command) -> Command {
+        c.env("TES_BUNDLE_STORE", format!("s3://{}", self.bucket))
+            .env("TES_S3_ENDPOINT", &self.endpoint)
+            .env("TES_S3_ACCESS_KEY_ID", &self.key_id)
+            .env("TES_S3_SECRET_ACCESS_KEY", &self.secret);
+        c
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

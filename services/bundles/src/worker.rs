@@ -432,7 +432,10 @@ impl ArchiverTask {
                 let before = owed.len();
                 let mut still = BTreeSet::new();
                 for v in std::mem::take(&mut owed) {
-                    if let Err(e) = archive::run(&self.store, &self.engine, v, self.limits).await {
+                    let now = (self.clock)();
+                    if let Err(e) =
+                        archive::run(&self.store, &self.engine, v, self.limits, now).await
+                    {
                         tracing::warn!(version = %v, error = %e, retry_in = ?backoff, "archive pass did not finish; will retry");
                         still.insert(v);
                     }
@@ -471,18 +474,7 @@ impl ArchiverTask {
         let now = (self.clock)();
         let versions: Vec<KeyVersion> = match request.version {
             Some(v) => {
-                if !state.keys.contains_key(&v) {
-                    return Err(ErrorReply::new(
-                        ErrorCode::UnknownVersion,
-                        format!("key version {v} is unknown to this ledger"),
-                    ));
-                }
-                if state.verifying_set(now).any(|x| x == v) {
-                    return Err(ErrorReply::new(
-                        ErrorCode::InUse,
-                        format!("{v} still signs or verifies: its bundles are archived once it leaves the verifying set"),
-                    ));
-                }
+                archive::check_archivable(&state, v, now)?;
                 vec![v]
             }
             None => {
@@ -500,7 +492,7 @@ impl ArchiverTask {
             let done = if request.dry_run {
                 archive::dry_run(&self.store, v).await
             } else {
-                archive::run(&self.store, &self.engine, v, self.limits).await
+                archive::run(&self.store, &self.engine, v, self.limits, now).await
             };
             out.push(done.map_err(ErrorReply::from)?);
         }

@@ -37,6 +37,22 @@ enum Step {
     Sign {
         pin: Option<u32>,
     },
+    /// Plan an archive batch of `keys` bundles of version `v`.
+    BeginArchive {
+        v: u32,
+        keys: u8,
+    },
+    /// Finish version `v`'s open batch with `missing` of its keys not found.
+    FinishArchive {
+        v: u32,
+        missing: u8,
+    },
+    /// The store reports a bundle of `v` that expired `hours_ago`
+    /// (negative: not yet).
+    BundleExpired {
+        v: u32,
+        hours_ago: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -53,6 +69,9 @@ fn step() -> impl Strategy<Value = Step> {
         )
             .prop_map(|(scope, pin)| Step::Bump { scope, pin }),
         proptest::option::of(1u32..=6).prop_map(|pin| Step::Sign { pin }),
+        (1u32..=6, 0u8..5).prop_map(|(v, keys)| Step::BeginArchive { v, keys }),
+        (1u32..=6, 0u8..3).prop_map(|(v, missing)| Step::FinishArchive { v, missing }),
+        (1u32..=6, -5i64..5).prop_map(|(v, hours_ago)| Step::BundleExpired { v, hours_ago }),
     ]
 }
 
@@ -119,6 +138,14 @@ impl World {
         }
     }
 
+    fn open_batch(&self, v: u32) -> Option<Vec<String>> {
+        self.state
+            .archives
+            .get(&kv(v))
+            .and_then(|a| a.open.clone())
+            .map(|(_, keys)| keys)
+    }
+
     fn apply(&mut self, step: &Step) {
         match step {
             Step::Provision { mask, changed } => {
@@ -164,6 +191,88 @@ impl World {
                         events.extend(signing::audit_events(&plan, &sigs, "ab"));
                         self.record(events);
                     }
+                }
+            }
+            Step::BeginArchive { v, keys } => {
+                let verifying: Vec<_> = self.state.verifying_set(self.now).collect();
+                let open_before = self.open_batch(*v);
+                let keys: Vec<String> = (0..*keys)
+                    .map(|i| format!("bundle/v{v}/tes/1.0.{i}.json"))
+                    .collect();
+                let accepted = self.run(Command::BeginArchive {
+                    version: kv(*v),
+                    keys: keys.clone(),
+                    left: keys.len() as u64,
+                });
+                if accepted {
+                    assert!(
+                        !verifying.contains(&kv(*v)),
+                        "a batch of {v} was planned while it still verifies"
+                    );
+                    assert!(
+                        open_before.is_none(),
+                        "a second batch of {v} was planned before the first finished"
+                    );
+                    assert_eq!(self.open_batch(*v), Some(keys));
+                }
+            }
+            Step::FinishArchive { v, missing } => {
+                let open = self.open_batch(*v);
+                let before = self.state.archives.get(&kv(*v)).map_or(0, |a| a.objects);
+                let planned = open.as_ref().map_or(0, |k| k.len());
+                let missing: Vec<String> = open
+                    .iter()
+                    .flatten()
+                    .take(*missing as usize)
+                    .cloned()
+                    .collect();
+                let objects = (planned - missing.len()) as u64;
+                let batch = self.state.archives.get(&kv(*v)).map_or(0, |a| a.batches);
+                let accepted = self.run(Command::FinishArchive {
+                    version: kv(*v),
+                    batch,
+                    objects,
+                    bytes: objects * 100,
+                    missing,
+                });
+                assert_eq!(accepted, open.is_some(), "only an open batch can finish");
+                if accepted {
+                    assert_eq!(self.open_batch(*v), None);
+                    assert_eq!(self.state.archives[&kv(*v)].objects, before + objects);
+                }
+            }
+            Step::BundleExpired { v, hours_ago } => {
+                let expiry = if *hours_ago >= 0 {
+                    Timestamp::from_millis(self.now.as_millis() - *hours_ago as u64 * 3_600_000)
+                } else {
+                    self.now
+                        .saturating_add(Duration::from_secs(hours_ago.unsigned_abs() * 3600))
+                };
+                let was_active = self.state.active;
+                let len = self.log.len();
+                let accepted = self.run(Command::BundleExpired {
+                    version: kv(*v),
+                    key: format!("bundle/v{v}/tes/1.0.0.json"),
+                    expiry,
+                });
+                assert_eq!(
+                    accepted,
+                    *hours_ago >= 0,
+                    "only a passed expiry is acted on"
+                );
+                if self.state.active != was_active {
+                    assert_eq!(
+                        was_active,
+                        Some(kv(*v)),
+                        "only the active version is rotated away"
+                    );
+                }
+                if was_active != Some(kv(*v)) {
+                    assert_eq!(
+                        self.log.len(),
+                        len,
+                        "another version's expired bundle changes nothing"
+                    );
                 }
             }
             Step::Sign { pin } => {
@@ -355,4 +464,44 @@ fn grace_ends_in_retirement_and_expiry_rotates_or_fails_once() {
     });
     w.apply(&Step::Advance { hours: 0 });
     assert_eq!(w.state.active, kv(3).into());
+}
+
+#[test]
+fn an_expired_bundle_of_the_active_version_forces_the_next_or_fails_once() {
+    let mut w = World::new(None);
+    w.apply(&Step::Provision {
+        mask: 0b1,
+        changed: None,
+    });
+    let expired = |w: &mut World| {
+        w.run(Command::BundleExpired {
+            version: kv(1),
+            key: "bundle/v1/tes/1.0.1.json".into(),
+            expiry: w.now,
+        })
+    };
+    // Nothing to move to: one rotation failure (Alert raises it), then quiet.
+    assert!(expired(&mut w));
+    assert!(matches!(
+        w.log.last().map(|e| &e.body),
+        Some(Event::RotationFailed(_))
+    ));
+    let len = w.log.len();
+    assert!(expired(&mut w));
+    assert_eq!(w.log.len(), len, "the failure is reported once");
+    // With v2 provisioned, the same report moves signing to v2.
+    w.apply(&Step::Provision {
+        mask: 0b11,
+        changed: None,
+    });
+    assert!(expired(&mut w));
+    match w.log.last().map(|e| &e.body) {
+        Some(Event::KeyRotate(r)) => {
+            assert_eq!((r.from, r.to), (Some(kv(1)), kv(2)));
+            assert_eq!(r.reason, tes_proto::event::RotationReason::BundleExpired);
+            assert!(r.requested_by.contains("bundle/v1/tes/1.0.1.json"));
+        }
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+    assert_eq!(w.state.active, Some(kv(2)));
 }
