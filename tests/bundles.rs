@@ -365,3 +365,29 @@ fn wrong_credentials_are_refused_by_name_and_signing_goes_on() {
     );
     std::fs::remove_file(&file).unwrap();
 }
+
+#[test]
+fn tes_archive_reaches_the_daemon_over_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nats = NatsDaemon::start(d);
+    let r = run(args(nats.client(d), &["--json", "bump", "patch"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(args(nats.client(d), &["archive", "--dry-run"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Nothing to archive"), "{}", r.stdout);
+    let r = run(args(nats.client(d), &["archive", "--version", "1"]));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("v1 still signs or verifies"),
+        "{}",
+        r.stderr
+    );
+    let r = run(args(nats.client(d), &["archive", "--version", "7"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unknown to this ledger"), "{}", r.stderr);
+    // The daemon's worker wrote the bump's bundle.
+    wait_for("the bundle", 10, || {
+        d.join("bundles/bundle/v1/tes/1.0.1.json").exists()
+    });
+}

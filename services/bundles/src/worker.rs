@@ -477,13 +477,15 @@ impl ArchiverTask {
                 archive::check_archivable(&state, v, now)?;
                 vec![v]
             }
+            // Versions that were in the verifying set and left it (one
+            // that was only ever provisioned has no bundles to move).
             None => {
                 let verifying: BTreeSet<KeyVersion> = state.verifying_set(now).collect();
                 state
                     .keys
-                    .keys()
-                    .filter(|v| !verifying.contains(v))
-                    .copied()
+                    .iter()
+                    .filter(|(v, k)| k.status != KeyStatus::Provisioned && !verifying.contains(v))
+                    .map(|(v, _)| *v)
                     .collect()
             }
         };

@@ -41,7 +41,10 @@ pub struct Global {
     /// Credentials may be in the URL (nats://user:password@host:4222).
     #[arg(long, global = true, env = "TES_NATS_URL", value_name = "URL")]
     pub nats: Option<String>,
-    #[arg(long, global = true, env = "TES_NATS_USER", requires = "nats_password")]
+    /// The NATS user (ops/nats-server.conf has one per actor); its password
+    /// comes from --nats-password / TES_NATS_PASSWORD or, for compose
+    /// secrets, the file TES_NATS_PASSWORD_FILE names.
+    #[arg(long, global = true, env = "TES_NATS_USER")]
     pub nats_user: Option<String>,
     #[arg(
         long,
@@ -51,6 +54,15 @@ pub struct Global {
         requires = "nats_user"
     )]
     pub nats_password: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "TES_NATS_PASSWORD_FILE",
+        value_name = "FILE",
+        conflicts_with = "nats_password",
+        requires = "nats_user"
+    )]
+    pub nats_password_file: Option<PathBuf>,
     /// Print JSON (one object per line) instead of words.
     #[arg(long, global = true)]
     pub json: bool,

@@ -78,10 +78,28 @@ pub async fn nats(global: &Global, name: &str) -> Result<Option<NatsBus>> {
     let Some(url) = &global.nats else {
         return Ok(None);
     };
+    let password = match (&global.nats_password, &global.nats_password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Failure::input(anyhow::anyhow!(
+                    "cannot read TES_NATS_PASSWORD_FILE {}: {e}",
+                    file.display()
+                ))
+            })?;
+            Some(text.trim_end_matches(['\n', '\r']).to_string())
+        }
+        (None, None) => None,
+    };
+    if global.nats_user.is_some() && password.is_none() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "--nats-user needs a password: --nats-password, TES_NATS_PASSWORD or TES_NATS_PASSWORD_FILE"
+        )));
+    }
     let config = NatsConfig {
         url: url.clone(),
         user: global.nats_user.clone(),
-        password: global.nats_password.clone(),
+        password,
         name: name.to_string(),
     };
     NatsBus::connect(&config)

@@ -1,0 +1,236 @@
+//! The local stack: docker-compose.yml parses (with a compose that needs no
+//! engine) and has a twin in ops/stack.sh for every service; ops/stack.sh
+//! brings the same topology up as processes, a rotation goes through the
+//! gateway and is seen on the bus, and `down` leaves nothing running.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn output(c: &mut Command) -> (i32, String, String) {
+    let o = c.output().expect("runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The services of `docker-compose config` (normalised YAML) that are not
+/// behind a profile.
+fn compose_services_without_profile(config: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_services = false;
+    let mut current: Option<(String, bool)> = None;
+    for line in config.lines() {
+        if line.trim().is_empty() {
+            continue; // inside a multi-line string
+        }
+        if !line.starts_with(' ') {
+            in_services = line == "services:";
+            continue;
+        }
+        if !in_services {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
+            if let Some((s, profiled)) = current.take() {
+                if !profiled {
+                    out.push(s);
+                }
+            }
+            current = Some((name.trim_end_matches(':').to_string(), false));
+        } else if line.starts_with("    profiles:") {
+            if let Some(c) = current.as_mut() {
+                c.1 = true;
+            }
+        }
+    }
+    if let Some((s, false)) = current {
+        out.push(s);
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_compose_file_is_valid_and_every_service_has_a_process_twin() {
+    let compose = || {
+        let mut c = Command::new("docker-compose");
+        c.current_dir(root()).args(["-f", "docker-compose.yml"]);
+        c
+    };
+    let (code, _, err) = output(compose().args(["config", "-q"]));
+    assert_eq!(code, 0, "docker-compose config -q: {err}");
+    let (code, config, err) = output(compose().arg("config"));
+    assert_eq!(code, 0, "{err}");
+    let services = compose_services_without_profile(&config);
+    assert!(services.contains(&"version".to_string()), "{services:?}");
+    let (code, twins, err) = output(Command::new(root().join("ops/stack.sh")).arg("services"));
+    assert_eq!(code, 0, "{err}");
+    let mut twins: Vec<String> = twins.lines().map(str::to_string).collect();
+    twins.sort();
+    assert_eq!(
+        services, twins,
+        "docker-compose.yml services vs ops/stack.sh"
+    );
+    // Every actor runs as its own NATS user, with its password from a secret.
+    for actor in [
+        "supervisor",
+        "version",
+        "monitoring",
+        "telemetry",
+        "alert",
+        "gateway",
+    ] {
+        assert!(
+            config.contains(&format!(
+                "TES_NATS_PASSWORD_FILE: /run/secrets/nats_pw_{actor}"
+            )),
+            "{actor} has no NATS password secret"
+        );
+    }
+}
+
+/// ops/stack.sh on its own directory and free ports.
+struct Stack {
+    dir: tempfile::TempDir,
+    nats: u16,
+    http: u16,
+    metrics: u16,
+    monitor: u16,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        Stack {
+            dir: tempfile::tempdir().unwrap(),
+            nats: free_port(),
+            http: free_port(),
+            metrics: free_port(),
+            monitor: free_port(),
+        }
+    }
+
+    fn run(&self, verb: &str) -> (i32, String, String) {
+        output(
+            Command::new(root().join("ops/stack.sh"))
+                .arg(verb)
+                .env("TES_BIN", env!("CARGO_BIN_EXE_tes"))
+                .env("TES_STACK_DIR", self.dir.path())
+                .env("TES_STACK_NATS_PORT", self.nats.to_string())
+                .env("TES_STACK_HTTP_PORT", self.http.to_string())
+                .env("TES_STACK_METRICS_PORT", self.metrics.to_string())
+                .env("TES_STACK_NATS_MONITOR_PORT", self.monitor.to_string()),
+        )
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the stack running.
+        let _ = self.run("down");
+    }
+}
+
+#[test]
+fn the_stack_comes_up_rotates_through_the_gateway_and_goes_down_clean() {
+    let stack = Stack::new();
+    let d = stack.dir.path().to_path_buf();
+    let (code, out, err) = stack.run("up");
+    assert_eq!(code, 0, "up: {out}{err}");
+    let pids: Vec<String> = std::fs::read_dir(d.join("pids"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(pids.len(), 7, "nats and six actors");
+
+    let url = format!("nats://127.0.0.1:{}", stack.nats);
+    let as_user = |user: &str| {
+        let mut c = tes(&d.join("data"));
+        c.args(["--nats", &url]).env("TES_NATS_USER", user).env(
+            "TES_NATS_PASSWORD_FILE",
+            d.join(format!("secrets/nats_pw_{user}")),
+        );
+        c
+    };
+    // Watch the bus as the read-only user while rotating over HTTP.
+    let mut watch = as_user("monitor");
+    watch
+        .args(["--json", "watch", "--kind", "key_rotate"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut watch = watch.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+
+    let base = format!("http://127.0.0.1:{}", stack.http);
+    let admin = std::fs::read_to_string(d.join("secrets/admin_token")).unwrap();
+    let script = format!(
+        r#"curl -s -X POST {base}/admin/rotate -H "Authorization: Bearer {}" -H "X-CSRF-Token: $(curl -s {base}/api/auth/csrf-token | jq -r .token)""#,
+        admin.trim()
+    );
+    let (code, body, err) = output(Command::new("sh").args(["-c", &script]));
+    assert_eq!(code, 0, "{err}");
+    assert!(body.contains("Key rotation to V2 completed"), "{body}");
+
+    let r = run(args(as_user("operator"), &["--json", "status"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("\"keyVersion\":\"2\""), "{}", r.stdout);
+    let r = run(args(as_user("client"), &["--json", "bump", "patch"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("\"keyVersion\":\"v2\""), "{}", r.stdout);
+
+    // The event reached the watcher (give it a moment), then stop it.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(watch.id().to_string())
+        .status();
+    let seen = watch.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        seen.contains("\"key_rotate\""),
+        "tes watch saw the rotation on the bus: {seen}"
+    );
+
+    let (code, out, err) = stack.run("down");
+    assert_eq!(code, 0, "down: {out}{err}");
+    for pid in &pids {
+        let alive = Command::new("kill")
+            .args(["-0", pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!alive.success(), "pid {pid} still runs after down");
+    }
+    let (code, out, _) = stack.run("status");
+    assert_eq!(code, 1, "status after down says stopped: {out}");
+    // The logs are in one folder, without a secret in them.
+    let logs = std::fs::read_to_string(d.join("logs/version.log")).unwrap();
+    assert!(logs.contains("tes daemon ready"), "{logs}");
+    for f in walk(&d.join("logs")) {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for secret in [
+            "version_signing_key",
+            "version_signing_key_v2",
+            "admin_token",
+            "nats_pw_version",
+        ] {
+            let value = std::fs::read_to_string(d.join("secrets").join(secret)).unwrap();
+            assert!(!text.contains(value.trim()), "{secret} in {f:?}");
+        }
+    }
+}
