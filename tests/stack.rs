@@ -173,7 +173,7 @@ fn the_stack_comes_up_rotates_through_the_gateway_and_goes_down_clean() {
         .args(["--json", "watch", "--kind", "key_rotate"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut watch = watch.spawn().unwrap();
+    let watch = watch.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
 
     let base = format!("http://127.0.0.1:{}", stack.http);
