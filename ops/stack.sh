@@ -55,7 +55,11 @@ start_actor() { # name, extra args…
         export TES_DATA_DIR=$dir/data TES_LOG_DIR=$dir/logs RUST_LOG=${RUST_LOG:-info}
         if [ "$name" = version ]; then
             export VERSION_SIGNING_KEY_FILE=$dir/secrets/version_signing_key
-            export VERSION_SIGNING_KEY_V2_FILE=$dir/secrets/version_signing_key_v2
+            # Every version_signing_key_v<N> in the secrets folder.
+            for f in "$dir"/secrets/version_signing_key_v*; do
+                n=${f##*_v}
+                export "VERSION_SIGNING_KEY_V${n}_FILE=$f"
+            done
             export TES_BUNDLE_STORE=${TES_BUNDLE_STORE:-fs:$dir/bundles}
         fi
         if [ "$name" = gateway ]; then
@@ -159,6 +163,7 @@ status() {
 env_lines() {
     echo "export TES_NATS_URL=$url TES_NATS_USER=operator TES_NATS_PASSWORD_FILE=$dir/secrets/nats_pw_operator"
     echo "export TES_BASE=http://127.0.0.1:$http_port TES_ADMIN_TOKEN_FILE=$dir/secrets/admin_token"
+    echo "export TES_BUNDLE_STORE=fs:$dir/bundles TES_METRICS_URL=http://127.0.0.1:$metrics_port/metrics"
 }
 
 case "${1:-}" in
