@@ -144,10 +144,6 @@ impl Deriver {
         Deriver { ttl, open: None }
     }
 
-    pub fn ttl(&self) -> &Ttl {
-        &self.ttl
-    }
-
     /// The seq of the bump still being collected, if any.
     pub fn open_since(&self) -> Option<u64> {
         self.open.as_ref().map(|o| o.seq)

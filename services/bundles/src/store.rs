@@ -272,13 +272,7 @@ impl Store {
         bytes: Vec<u8>,
         metadata: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        self.op
-            .write_with(key, bytes)
-            .content_type("application/json")
-            .user_metadata(metadata)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error("write", key, e))
+        self.write(&self.op, key, bytes, metadata).await
     }
 
     /// Writes an archived copy (with the archive storage class).
@@ -288,8 +282,17 @@ impl Store {
         bytes: Vec<u8>,
         metadata: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        self.archive_op
-            .write_with(key, bytes)
+        self.write(&self.archive_op, key, bytes, metadata).await
+    }
+
+    async fn write(
+        &self,
+        op: &Operator,
+        key: &str,
+        bytes: Vec<u8>,
+        metadata: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        op.write_with(key, bytes)
             .content_type("application/json")
             .user_metadata(metadata)
             .await

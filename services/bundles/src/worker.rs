@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +46,10 @@ const CHUNK: usize = 256;
 const WRITE_CONCURRENCY: usize = 16;
 /// How long the writer sleeps when it has caught up.
 const IDLE: Duration = Duration::from_millis(100);
+/// How often the earliest known expiry is compared with the clock.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+/// When a listing for expiries failed, the next try.
+const SCAN_RETRY: Duration = Duration::from_secs(30);
 /// The longest wait between retries against a store that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -130,7 +134,7 @@ impl Worker {
             store: store.clone(),
             engine: engine.clone(),
             outbox: Arc::new(Mutex::new(outbox)),
-            deriver: Deriver::new(config.ttl.clone()),
+            ttl: config.ttl.clone(),
             jobs: jobs.clone(),
             clock: clock.clone(),
             earliest: BTreeMap::new(),
@@ -184,7 +188,7 @@ struct Writer {
     store: Store,
     engine: EngineHandle,
     outbox: Arc<Mutex<Outbox>>,
-    deriver: Deriver,
+    ttl: Ttl,
     jobs: mpsc::Sender<Job>,
     clock: Clock,
     /// The earliest bundle expiry seen per version, and its key.
@@ -200,7 +204,8 @@ struct Writer {
 impl Writer {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(500);
-        let mut last_scan: Option<std::time::Instant> = None;
+        let mut next_scan = Instant::now();
+        let mut next_check = Instant::now();
         match archive::state(&self.engine).await {
             Ok(state) => self.learn(&state),
             Err(e) => tracing::warn!(error = %e, "bundle worker could not read the state"),
@@ -210,15 +215,20 @@ impl Writer {
                 while let Ok(true) = self.round().await {}
                 return;
             }
-            if last_scan.is_none_or(|t| t.elapsed() >= self.scan_every) {
-                match self.scan_active().await {
-                    Ok(()) => last_scan = Some(std::time::Instant::now()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not read the active version's bundles for their expiry")
-                    }
-                }
+            if Instant::now() >= next_scan {
+                next_scan = Instant::now()
+                    + match self.scan_active().await {
+                        Ok(()) => self.scan_every,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not read the active version's bundles for their expiry; will retry");
+                            SCAN_RETRY.min(self.scan_every)
+                        }
+                    };
             }
-            self.check_expiry().await;
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + EXPIRY_CHECK;
+                self.check_expiry().await;
+            }
             match self.round().await {
                 Ok(true) => {
                     backoff = Duration::from_millis(500);
@@ -265,25 +275,25 @@ impl Writer {
             return Ok(false);
         }
         let complete = chunk.len() < CHUNK;
-        self.deriver = Deriver::new(self.deriver_ttl());
+        let mut deriver = Deriver::new(self.ttl.clone());
         let mut bundles = Vec::new();
         let mut retired_now = Vec::new();
         let mut upto = cursor;
         for (seq, event) in &chunk {
-            if let Some(b) = self.deriver.observe(*seq, event) {
+            if let Some(b) = deriver.observe(*seq, event) {
                 bundles.push(b);
             }
             self.follow(event, &mut retired_now);
             upto = *seq;
         }
-        match self.deriver.open_since() {
+        match deriver.open_since() {
             // At the head: the group's transaction is all there.
-            Some(_) if complete => bundles.extend(self.deriver.finish()),
+            Some(_) if complete => bundles.extend(deriver.finish()),
             // The chunk ends inside a bump's group: read it whole next round.
             Some(since) if since > cursor + 1 => upto = since - 1,
             // One group longer than a chunk cannot happen (a bump signs
             // with at most a few versions); take what there is.
-            Some(_) => bundles.extend(self.deriver.finish()),
+            Some(_) => bundles.extend(deriver.finish()),
             None => {}
         }
         bundles.retain(|b| b.body.seq <= upto);
@@ -308,10 +318,6 @@ impl Writer {
             let _ = self.jobs.send(Job::Retired(v)).await;
         }
         Ok(true)
-    }
-
-    fn deriver_ttl(&self) -> Ttl {
-        self.deriver.ttl().clone()
     }
 
     /// Keeps the active version and the retired set current.

@@ -110,6 +110,27 @@ async fn rotate(engine: &EngineHandle) {
         .unwrap();
 }
 
+/// Stops the actor; its engine thread ends when the last handle is gone.
+async fn finish(s: Setup, engine: EngineHandle) {
+    drop(engine);
+    s.running.stop().await;
+}
+
+/// `n` bumps under v1, then a rotation to v2 (v1 leaves the verifying set
+/// at once with no grace), and every bundle in the store.
+async fn v1_retired_after(n: usize) -> (Setup, EngineHandle, Vec<Bundle>) {
+    let s = setup(Duration::ZERO).await;
+    let engine = s.running.handle();
+    for i in 0..n {
+        bump(&engine, &format!("e{i}")).await;
+    }
+    rotate(&engine).await;
+    bump(&engine, "after").await;
+    let bundles = derive(&s);
+    put_all(&s.store, &bundles).await;
+    (s, engine, bundles)
+}
+
 /// The bundles the ledger describes, as the worker derives them.
 fn derive(s: &Setup) -> Vec<Bundle> {
     let ledger = Ledger::open_reader(&s.dir.path().join("ledger.db")).unwrap();
@@ -171,21 +192,12 @@ async fn derived_bundles_are_what_the_bump_handed_out() {
         "dual-signed in the grace window"
     );
     assert_eq!(bundles[2].key, "bundle/v1/a%2Fb%20c/1.0.1.json");
-    drop(engine); // the engine thread ends when its last handle is gone
-    s.running.stop().await;
+    finish(s, engine).await;
 }
 
 #[tokio::test]
 async fn an_interrupted_pass_is_finished_with_every_bundle_in_one_place() {
-    let s = setup(Duration::ZERO).await;
-    let engine = s.running.handle();
-    for i in 0..7 {
-        bump(&engine, &format!("e{i}")).await;
-    }
-    rotate(&engine).await;
-    bump(&engine, "after").await;
-    let bundles = derive(&s);
-    put_all(&s.store, &bundles).await;
+    let (s, engine, bundles) = v1_retired_after(7).await;
     let (v1, v2): (Vec<_>, Vec<_>) = bundles
         .iter()
         .partition(|b| b.body.key_version == KeyVersion::V1);
@@ -275,19 +287,12 @@ async fn an_interrupted_pass_is_finished_with_every_bundle_in_one_place() {
         (6, expected_bytes, 1)
     );
     assert!(record.open.is_none());
-    drop(engine); // the engine thread ends when its last handle is gone
-    s.running.stop().await;
+    finish(s, engine).await;
 }
 
 #[tokio::test]
 async fn passes_go_in_bounded_batches_and_leave_other_versions_alone() {
-    let s = setup(Duration::ZERO).await;
-    let engine = s.running.handle();
-    for i in 0..23 {
-        bump(&engine, &format!("e{i}")).await;
-    }
-    rotate(&engine).await;
-    put_all(&s.store, &derive(&s)).await;
+    let (s, engine, _) = v1_retired_after(23).await;
     let limits = Limits {
         batch: 5,
         concurrency: 3,
@@ -320,8 +325,7 @@ async fn passes_go_in_bounded_batches_and_leave_other_versions_alone() {
         Err(ArchiveError::Refused(r)) => assert_eq!(r.code, ErrorCode::InUse),
         other => panic!("archiving the active version: {other:?}"),
     }
-    drop(engine); // the engine thread ends when its last handle is gone
-    s.running.stop().await;
+    finish(s, engine).await;
 }
 
 #[tokio::test]
@@ -347,8 +351,7 @@ async fn a_version_in_its_grace_window_keeps_its_bundles() {
         other => panic!("{other:?}"),
     }
     assert_eq!(s.store.list("bundle/v1/").await.unwrap().len(), 1);
-    drop(engine); // the engine thread ends when its last handle is gone
-    s.running.stop().await;
+    finish(s, engine).await;
 }
 
 #[tokio::test]
