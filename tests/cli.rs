@@ -49,6 +49,7 @@ fn demo_tells_the_story_in_words() {
         "Rolled back v2 → v1",
         "Replayed all",
         "hash chain is sound",
+        "also a bundle",
     ] {
         assert!(
             r.stdout.contains(words),
@@ -85,6 +86,17 @@ fn demo_json_signatures_match_openssl_and_replay_agrees() {
             );
         }
     }
+    // Each signed manifest is a bundle, under the version that signed it.
+    let bundles = lines.iter().find(|l| l["step"] == "bundles").unwrap();
+    let objects = |v: &str| {
+        bundles["places"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["keyVersion"] == v && p["place"] == "bundle")
+            .map_or(0, |p| p["objects"].as_u64().unwrap())
+    };
+    assert_eq!((objects("v1"), objects("v2")), (2, 1), "{bundles}");
     let ended = signs.last().unwrap()["keyVersion"]
         .as_str()
         .unwrap()

@@ -75,9 +75,6 @@ pub struct Worker {
     wake: Arc<Notify>,
 }
 
-/// How long a stopping worker may take to write what is committed.
-const FLUSH: Duration = Duration::from_secs(10);
-
 /// What the archiver is asked to do.
 enum Job {
     /// A version left the verifying set and its bundles are all written.
@@ -164,19 +161,19 @@ impl Worker {
         }
     }
 
-    /// Writes the bundles of what is committed (for up to 10 s, so a
+    /// Writes the bundles of what is committed (for up to `flush`, so a
     /// one-shot `tes bump` leaves its bundle), then stops both tasks where
     /// they are. Safe at any point: the cursor and the ledger say what is
     /// done, and the next start goes on from there.
-    pub async fn stop(self) {
+    pub async fn stop(self, flush: Duration) {
         self.archiver.abort();
         let _ = self.archiver.await;
         self.stopping.store(true, Ordering::SeqCst);
         self.wake.notify_one();
         let mut writer = self.writer;
-        if tokio::time::timeout(FLUSH, &mut writer).await.is_err() {
+        if tokio::time::timeout(flush, &mut writer).await.is_err() {
             tracing::warn!(
-                "bundle writer still busy after {FLUSH:?}; the next start writes the rest"
+                "bundle writer still busy after {flush:?}; the next start writes the rest"
             );
             writer.abort();
             let _ = writer.await;

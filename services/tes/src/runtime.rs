@@ -68,6 +68,10 @@ struct VersionActor {
     running: Running,
     /// Its bundle worker (none with `--bundle-store none`).
     bundles: Option<tes_bundles::Worker>,
+    /// How long the worker may take at stop to write what is committed: a
+    /// daemon waits longer than a one-shot verb (the rest is written at the
+    /// next start either way).
+    flush: std::time::Duration,
     env: Vec<(String, String)>,
     /// The versions (and fingerprints) it was last given.
     held: BTreeMap<KeyVersion, Fingerprint>,
@@ -359,7 +363,7 @@ impl Actors {
         if let Some(version) = self.version {
             // The worker first: it writes the bundles of what was committed.
             if let Some(worker) = version.bundles {
-                worker.stop().await;
+                worker.stop(version.flush).await;
             }
             drop(version.running.stop().await);
         }
@@ -548,13 +552,15 @@ async fn start_version(
         .context("starting Version Management (0x6001)")?;
     let bundles = match store {
         Some(store) => {
-            // A store that does not answer is reported, not fatal: signing
-            // goes on, and the worker writes the bundles when it is back.
-            match tokio::time::timeout(std::time::Duration::from_secs(10), store.check()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "bundles will wait until the store answers; signing goes on"),
-                Err(_) => tracing::error!(store = store.describe(), "the bundle store did not answer within 10 s; bundles will wait, signing goes on"),
-            }
+            // A store that does not answer is reported, not fatal (and not
+            // waited for): signing goes on, the worker writes the bundles
+            // when it is back.
+            let probe = store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = probe.check().await {
+                    tracing::error!(%error, "bundles will wait until the store answers; signing goes on");
+                }
+            });
             let worker =
                 tes_bundles::Worker::start(store, running.handle(), worker_config, system_clock())
                     .map_err(Failure::input)?;
@@ -566,6 +572,7 @@ async fn start_version(
     Ok(VersionActor {
         running,
         bundles,
+        flush: std::time::Duration::from_secs(if auto_archive { 10 } else { 3 }),
         env,
         held,
     })

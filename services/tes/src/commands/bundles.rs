@@ -163,25 +163,24 @@ async fn call_with_progress(
     reply
 }
 
-/// One row of `tes bundles ls`.
+/// How many bundles, and how many bytes, in one place.
 #[derive(Debug, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Place {
-    objects: u64,
-    bytes: u64,
+pub struct Place {
+    pub objects: u64,
+    pub bytes: u64,
 }
 
-pub async fn ls(global: &Global, options: &BundleOptions, all: bool) -> Result<()> {
-    let Some(config) = runtime::bundle_store(global, options)? else {
-        return Err(Failure::input(anyhow::anyhow!(
-            "bundles are off (--bundle-store none)"
-        )));
-    };
-    let store = Store::new(&config).map_err(Failure::input)?;
-    let out = Printer { json: global.json };
+/// The two places a bundle can be.
+pub const AREAS: [&str; 2] = ["bundle", "archive"];
+
+/// Counts per (key version, area), and each object as it is listed.
+pub async fn census(
+    store: &Store,
+    mut each: impl AsyncFnMut(KeyVersion, &tes_bundles::store::Listed) -> Result<()>,
+) -> Result<BTreeMap<(KeyVersion, &'static str), Place>> {
     let mut table: BTreeMap<(KeyVersion, &str), Place> = BTreeMap::new();
-    out.say(format!("Bundle store {}", store.describe()));
-    for area in ["bundle", "archive"] {
+    for area in AREAS {
         let listed = store
             .list(&format!("{area}/"))
             .await
@@ -193,34 +192,56 @@ pub async fn ls(global: &Global, options: &BundleOptions, all: bool) -> Result<(
             let place = table.entry((v, area)).or_default();
             place.objects += 1;
             place.bytes += l.size;
-            if all {
-                let m = store.stat(&l.key).await.map_err(Failure::check)?;
-                let expiry = m
-                    .as_ref()
-                    .and_then(|m| m.get(meta::EXPIRY))
-                    .and_then(parse_expiry);
-                out.emit(
-                    format!(
-                        "  {}  {}  expires {}",
-                        l.key,
-                        bytes(l.size),
-                        expiry.map_or("never".to_string(), |e| e.to_string())
-                    ),
-                    &json!({"key": l.key, "size": l.size, "keyVersion": v, "expiry": expiry}),
-                );
-            }
+            each(v, &l).await?;
         }
     }
+    Ok(table)
+}
+
+/// `v1: 3 bundle(s), 1.6 KiB under bundle/v1/`
+pub fn describe_place(v: KeyVersion, area: &str, place: &Place) -> String {
+    format!(
+        "{v}: {} bundle(s), {} under {area}/{v}/",
+        place.objects,
+        bytes(place.bytes)
+    )
+}
+
+pub async fn ls(global: &Global, options: &BundleOptions, all: bool) -> Result<()> {
+    let Some(config) = runtime::bundle_store(global, options)? else {
+        return Err(Failure::input(anyhow::anyhow!(
+            "bundles are off (--bundle-store none)"
+        )));
+    };
+    let store = Store::new(&config).map_err(Failure::input)?;
+    let out = Printer { json: global.json };
+    out.say(format!("Bundle store {}", store.describe()));
+    let table = census(&store, async |v, l| {
+        if all {
+            let m = store.stat(&l.key).await.map_err(Failure::check)?;
+            let expiry = m
+                .as_ref()
+                .and_then(|m| m.get(meta::EXPIRY))
+                .and_then(parse_expiry);
+            out.emit(
+                format!(
+                    "  {}  {}  expires {}",
+                    l.key,
+                    bytes(l.size),
+                    expiry.map_or("never".to_string(), |e| e.to_string())
+                ),
+                &json!({"key": l.key, "size": l.size, "keyVersion": v, "expiry": expiry}),
+            );
+        }
+        Ok(())
+    })
+    .await?;
     if table.is_empty() {
         out.say("  (empty)");
     }
     for ((v, area), place) in &table {
         out.emit(
-            format!(
-                "{v}: {} bundle(s), {} under {area}/{v}/",
-                place.objects,
-                bytes(place.bytes)
-            ),
+            describe_place(*v, area, place),
             &json!({"keyVersion": v, "place": area, "objects": place.objects, "bytes": place.bytes}),
         );
     }

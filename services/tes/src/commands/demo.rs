@@ -17,10 +17,11 @@ use tes_version_management::engine::status_view;
 use tes_version_management::replay::{replay, Until};
 
 use crate::cli::{Global, RunOptions};
+use crate::commands::bundles;
 use crate::commands::replay::{json_view, verify_failure};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::{short, Printer};
-use crate::runtime::{environment, Actors};
+use crate::runtime::{self, environment, Actors};
 
 pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     let p = Printer { json: global.json };
@@ -97,6 +98,27 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         ),
         &line,
     );
+    // 10. Every signed manifest is also a bundle in the store.
+    if let Some(config) = runtime::bundle_store(global, &run.bundles)? {
+        let store = tes_bundles::Store::new(&config).map_err(Failure::input)?;
+        let table = bundles::census(&store, async |_, _| Ok(())).await?;
+        let places: Vec<String> = table
+            .iter()
+            .map(|((v, area), place)| bundles::describe_place(*v, area, place))
+            .collect();
+        let rows: Vec<_> = table
+            .iter()
+            .map(|((v, area), place)| json!({"keyVersion": v, "place": area, "objects": place.objects, "bytes": place.bytes}))
+            .collect();
+        p.emit(
+            format!(
+                "10. Each signed manifest is also a bundle in {}: {}. A version's bundles move to archive/ once it retires (`tes archive`, `tes bundles ls`).",
+                store.describe(),
+                places.join("; ")
+            ),
+            &json!({"step": "bundles", "store": store.describe(), "places": rows}),
+        );
+    }
     p.say(format!(
         "Done. Inspect it yourself: tes replay --data-dir {0} · tes audit verify --data-dir {0} · tes metrics --data-dir {0}",
         global.data_dir.display()
