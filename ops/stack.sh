@@ -37,9 +37,13 @@ nats_server() {
     fi
 }
 
-pid_of() { # prints the pid if that service runs
-    local f=$dir/pids/$1.pid
-    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+pid_of() { # prints the pid if that service runs (a zombie does not)
+    local f=$dir/pids/$1.pid pid
+    [ -f "$f" ] || return 1
+    pid=$(cat "$f")
+    kill -0 "$pid" 2>/dev/null || return 1
+    case "$(ps -o stat= -p "$pid" 2>/dev/null)" in Z*|"") return 1 ;; esac
+    echo "$pid"
 }
 
 # `tes` as the operator (rotations, status, archive) on this stack.
@@ -142,7 +146,9 @@ wait_gone() { # seconds, pids…
     local secs=$1; shift
     for _ in $(seq 1 $((secs * 10))); do
         local alive=0
-        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        for p in "$@"; do
+            case "$(ps -o stat= -p "$p" 2>/dev/null)" in Z*|"") ;; *) alive=1 ;; esac
+        done
         [ $alive = 0 ] && return 0
         sleep 0.1
     done
