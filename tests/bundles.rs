@@ -391,3 +391,37 @@ fn tes_archive_reaches_the_daemon_over_nats() {
         d.join("bundles/bundle/v1/tes/1.0.1.json").exists()
     });
 }
+
+#[test]
+fn a_retirement_seen_while_the_store_was_down_is_archived_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = || {
+        let mut c = with_keys(tes(d));
+        c.env("TES_BUNDLE_STORE", "s3://tes-bundles")
+            .env("TES_S3_ENDPOINT", &endpoint)
+            .env("TES_S3_ACCESS_KEY_ID", S3_KEY_ID)
+            .env("TES_S3_SECRET_ACCESS_KEY", S3_SECRET);
+        c
+    };
+    // Nothing listens yet: signing goes on, the bundles wait.
+    for _ in 0..3 {
+        bump(client());
+    }
+    let r = run(args(client(), &["rotate", "--grace", "1s"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::thread::sleep(Duration::from_millis(1200));
+    let daemon = spawn_daemon(client(), &[], &d.join("daemon.log"));
+    // v1 retires while every write still fails.
+    wait_for("v1 to retire", 20, || count_kind(d, "key_retired") >= 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s3 = S3Server::start_on(port);
+    // The writer's next try writes the bundles, then the pass moves them.
+    wait_for("v1's bundles in the archive", 60, || {
+        s3.ls("archive/v1/").len() == 3 && s3.ls("bundle/v1/").is_empty()
+    });
+    stop(daemon);
+    assert_eq!(key(&replay(d), "v1")["archivedObjects"], 3);
+}

@@ -267,21 +267,25 @@ pub const S3_SECRET: &str = "e2e-s3-secret-never-printed-5f4e3d2c";
 
 impl S3Server {
     pub fn start() -> S3Server {
-        S3Server::spawn(false)
+        S3Server::spawn(free_port(), false)
+    }
+
+    /// On a given port (a store that comes up after its clients).
+    pub fn start_on(port: u16) -> S3Server {
+        S3Server::spawn(port, false)
     }
 
     /// A server that checks signatures (moto's IAM mode), with a user
     /// whose keys become this server's credentials.
     pub fn start_authenticated() -> S3Server {
-        let mut server = S3Server::spawn(true);
+        let mut server = S3Server::spawn(free_port(), true);
         let keys = json_lines(&server.boto(&["mkuser"])).remove(0);
         server.key_id = keys["id"].as_str().unwrap().to_string();
         server.secret = keys["secret"].as_str().unwrap().to_string();
         server
     }
 
-    fn spawn(auth: bool) -> S3Server {
-        let port = free_port();
+    fn spawn(port: u16, auth: bool) -> S3Server {
         let moto = python().with_file_name("moto_server");
         let mut c = Command::new(&moto);
         c.args(["-H", "127.0.0.1", "-p", &port.to_string()])

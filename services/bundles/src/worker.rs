@@ -274,13 +274,13 @@ impl Writer {
         let complete = chunk.len() < CHUNK;
         let mut deriver = Deriver::new(self.ttl.clone());
         let mut bundles = Vec::new();
-        let mut retired_now = Vec::new();
+        let mut retired_here = Vec::new();
         let mut upto = cursor;
         for (seq, event) in &chunk {
             if let Some(b) = deriver.observe(*seq, event) {
                 bundles.push(b);
             }
-            self.follow(event, &mut retired_now);
+            self.follow(event, &mut retired_here);
             upto = *seq;
         }
         match deriver.open_since() {
@@ -304,25 +304,33 @@ impl Writer {
         tokio::task::spawn_blocking(move || outbox.lock().expect("outbox lock").advance(upto))
             .await
             .expect("ledger write task")?;
-        // A bundle of a version already retired (the writer was behind)
-        // is archived again, so nothing is left under bundle/.
+        // Only now, with every bundle up to here written, may a retired
+        // version be archived: learning of the retirement earlier (before
+        // a failed write, say) would let a pass run ahead of its bundles.
+        // A bundle of a version already retired (the writer was behind) is
+        // archived again, so nothing is left under bundle/.
         let late: BTreeSet<KeyVersion> = bundles
             .iter()
             .map(|b| b.body.key_version)
             .filter(|v| self.retired.contains(v))
             .collect();
-        for v in retired_now.into_iter().chain(late) {
+        let newly: Vec<KeyVersion> = retired_here
+            .into_iter()
+            .filter(|v| self.retired.insert(*v))
+            .collect();
+        for v in newly.into_iter().chain(late) {
             let _ = self.jobs.send(Job::Retired(v)).await;
         }
         Ok(true)
     }
 
-    /// Keeps the active version and the retired set current.
-    fn follow(&mut self, event: &Envelope<Event>, retired_now: &mut Vec<KeyVersion>) {
+    /// Keeps the active version current and collects retirements (taken
+    /// in only once the round's bundles are written).
+    fn follow(&mut self, event: &Envelope<Event>, retired_here: &mut Vec<KeyVersion>) {
         match &event.body {
             Event::KeyRotate(r) => self.active = Some(r.to),
             Event::KeyRollback(r) => self.active = Some(r.to),
-            Event::KeyRetired(r) if self.retired.insert(r.version) => retired_now.push(r.version),
+            Event::KeyRetired(r) => retired_here.push(r.version),
             _ => {}
         }
     }
