@@ -20,6 +20,7 @@ use tes_proto::event::{ArchiveBatch, BundleArchived};
 use tes_proto::reply::VersionArchive;
 use tes_proto::{ErrorCode, ErrorReply, Event, KeyVersion, Timestamp};
 use tes_version_management::actor::EngineHandle;
+use tes_version_management::core::decide::archivable;
 use tes_version_management::core::{Command, State};
 use tes_version_management::engine::{Request, Response};
 
@@ -83,28 +84,6 @@ async fn decide(engine: &EngineHandle, command: Command) -> Result<Vec<Event>, E
     }
 }
 
-/// Refuses a version the ledger does not know, or one that still signs or
-/// verifies at `now` (the engine checks again when a batch is planned).
-pub fn check_archivable(
-    state: &State,
-    version: KeyVersion,
-    now: Timestamp,
-) -> Result<(), ErrorReply> {
-    if !state.keys.contains_key(&version) {
-        return Err(ErrorReply::new(
-            ErrorCode::UnknownVersion,
-            format!("key version {version} is unknown to this ledger"),
-        ));
-    }
-    if state.verifying_set(now).any(|v| v == version) {
-        return Err(ErrorReply::new(
-            ErrorCode::InUse,
-            format!("{version} still signs or verifies: its bundles are archived once it leaves the verifying set"),
-        ));
-    }
-    Ok(())
-}
-
 /// Previews a pass: what is still under `bundle/v<N>/`.
 pub async fn dry_run(store: &Store, version: KeyVersion) -> Result<VersionArchive, ArchiveError> {
     let listed = store.list(&bundle_prefix(version)).await?;
@@ -127,7 +106,7 @@ pub async fn run(
     now: Timestamp,
 ) -> Result<VersionArchive, ArchiveError> {
     let current = state(engine).await.map_err(ArchiveError::Refused)?;
-    check_archivable(&current, version, now).map_err(ArchiveError::Refused)?;
+    archivable(&current, version, now).map_err(|r| ArchiveError::Refused(r.into()))?;
     let mut summary = VersionArchive {
         version,
         objects: 0,

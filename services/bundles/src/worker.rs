@@ -485,7 +485,8 @@ impl ArchiverTask {
         let now = (self.clock)();
         let versions: Vec<KeyVersion> = match request.version {
             Some(v) => {
-                archive::check_archivable(&state, v, now)?;
+                tes_version_management::core::decide::archivable(&state, v, now)
+                    .map_err(ErrorReply::from)?;
                 vec![v]
             }
             // Versions that were in the verifying set and left it (one

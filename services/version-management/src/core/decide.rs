@@ -391,17 +391,14 @@ fn bundle_expired(
     .collect())
 }
 
-fn begin_archive(
-    state: &State,
-    version: KeyVersion,
-    keys: &[String],
-    left: u64,
-    ctx: &Context<'_>,
-) -> Result<Event, Rejection> {
+/// Whether `version`'s bundles may be archived at `now`: it is known and has
+/// left the verifying set. (The bundle worker asks before it lists the store;
+/// planning a batch asks again.)
+pub fn archivable(state: &State, version: KeyVersion, now: Timestamp) -> Result<(), Rejection> {
     if !state.keys.contains_key(&version) {
         return Err(unknown(version));
     }
-    if state.verifying_set(ctx.now).any(|v| v == version) {
+    if state.verifying_set(now).any(|v| v == version) {
         return Err(Rejection::new(
             ErrorCode::InUse,
             format!(
@@ -409,6 +406,17 @@ fn begin_archive(
             ),
         ));
     }
+    Ok(())
+}
+
+fn begin_archive(
+    state: &State,
+    version: KeyVersion,
+    keys: &[String],
+    left: u64,
+    ctx: &Context<'_>,
+) -> Result<Event, Rejection> {
+    archivable(state, version, ctx.now)?;
     let record = state.archives.get(&version);
     if let Some((batch, _)) = record.and_then(|a| a.open.as_ref()) {
         return Err(Rejection::new(
