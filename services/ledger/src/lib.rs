@@ -5,6 +5,7 @@
 //!   older schema versions.
 //! - [`store`]: the SQLite file: schema and triggers, the writer lock,
 //!   group append, reading, snapshots.
+//! - [`merkle`]: the RFC 6962 tree over the row hashes (checkpoints, proofs).
 //! - [`verify`]: walks the chain and names the first bad seq.
 //! - [`outbox`]: what a publisher has sent so far, and what follows.
 //! - [`tail`]: what a reader outside the writer follows, verified row by row.
@@ -17,6 +18,7 @@
 pub mod chain;
 pub mod codec;
 mod error;
+pub mod merkle;
 pub mod outbox;
 pub mod store;
 pub mod tail;
@@ -27,7 +29,7 @@ pub use error::{DecodeError, LedgerError};
 pub use outbox::Outbox;
 pub use store::{Appended, Head, Ledger, Row, Snapshot};
 pub use tail::Tail;
-pub use verify::{verify, walk, BreakReason, ChainBreak, Verified, VerifyError};
+pub use verify::{verify, walk, walk_hashed, BreakReason, ChainBreak, Verified, VerifyError};
 
 /// The ledger's file name inside a data directory (DESIGN.md §6).
 pub const LEDGER_FILE: &str = "ledger.db";

@@ -10,6 +10,7 @@ use tes_proto::{Envelope, Event};
 
 use crate::chain::{self, Hash, RowFields, GENESIS};
 use crate::codec::{self, Draft};
+use crate::merkle::Frontier;
 use crate::{DecodeError, LedgerError};
 
 /// The on-disk format this build writes and reads (the `meta` table).
@@ -130,6 +131,9 @@ pub struct Ledger {
     conn: Connection,
     path: PathBuf,
     head: Head,
+    /// The Merkle tree's right edge up to `head` (a writer's; empty on a
+    /// reader): what a checkpoint signs.
+    frontier: Frontier,
     /// Held for the life of a writer; the OS releases it if we die.
     _lock: Option<File>,
 }
@@ -189,10 +193,12 @@ impl Ledger {
             conn,
             path: path.to_path_buf(),
             head: Head::EMPTY,
+            frontier: Frontier::default(),
             _lock: Some(lock),
         };
         ledger.check_format()?;
         ledger.head = ledger.read_head()?;
+        ledger.frontier = ledger.read_frontier()?;
         Ok(ledger)
     }
 
@@ -224,6 +230,7 @@ impl Ledger {
             conn,
             path: path.to_path_buf(),
             head: Head::EMPTY,
+            frontier: Frontier::default(),
             _lock: None,
         };
         ledger.check_format()?;
@@ -237,6 +244,36 @@ impl Ledger {
 
     pub fn head(&self) -> Head {
         self.head
+    }
+
+    /// A writer's Merkle tree at its head: (size, root).
+    pub fn tree_head(&self) -> (u64, Hash) {
+        (self.frontier.size(), self.frontier.root())
+    }
+
+    /// The Merkle frontier from every stored row hash, in seq order. The
+    /// hashes are taken as stored: the chain itself is checked by the walk
+    /// that every start-up does (`walk`), not here.
+    fn read_frontier(&self) -> Result<Frontier, LedgerError> {
+        let mut frontier = Frontier::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, hash FROM events ORDER BY seq")
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            let seq: u64 = r.get(0).map_err(|e| self.sql(e))?;
+            let hash: String = r.get(1).map_err(|e| self.sql(e))?;
+            let hash = chain::from_hex(&hash).ok_or(LedgerError::Decode {
+                seq,
+                error: DecodeError::BadField {
+                    field: "hash",
+                    detail: "not 64 hex characters".into(),
+                },
+            })?;
+            frontier.push(&hash);
+        }
+        Ok(frontier)
     }
 
     fn sql(&self, e: rusqlite::Error) -> LedgerError {
@@ -305,6 +342,7 @@ impl Ledger {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let mut head = self.head;
+        let mut frontier = self.frontier.clone();
         let mut out = Vec::with_capacity(events.len());
         {
             let mut find = tx
@@ -348,6 +386,7 @@ impl Ledger {
                     .map_err(sql)?;
                 if inserted == 1 {
                     head = Head { seq, hash };
+                    frontier.push(&hash);
                     out.push(Appended {
                         seq,
                         duplicate: false,
@@ -391,6 +430,7 @@ impl Ledger {
         }
         tx.commit().map_err(sql)?;
         self.head = head;
+        self.frontier = frontier;
         Ok(out)
     }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::chain::{self, RowFields};
+use crate::chain::{self, Hash, RowFields};
 use crate::store::{Head, Ledger};
 use crate::LedgerError;
 use tes_proto::{Envelope, Event};
@@ -80,6 +80,20 @@ pub fn walk(
     checkpoint: Option<(u64, String)>,
     mut visit: impl FnMut(u64, Envelope<Event>) -> bool,
 ) -> Result<Verified, VerifyError> {
+    walk_hashed(ledger, start, to, checkpoint, |seq, _, event| {
+        visit(seq, event)
+    })
+}
+
+/// [`walk`], also handing each row's (verified) hash to `visit`: what a
+/// Merkle tree over the ledger is built from.
+pub fn walk_hashed(
+    ledger: &Ledger,
+    start: Head,
+    to: u64,
+    checkpoint: Option<(u64, String)>,
+    mut visit: impl FnMut(u64, &Hash, Envelope<Event>) -> bool,
+) -> Result<Verified, VerifyError> {
     let mut prev = start.hash;
     let mut expected = start.seq + 1;
     let mut checkpoint_ok = checkpoint.as_ref().is_none_or(|(seq, _)| *seq <= start.seq);
@@ -139,7 +153,7 @@ pub fn walk(
             }
             prev = hash;
             expected += 1;
-            Ok(visit(row.seq, envelope))
+            Ok(visit(row.seq, &hash, envelope))
         })
         .map_err(|e| match e {
             // A row that cannot even be read is a break at that row.
