@@ -295,8 +295,15 @@ pub struct Rejected {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Checkpoint {
+    /// The head seq (also the Merkle tree's size).
     pub seq: u64,
+    /// The head row's `hash` (hex).
     pub hash: String,
+    /// The RFC 6962 Merkle root over every row hash up to `seq` (hex).
+    pub root: String,
+    /// The signed checkpoint: a C2SP tlog-checkpoint in a C2SP signed-note,
+    /// signed by the audit key (`tes audit key` prints its vkey).
+    pub note: String,
 }
 
 /// An archive batch is about to move: these bundles of `version` go from

@@ -63,6 +63,9 @@ pub enum ErrorCode {
     InUse,
     /// The bundle store could not be reached or refused the request.
     BundleStore,
+    /// A key version's material differs from the fingerprint the ledger
+    /// recorded for it (replacing it takes `tes secret put --replace`).
+    MaterialChanged,
 }
 
 impl ErrorCode {

@@ -71,6 +71,7 @@ impl World {
             ledger_path: self.ledger(),
             policy,
             snapshot_every: 0,
+            replace: None,
         };
         Engine::open(
             config,

@@ -21,4 +21,5 @@ pub mod witness;
 
 pub use check::{check_ledger, Disagreement, LedgerReport};
 pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
-pub use key::{AuditKey, KeyError};
+pub use key::{AuditKey, KeyError, Vkey};
+pub use witness::{DirWitness, Witness};

@@ -33,6 +33,30 @@ pub struct WitnessError {
     pub error: std::io::Error,
 }
 
+/// Somewhere outside the ledger file that keeps signed checkpoints.
+#[async_trait::async_trait]
+pub trait Witness: Send + Sync + std::fmt::Debug {
+    /// For people: where it is.
+    fn describe(&self) -> String;
+    /// Keeps `signed` (as the latest, and in the history).
+    async fn put(&self, signed: &SignedCheckpoint) -> Result<(), String>;
+    /// Every note it holds (any order; each is checked by its signature).
+    async fn notes(&self) -> Result<Vec<String>, String>;
+}
+
+#[async_trait::async_trait]
+impl Witness for DirWitness {
+    fn describe(&self) -> String {
+        format!("directory {}", self.dir.display())
+    }
+    async fn put(&self, signed: &SignedCheckpoint) -> Result<(), String> {
+        DirWitness::put(self, signed).map_err(|e| e.to_string())
+    }
+    async fn notes(&self) -> Result<Vec<String>, String> {
+        DirWitness::notes(self).map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DirWitness {
     dir: PathBuf,

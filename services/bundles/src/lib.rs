@@ -6,6 +6,7 @@
 //! - [`store`]: the OpenDAL store (filesystem or S3-compatible).
 //! - [`archive`]: one archive pass — plan a batch in the ledger, copy,
 //!   check, delete, record — resumable from the ledger alone.
+//! - [`checkpoints`]: the store as a witness of signed ledger checkpoints.
 //! - [`worker`]: the part of Version Management (0x6001) that runs all of
 //!   it beside the engine: writes bundles after their events commit, tells
 //!   the engine when the active version's bundles expire, archives a
@@ -15,6 +16,7 @@
 //! after the fact, and a store that is down only delays them.
 
 pub mod archive;
+pub mod checkpoints;
 pub mod bundle;
 pub mod layout;
 pub mod store;

@@ -285,6 +285,22 @@ impl Store {
         self.write(&self.archive_op, key, bytes, metadata).await
     }
 
+    /// Writes a text object (a signed checkpoint) in the default class.
+    pub async fn write_text(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        metadata: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        self.op
+            .write_with(key, bytes)
+            .content_type("text/plain; charset=utf-8")
+            .user_metadata(metadata)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("write", key, e))
+    }
+
     async fn write(
         &self,
         op: &Operator,

@@ -47,6 +47,7 @@ async fn setup(grace: Duration) -> Setup {
             ..Policy::default()
         },
         snapshot_every: 0,
+        replace: None,
     };
     let clock = Arc::new(AtomicU64::new(1_764_000_000_000));
     let engine = Engine::open(

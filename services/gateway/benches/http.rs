@@ -80,6 +80,7 @@ fn main() {
             ledger_path: dir.path().join("ledger.db"),
             policy: Default::default(),
             snapshot_every: 0,
+            replace: None,
         };
         let engine = Engine::open(config, keyring, system_clock()).unwrap();
         let _running = actor::start(engine, bus.clone(), ActorConfig::default())

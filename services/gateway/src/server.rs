@@ -296,7 +296,7 @@ pub(crate) fn from_call(e: CallError) -> Response {
                 | ErrorCode::Gated
                 | ErrorCode::Duplicate
                 | ErrorCode::InUse => StatusCode::CONFLICT,
-                ErrorCode::MissingKey | ErrorCode::NoNextVersion => {
+                ErrorCode::MissingKey | ErrorCode::NoNextVersion | ErrorCode::MaterialChanged => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 ErrorCode::Storage | ErrorCode::Unavailable | ErrorCode::BundleStore => {

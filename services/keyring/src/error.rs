@@ -35,6 +35,8 @@ pub enum KeyringError {
     KeyStorePermissions { path: PathBuf, mode: u32 },
     #[error("key version {0} already has material in the key store; refusing to replace it (pass --replace to overwrite)")]
     AlreadyProvisioned(KeyVersion),
+    #[error("{0} already holds an audit key; it is made once (a new one would not match the vkey auditors hold)")]
+    AuditKeyExists(String),
     #[error("OS key store: {0}")]
     OsStore(String),
     #[error("the operating system's random number generator failed: {0}")]

@@ -28,7 +28,33 @@ fn name(namespace: &str, v: KeyVersion) -> String {
 }
 
 fn read(ring: &KeyRing, namespace: &str, v: KeyVersion) -> Result<Option<Secret>, KeyringError> {
-    let key = match ring.search(&name(namespace, v)) {
+    read_named(ring, &name(namespace, v))
+}
+
+/// The audit key's entry.
+fn audit_name(namespace: &str) -> String {
+    format!("{namespace}:audit")
+}
+
+pub(crate) fn load_audit(namespace: &str) -> Result<Option<Secret>, KeyringError> {
+    read_named(&user_keyring()?, &audit_name(namespace))
+}
+
+pub(crate) fn put_audit(namespace: &str, secret: &Secret) -> Result<(), KeyringError> {
+    let ring = user_keyring()?;
+    if read_named(&ring, &audit_name(namespace))?.is_some() {
+        return Err(KeyringError::AuditKeyExists(format!(
+            "kernel keyring {}",
+            audit_name(namespace)
+        )));
+    }
+    ring.add_key(&audit_name(namespace), secret.expose())
+        .map(|_| ())
+        .map_err(|e| unavailable("storing the audit key in the kernel keyring", e))
+}
+
+fn read_named(ring: &KeyRing, entry: &str) -> Result<Option<Secret>, KeyringError> {
+    let key = match ring.search(entry) {
         Ok(k) => k,
         // The kernel also answers a search with "revoked" or "expired" when
         // such entries (ours or others', being torn down) lie on the way; no
@@ -42,11 +68,7 @@ fn read(ring: &KeyRing, namespace: &str, v: KeyVersion) -> Result<Option<Secret>
         key.read_to_vec()
             .map_err(|e| unavailable("reading a key from the kernel keyring", e))?,
     );
-    Secret::from_text(
-        &format!("kernel keyring entry {}", name(namespace, v)),
-        bytes.to_vec(),
-    )
-    .map(Some)
+    Secret::from_text(&format!("kernel keyring entry {entry}"), bytes.to_vec()).map(Some)
 }
 
 pub(crate) fn load(namespace: &str) -> Result<BTreeMap<KeyVersion, Secret>, KeyringError> {
@@ -91,6 +113,10 @@ pub fn remove_all(namespace: &str) -> Result<(), KeyringError> {
             let _ = ring.unlink_key(key);
             let _ = key.invalidate();
         }
+    }
+    if let Ok(key) = ring.search(&audit_name(namespace)) {
+        let _ = ring.unlink_key(key);
+        let _ = key.invalidate();
     }
     Ok(())
 }

@@ -48,8 +48,8 @@ impl Secret {
         &self.0
     }
 
-    /// The secret as text, for the key store file only.
-    pub(crate) fn expose_str(&self) -> &str {
+    /// The secret as text.
+    pub fn expose_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("checked at construction")
     }
 }

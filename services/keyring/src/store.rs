@@ -40,12 +40,29 @@ pub enum KeyStore {
 struct File {
     format: String,
     keys: BTreeMap<u32, String>,
+    /// The ledger's audit key (Ed25519, signed-note private form): signs
+    /// checkpoints, never manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit: Option<String>,
+}
+
+impl File {
+    fn empty() -> File {
+        File {
+            format: FORMAT.to_string(),
+            keys: BTreeMap::new(),
+            audit: None,
+        }
+    }
 }
 
 impl Drop for File {
     fn drop(&mut self) {
         for v in self.keys.values_mut() {
             zeroize::Zeroize::zeroize(v);
+        }
+        if let Some(a) = self.audit.as_mut() {
+            zeroize::Zeroize::zeroize(a);
         }
     }
 }
@@ -107,6 +124,25 @@ impl KeyStore {
         match self {
             KeyStore::File { path } => FileStore { path }.put(version, secret, replace),
             KeyStore::Os { namespace } => crate::kernel::put(namespace, version, secret, replace),
+        }
+    }
+}
+
+impl KeyStore {
+    /// The audit key's private text, if the store holds one.
+    pub fn audit_key(&self) -> Result<Option<Secret>, KeyringError> {
+        match self {
+            KeyStore::File { path } => FileStore { path }.audit(),
+            KeyStore::Os { namespace } => crate::kernel::load_audit(namespace),
+        }
+    }
+
+    /// Stores the audit key once; a second one is refused (checkpoints
+    /// signed by the first would no longer match the published vkey).
+    pub fn put_audit_key(&self, secret: &Secret) -> Result<(), KeyringError> {
+        match self {
+            KeyStore::File { path } => FileStore { path }.put_audit(secret),
+            KeyStore::Os { namespace } => crate::kernel::put_audit(namespace, secret),
         }
     }
 }
@@ -174,11 +210,28 @@ impl FileStore<'_> {
         Ok(Some(file))
     }
 
+    fn audit(&self) -> Result<Option<Secret>, KeyringError> {
+        let Some(file) = self.read()? else {
+            return Ok(None);
+        };
+        file.audit
+            .as_ref()
+            .map(|text| Secret::from_text("key store entry audit", text.as_bytes().to_vec()))
+            .transpose()
+    }
+
+    fn put_audit(&self, secret: &Secret) -> Result<(), KeyringError> {
+        let mut file = self.read()?.unwrap_or_else(File::empty);
+        if file.audit.is_some() {
+            return Err(KeyringError::AuditKeyExists(self.path.display().to_string()));
+        }
+        file.audit = Some(secret.expose_str().to_string());
+        let text = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("plain data serializes"));
+        self.write_atomically(&text)
+    }
+
     fn put(&self, version: KeyVersion, secret: &Secret, replace: bool) -> Result<(), KeyringError> {
-        let mut file = self.read()?.unwrap_or(File {
-            format: FORMAT.to_string(),
-            keys: BTreeMap::new(),
-        });
+        let mut file = self.read()?.unwrap_or_else(File::empty);
         if file.keys.contains_key(&version.get()) && !replace {
             return Err(KeyringError::AlreadyProvisioned(version));
         }

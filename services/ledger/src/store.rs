@@ -246,6 +246,17 @@ impl Ledger {
         self.head
     }
 
+    /// The ledger's identity: the hash of its first row (its genesis), which
+    /// commits to everything in it. `None` for an empty ledger.
+    pub fn identity(&self) -> Result<Option<Hash>, LedgerError> {
+        let hash: Option<String> = self
+            .conn
+            .query_row("SELECT hash FROM events WHERE seq = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(hash.and_then(|h| chain::from_hex(&h)))
+    }
+
     /// A writer's Merkle tree at its head: (size, root).
     pub fn tree_head(&self) -> (u64, Hash) {
         (self.frontier.size(), self.frontier.root())
@@ -516,6 +527,33 @@ impl Ledger {
             )
             .map_err(|e| self.sql(e))?;
         Ok(())
+    }
+
+    /// Every stored snapshot's seq whose bytes no longer match their recorded
+    /// digest (a damaged or edited cache): `tes audit verify` reports them.
+    pub fn damaged_snapshots(&self) -> Result<Vec<u64>, LedgerError> {
+        use sha2::Digest;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, state, state_sha256 FROM snapshots ORDER BY seq")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, u64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, state, digest) = row.map_err(|e| self.sql(e))?;
+            if hex::encode(sha2::Sha256::digest(&state)) != digest {
+                out.push(seq);
+            }
+        }
+        Ok(out)
     }
 
     /// Snapshots, newest first, that are consistent with the chain: the

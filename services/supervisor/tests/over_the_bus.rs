@@ -36,6 +36,7 @@ async fn system(secrets: &[(&str, &str)]) -> System {
         ledger_path: dir.path().join("ledger.db"),
         policy: Policy::default(),
         snapshot_every: 100,
+        replace: None,
     };
     let engine = Engine::open(config, keyring, system_clock()).unwrap();
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
@@ -246,6 +247,7 @@ async fn the_gate_refuses_a_version_this_signer_lacks_unless_forced() {
                 ledger_path: ledger.clone(),
                 policy: Policy::default(),
                 snapshot_every: 0,
+                replace: None,
             },
             keyring,
             system_clock(),

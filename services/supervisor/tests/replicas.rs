@@ -62,6 +62,7 @@ async fn start_writer(server: &TestServer, dir: &std::path::Path) -> actor::Runn
         ledger_path: dir.join("ledger.db"),
         policy: Policy::default(),
         snapshot_every: 0,
+        replace: None,
     };
     let engine = Engine::open(config, keyring(dir), system_clock()).unwrap();
     let actor_config = ActorConfig {

@@ -179,6 +179,11 @@ pub enum Wire {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Make a data directory ready: generate v1 into the key store (unless
+    /// VERSION_SIGNING_KEY is set) and the audit key, create the ledger and
+    /// sign its first checkpoint. Safe to run again; the only verb besides
+    /// `demo` that generates keys.
+    Init(#[command(flatten)] RunOptions),
     /// Play the whole story on the embedded default (never on NATS): sign,
     /// rotate, sign, verify old and new, roll back, replay, audit.
     Demo(#[command(flatten)] RunOptions),
@@ -381,13 +386,53 @@ pub enum Bundles {
 
 #[derive(Debug, Subcommand)]
 pub enum Audit {
-    /// Walk the hash chain; exit 0 if sound, 1 naming the first bad seq.
+    /// Walk the hash chain and the Merkle tree; compare with signed
+    /// checkpoints (given, or else every one the witnesses hold); exit 0 if
+    /// sound, 1 naming the first bad seq.
     Verify {
-        /// A head seen elsewhere (e.g. a published checkpoint), SEQ:HASH;
-        /// catches a truncated or replaced ledger.
-        #[arg(long, value_parser = parse_checkpoint)]
-        checkpoint: Option<(u64, String)>,
+        /// A signed checkpoint (a note file), or a head seen elsewhere as
+        /// SEQ:HASH. Repeatable. Without one, the witnesses' checkpoints.
+        #[arg(long, value_parser = parse_checkpoint, value_name = "FILE|SEQ:HASH")]
+        checkpoint: Vec<CheckpointArg>,
+        #[command(flatten)]
+        witnesses: WitnessOptions,
     },
+    /// The audit key's verifier key (signed-note vkey): what an auditor holds.
+    Key,
+    /// Sign a checkpoint of the ledger's head (after verifying the chain)
+    /// and print it: a C2SP tlog-checkpoint in a signed note.
+    Checkpoint,
+    /// An RFC 6962 inclusion proof of the event at SEQ.
+    Prove {
+        seq: u64,
+        /// Prove against this signed checkpoint (a note file); default: a
+        /// fresh checkpoint of the head.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+}
+
+/// Where signed checkpoints are looked for, and the key that checks them.
+#[derive(Debug, Clone, Args)]
+pub struct WitnessOptions {
+    /// The verifier key (signed-note vkey) checkpoints must be signed by;
+    /// default: the audit key of TES_AUDIT_KEY[_FILE] or the key store.
+    #[arg(long, env = "TES_AUDIT_VKEY", value_name = "VKEY")]
+    pub vkey: Option<String>,
+    /// The daemon's log directory (its checkpoints/ witness).
+    #[arg(long, env = "TES_LOG_DIR", default_value = "./logs")]
+    pub log_dir: PathBuf,
+    #[command(flatten)]
+    pub bundles: BundleOptions,
+}
+
+/// A checkpoint given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointArg {
+    /// SEQ:HASH, a head seen elsewhere.
+    Head(u64, String),
+    /// A signed note in a file.
+    Note(PathBuf),
 }
 
 #[derive(Debug, Subcommand)]
@@ -502,11 +547,15 @@ fn parse_time(s: &str) -> Result<tes_proto::Timestamp, String> {
         .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
 }
 
-fn parse_checkpoint(s: &str) -> Result<(u64, String), String> {
-    let (seq, hash) = s.split_once(':').ok_or("expected SEQ:HASH")?;
-    let seq = seq.parse().map_err(|_| format!("{seq:?} is not a seq"))?;
+fn parse_checkpoint(s: &str) -> Result<CheckpointArg, String> {
+    let Some((seq, hash)) = s.split_once(':') else {
+        return Ok(CheckpointArg::Note(PathBuf::from(s)));
+    };
+    let Ok(seq) = seq.parse() else {
+        return Ok(CheckpointArg::Note(PathBuf::from(s)));
+    };
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("the hash is 64 hex characters".into());
+        return Err("SEQ:HASH needs 64 hex characters after the colon".into());
     }
-    Ok((seq, hash.to_ascii_lowercase()))
+    Ok(CheckpointArg::Head(seq, hash.to_ascii_lowercase()))
 }

@@ -15,7 +15,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Audit, Bundles, Cli, Command, Secret};
-use crate::commands::{audit, bundles, client, daemon, demo, observe, replay, secret, watch};
+use crate::commands::{
+    audit, bundles, client, daemon, demo, init, observe, replay, secret, watch,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,7 +85,14 @@ async fn run(cli: Cli) -> failure::Result<()> {
         } => bundles::archive(g, &run, version, dry_run).await,
         Command::Bundles(Bundles::Ls { all, bundles: o }) => bundles::ls(g, &o, all).await,
         Command::Replay { to_seq, until } => replay::run(g, to_seq, until),
-        Command::Audit(Audit::Verify { checkpoint }) => audit::verify(g, checkpoint),
+        Command::Init(run) => init::run(g, &run).await,
+        Command::Audit(Audit::Verify {
+            checkpoint,
+            witnesses,
+        }) => audit::verify(g, checkpoint, &witnesses).await,
+        Command::Audit(Audit::Key) => audit::key(g),
+        Command::Audit(Audit::Checkpoint) => audit::checkpoint(g),
+        Command::Audit(Audit::Prove { seq, checkpoint }) => audit::prove(g, seq, checkpoint),
         Command::Secret(Secret::Put { version, replace }) => secret::put(g, version, replace),
         Command::Secret(Secret::List) => secret::list(g),
     }

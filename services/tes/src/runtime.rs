@@ -36,6 +36,14 @@ use tes_monitoring::actor::MonitoringConfig;
 use tes_monitoring::feed::{self, Source};
 use tes_telemetry::actor::{Telemetry, TelemetryConfig};
 
+/// Whether starting Version Management may generate keys: only `tes init`
+/// and `tes demo` do; everything else refuses and says to run `tes init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    Given,
+    Generate,
+}
+
 /// What the actors talk over.
 pub enum Transport {
     /// The in-process bus: every actor in this process.
@@ -143,6 +151,20 @@ impl Actors {
         .await
     }
 
+    /// The same for `tes demo`, which may generate v1 and the audit key.
+    pub async fn embedded_generating(global: &Global, run: &RunOptions) -> Result<Actors> {
+        Actors::start_with(
+            global,
+            run,
+            None,
+            Transport::Embedded,
+            ActorSet::CORE,
+            Role::Writer,
+            Keys::Generate,
+        )
+        .await
+    }
+
     /// Starts the actors of `which` on `transport`. Version Management opens
     /// the ledger (taking the writer lock) and loads the keys; the Supervisor
     /// needs neither, and on NATS also watches the KV rotation signal.
@@ -153,6 +175,18 @@ impl Actors {
         transport: Transport,
         which: ActorSet,
         role: Role,
+    ) -> Result<Actors> {
+        Actors::start_with(global, run, observe, transport, which, role, Keys::Given).await
+    }
+
+    async fn start_with(
+        global: &Global,
+        run: &RunOptions,
+        observe: Option<&ObserveOptions>,
+        transport: Transport,
+        which: ActorSet,
+        role: Role,
+        keys: Keys,
     ) -> Result<Actors> {
         let wire = wire(run.wire);
         let key_store = global.key_store();
@@ -180,9 +214,19 @@ impl Actors {
                 // Archiving on its own belongs to the daemon; a one-shot
                 // verb's actors live for one command.
                 let auto_archive = observe.is_some() && !run.bundles.no_auto_archive;
+                let log_dir = observe.map(|o| o.log_dir.clone());
                 version = Some(
-                    start_version(global, run, bus.clone(), &key_store, config, auto_archive)
-                        .await?,
+                    start_version(
+                        global,
+                        run,
+                        bus.clone(),
+                        &key_store,
+                        config,
+                        auto_archive,
+                        keys,
+                        log_dir,
+                    )
+                    .await?,
                 );
             }
             (true, Role::Signer, Transport::Nats(nats)) => {
@@ -519,13 +563,16 @@ async fn start_replica(
         .map_err(Failure::check)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_version(
     global: &Global,
     run: &RunOptions,
     bus: Arc<dyn Bus>,
     key_store: &KeyStore,
-    actor_config: ActorConfig,
+    mut actor_config: ActorConfig,
     auto_archive: bool,
+    keys: Keys,
+    log_dir: Option<PathBuf>,
 ) -> Result<VersionActor> {
     let store = match bundle_store(global, &run.bundles)? {
         Some(config) => Some(tes_bundles::Store::new(&config).map_err(Failure::input)?),
@@ -534,19 +581,21 @@ async fn start_version(
     let worker_config = worker_config(global, &run.bundles, auto_archive)?;
     let archiver = actor_config.archiver.clone();
     let env = environment();
-    let keyring = Keyring::load(env.clone(), key_store, true).map_err(Failure::input)?;
-    let held = keyring.held();
-    let config = EngineConfig {
-        ledger_path: global.ledger_path(),
-        policy: run.policy(),
-        snapshot_every: run.snapshot_every,
-    };
-    let engine = Engine::open(config, keyring, system_clock())
-        .map_err(Failure::input)
-        .map_err(|f| Failure {
-            error: f.error.context("cannot open Version Management"),
-            ..f
-        })?;
+    let fresh = !global.ledger_path().exists();
+    let (engine, held) = open_engine(global, run, key_store, &env, keys, None)?;
+    let mut witnesses: Vec<Arc<dyn tes_audit::Witness>> = Vec::new();
+    if let Some(store) = &store {
+        witnesses.push(Arc::new(store.clone()));
+    }
+    if let Some(dir) = log_dir {
+        witnesses.push(Arc::new(tes_audit::DirWitness::new(&dir)));
+    }
+    let may_generate = keys == Keys::Generate || fresh;
+    actor_config.auditor = audit_key(&env, key_store, engine.ledger(), may_generate)?
+        .map(|key| actor::Auditor { key, witnesses });
+    if actor_config.auditor.is_none() {
+        tracing::warn!("no audit key: checkpoints of this ledger are not signed; run `tes init` once (it adds one to an older ledger) or set TES_AUDIT_KEY_FILE");
+    }
     let running = actor::start(engine, bus, actor_config)
         .await
         .context("starting Version Management (0x6001)")?;
@@ -576,6 +625,74 @@ async fn start_version(
         env,
         held,
     })
+}
+
+/// Opens the ledger writer with the keys of the environment and the key
+/// store. Generates v1 only with [`Keys::Generate`] (`tes init`, `tes demo`);
+/// otherwise no keys at all is an input error that says to run `tes init`.
+pub fn open_engine(
+    global: &Global,
+    run: &RunOptions,
+    key_store: &KeyStore,
+    env: &[(String, String)],
+    keys: Keys,
+    replace: Option<KeyVersion>,
+) -> Result<(Engine, BTreeMap<KeyVersion, Fingerprint>)> {
+    let keyring = Keyring::load(env.to_vec(), key_store, keys == Keys::Generate)
+        .map_err(Failure::input)?;
+    let held = keyring.held();
+    let config = EngineConfig {
+        ledger_path: global.ledger_path(),
+        policy: run.policy(),
+        snapshot_every: run.snapshot_every,
+        replace,
+    };
+    let engine = Engine::open(config, keyring, system_clock())
+        .map_err(Failure::input)
+        .map_err(|f| Failure {
+            error: f.error.context("cannot open Version Management"),
+            ..f
+        })?;
+    Ok((engine, held))
+}
+
+/// The name a generated audit key gets: the checkpoints' origin, unique to
+/// this ledger (its genesis hash).
+pub fn origin_for(identity: &tes_ledger::Hash) -> String {
+    format!("tes-ledger/{}", &tes_ledger::chain::to_hex(identity)[..16])
+}
+
+/// The audit key: `TES_AUDIT_KEY[_FILE]`, else the key store's. With
+/// `may_generate` (`tes init`, `tes demo`, or a start that has just created
+/// the ledger: an audit key is born with its ledger's genesis), a missing
+/// one is generated into the key store; an older ledger without one gets it
+/// from `tes init`.
+pub fn audit_key(
+    env: &[(String, String)],
+    key_store: &KeyStore,
+    ledger: &tes_ledger::Ledger,
+    may_generate: bool,
+) -> Result<Option<tes_audit::AuditKey>> {
+    if let Some(key) = tes_audit::AuditKey::from_env(env.to_vec()).map_err(Failure::input)? {
+        return Ok(Some(key));
+    }
+    if let Some(secret) = key_store.audit_key().map_err(Failure::input)? {
+        return tes_audit::AuditKey::parse(&key_store.describe(), secret.expose_str())
+            .map(Some)
+            .map_err(Failure::input);
+    }
+    let Some(identity) = ledger.identity().map_err(Failure::check)? else {
+        return Ok(None);
+    };
+    if !may_generate {
+        return Ok(None);
+    }
+    let key = tes_audit::AuditKey::generate(&origin_for(&identity)).map_err(Failure::check)?;
+    let secret = Secret::from_text("audit key", key.to_private().as_bytes().to_vec())
+        .map_err(Failure::check)?;
+    key_store.put_audit_key(&secret).map_err(Failure::input)?;
+    tracing::info!(vkey = %key.vkey(), "generated the ledger's audit key into the {}", key_store.describe());
+    Ok(Some(key))
 }
 
 /// The bundle store `--bundle-store` names; `None`: bundles are off.

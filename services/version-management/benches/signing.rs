@@ -141,6 +141,7 @@ fn engine_vs_sqlite() {
         ledger_path: dir.path().join("ledger.db"),
         policy: Policy::default(),
         snapshot_every: 0,
+        replace: None,
     };
     let mut engine = Engine::open(config, keyring, system_clock()).unwrap();
     let requests = || -> Vec<Request> {
@@ -192,6 +193,7 @@ async fn bus_sign_vs_echo() {
         ledger_path: dir.path().join("ledger.db"),
         policy: Policy::default(),
         snapshot_every: 0,
+        replace: None,
     };
     let engine = Engine::open(config, keyring, system_clock()).unwrap();
     let running = actor::start(engine, bus.clone(), ActorConfig::default())
@@ -294,6 +296,7 @@ async fn nats_sign_vs_echo() {
         ledger_path: dir.path().join("ledger.db"),
         policy: Policy::default(),
         snapshot_every: 0,
+        replace: None,
     };
     let engine = Engine::open(config, keys(), system_clock()).unwrap();
     let writer = actor::start(

@@ -8,7 +8,7 @@
 //! ledger order by one publisher task, after their transaction commits.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tes_bus::jetstream::EventStream;
 use tes_bus::typed::{decode_command, publish_event, publish_ledgered, refuse, respond};
@@ -37,8 +37,12 @@ pub struct ActorConfig {
     pub wire: ContentType,
     /// How often time is checked (grace windows, expiry).
     pub tick_every: Duration,
-    /// The least time between two published checkpoints.
+    /// How often a checkpoint is signed and published while the head moves
+    /// (a rotation, rollback or retirement gets one at once).
     pub checkpoint_every: Duration,
+    /// The audit key and the witnesses its checkpoints go to. `None`: the
+    /// head is still published on the bus, unsigned.
+    pub auditor: Option<Auditor>,
     /// Where committed events go durably (NATS): through the ledger's
     /// outbox into this stream. `None` (the embedded bus): published on
     /// the bus directly after each commit.
@@ -63,6 +67,7 @@ impl Default for ActorConfig {
             wire: ContentType::Binary,
             tick_every: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(1),
+            auditor: None,
             event_stream: None,
             archiver: ArchiverSlot::default(),
         }
@@ -78,6 +83,15 @@ struct Committed {
     /// With their ledger seqs.
     events: Vec<(u64, Envelope<Event>)>,
     head: Head,
+    /// The Merkle tree's root at `head`.
+    root: tes_ledger::Hash,
+}
+
+/// Signs checkpoints and hands them to witnesses.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    pub key: tes_audit::AuditKey,
+    pub witnesses: Vec<Arc<dyn tes_audit::Witness>>,
 }
 
 /// A way to hand requests to the engine thread.
@@ -235,9 +249,11 @@ fn engine_loop(
             jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
         let (outcomes, events) = engine.handle_batch(requests);
         if !events.is_empty() {
+            let (_, root) = engine.ledger().tree_head();
             let _ = committed.send(Committed {
                 events,
                 head: engine.head(),
+                root,
             });
         }
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -261,9 +277,39 @@ async fn publish_committed(
     config: ActorConfig,
     outbox: Option<(std::sync::Mutex<Outbox>, EventStream)>,
 ) {
-    let mut last_checkpoint: Option<Instant> = None;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoint_tick = tokio::time::interval(config.checkpoint_every);
+    checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The newest head not yet checkpointed.
+    let mut unsigned: Option<(Head, tes_ledger::Hash)> = None;
+    let (witness_tx, witness_task) = match &config.auditor {
+        Some(auditor) => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            (Some(tx), Some(tokio::spawn(feed_witnesses(auditor.clone(), rx))))
+        }
+        None => (None, None),
+    };
+    let checkpoint = |head: Head, root: tes_ledger::Hash| {
+        let signed = config
+            .auditor
+            .as_ref()
+            .map(|a| tes_audit::SignedCheckpoint::sign(&a.key, head.seq, root));
+        if let (Some(tx), Some(signed)) = (&witness_tx, &signed) {
+            let _ = tx.send(Some(signed.clone()));
+        }
+        let body = Event::Checkpoint(Checkpoint {
+            seq: head.seq,
+            hash: head.hash_hex(),
+            root: tes_ledger::chain::to_hex(&root),
+            note: signed.map(|s| s.note).unwrap_or_default(),
+        });
+        let bus = bus.clone();
+        let wire = config.wire;
+        async move {
+            let _ = publish_event(&*bus, wire, &bus_event(body)).await;
+        }
+    };
     if let Some((outbox, stream)) = &outbox {
         drain(outbox, stream, config.wire).await;
     }
@@ -273,6 +319,12 @@ async fn publish_committed(
             _ = retry.tick(), if outbox.is_some() => {
                 if let Some((outbox, stream)) = &outbox {
                     drain(outbox, stream, config.wire).await;
+                }
+                continue;
+            }
+            _ = checkpoint_tick.tick(), if unsigned.is_some() => {
+                if let Some((head, root)) = unsigned.take() {
+                    checkpoint(head, root).await;
                 }
                 continue;
             }
@@ -288,17 +340,53 @@ async fn publish_committed(
                 }
             }
         }
-        if last_checkpoint.is_none_or(|t| t.elapsed() >= config.checkpoint_every) {
-            last_checkpoint = Some(Instant::now());
-            let body = Event::Checkpoint(Checkpoint {
-                seq: batch.head.seq,
-                hash: batch.head.hash_hex(),
-            });
-            let _ = publish_event(&*bus, config.wire, &bus_event(body)).await;
+        // A change of the keys in force is checkpointed at once: it is what
+        // an attacker would most like to rewrite.
+        let lifecycle = batch.events.iter().any(|(_, e)| {
+            matches!(
+                e.body,
+                Event::KeyRotate(_) | Event::KeyRollback(_) | Event::KeyRetired(_)
+            )
+        });
+        if lifecycle {
+            unsigned = None;
+            checkpoint(batch.head, batch.root).await;
+        } else {
+            unsigned = Some((batch.head, batch.root));
         }
+    }
+    if let Some((head, root)) = unsigned.take() {
+        checkpoint(head, root).await;
     }
     if let Some((outbox, stream)) = &outbox {
         drain(outbox, stream, config.wire).await;
+    }
+    drop(witness_tx);
+    if let Some(task) = witness_task {
+        let _ = task.await;
+    }
+}
+
+/// Hands the newest signed checkpoint to every witness. A slow or absent
+/// witness skips to the newest when it is back (each checkpoint covers all
+/// before it); the last one is written before the task ends.
+async fn feed_witnesses(
+    auditor: Auditor,
+    mut rx: tokio::sync::watch::Receiver<Option<tes_audit::SignedCheckpoint>>,
+) {
+    loop {
+        let ended = rx.changed().await.is_err();
+        let latest = rx.borrow_and_update().clone();
+        if let Some(signed) = latest {
+            for witness in &auditor.witnesses {
+                if let Err(error) = witness.put(&signed).await {
+                    tracing::warn!(witness = %witness.describe(), %error, size = signed.checkpoint.size, "checkpoint not written to a witness; the next one will be");
+                }
+            }
+        }
+        if ended {
+            return;
+        }
     }
 }
 

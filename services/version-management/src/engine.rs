@@ -42,6 +42,10 @@ pub struct EngineConfig {
     pub policy: Policy,
     /// Save a snapshot every this many events (0: never).
     pub snapshot_every: u64,
+    /// Record new material for this version on open (`tes secret put
+    /// --replace`); without it, material that differs from the ledger's
+    /// record is refused.
+    pub replace: Option<KeyVersion>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +54,10 @@ pub enum EngineError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("this signer holds no key material at all")]
+    #[error("no signing key material here: set VERSION_SIGNING_KEY (and _V2, …, or their _FILE forms), or run `tes init` to generate v1 into the key store")]
     NoKeys,
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What can be asked of Version Management.
@@ -70,6 +76,9 @@ pub enum Request {
     Tick,
     /// The keyring changed (a `tes secret put` while running).
     Rekey(Keyring),
+    /// New material for a version the ledger knows, on purpose
+    /// (`tes secret put --replace`): recorded as a `key_provisioned`.
+    Replace(Keyring, KeyVersion),
     /// A signer replica's audit events.
     Record(Envelope<Record>),
     /// From the bundle worker ([`crate::bundles`]): an archive batch planned
@@ -171,12 +180,13 @@ impl Engine {
             snapshot_every: config.snapshot_every,
             clock,
         };
-        let (outcomes, _) = engine.handle_batch(vec![Request::Rekey(engine.keyring.clone())]);
+        let first = match config.replace {
+            Some(version) => Request::Replace(engine.keyring.clone(), version),
+            None => Request::Rekey(engine.keyring.clone()),
+        };
+        let (outcomes, _) = engine.handle_batch(vec![first]);
         if let Some(Err(e)) = outcomes.into_iter().next() {
-            return Err(EngineError::Ledger(LedgerError::Io {
-                path: config.ledger_path,
-                error: std::io::Error::other(e.message),
-            }));
+            return Err(EngineError::Refused(e.message));
         }
         Ok(engine)
     }
@@ -303,7 +313,7 @@ impl Engine {
             }
         }
         // A new keyring changes what this signer holds before anything is decided.
-        if let Request::Rekey(keyring) = &request {
+        if let Request::Rekey(keyring) | Request::Replace(keyring, _) = &request {
             self.held = keyring.held();
             self.keyring = keyring.clone();
         }
@@ -391,11 +401,11 @@ impl Engine {
                     response: Response::Record(RecordReply { seqs }),
                 }
             }
-            Request::Rekey(_) | Request::Tick => {
-                let command = if matches!(request, Request::Tick) {
-                    Command::Tick
-                } else {
-                    Command::Provision
+            Request::Rekey(_) | Request::Tick | Request::Replace(..) => {
+                let command = match request {
+                    Request::Tick => Command::Tick,
+                    Request::Replace(_, version) => Command::Replace { version },
+                    _ => Command::Provision,
                 };
                 let decided = decide(state, &command, &ctx).map_err(ErrorReply::from)?;
                 let primary = (!decided.is_empty()).then_some(start);
@@ -645,6 +655,7 @@ impl Request {
             | Request::State
             | Request::Tick
             | Request::Rekey(_)
+            | Request::Replace(..)
             | Request::Record(_)
             | Request::Bundles(_) => None,
         }

@@ -4,7 +4,7 @@
 use tes_ledger::{Head, Ledger, LedgerError, VerifyError};
 use tes_proto::Timestamp;
 
-use crate::core::state::{decode_snapshot, State, STATE_SCHEMA};
+use crate::core::state::State;
 
 /// How far to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,48 +21,17 @@ pub struct Replayed {
     pub state: State,
     /// The last event folded in.
     pub head: Head,
-    /// Where the fold started (a snapshot's seq, or 0).
+    /// Where the fold started: always 0 (the whole chain is verified).
     pub from_snapshot: u64,
 }
 
-/// The newest snapshot usable for `until`: one of our schema, consistent
-/// with the chain (the ledger checks that), whose bytes decode to a state at
-/// the snapshot's seq.
-fn best_snapshot(ledger: &Ledger, until: Until) -> Result<Option<(State, Head)>, LedgerError> {
-    if matches!(until, Until::Time(_)) {
-        return Ok(None);
-    }
-    for snap in ledger.snapshots()? {
-        if let Until::Seq(s) = until {
-            if snap.seq > s {
-                continue;
-            }
-        }
-        if snap.schema != STATE_SCHEMA {
-            continue;
-        }
-        let Some(state) = decode_snapshot(&snap.state) else {
-            continue;
-        };
-        let Some(hash) = tes_ledger::chain::from_hex(&snap.hash) else {
-            continue;
-        };
-        if state.seq == snap.seq {
-            return Ok(Some((
-                state,
-                Head {
-                    seq: snap.seq,
-                    hash,
-                },
-            )));
-        }
-    }
-    Ok(None)
-}
-
+/// Folds the ledger from seq 1, verifying every row on the way: a row
+/// edited, dropped or swapped anywhere — before a snapshot too — stops the
+/// replay at its seq. (Snapshots are no longer a starting point: trusting
+/// one would leave everything before it unchecked. `tes audit verify`
+/// checks them against this fold.)
 pub fn replay(ledger: &Ledger, until: Until) -> Result<Replayed, VerifyError> {
-    let (mut state, start) =
-        best_snapshot(ledger, until)?.unwrap_or_else(|| (State::default(), Head::EMPTY));
+    let (mut state, start) = (State::default(), Head::EMPTY);
     let to = match until {
         Until::Seq(s) => s,
         _ => u64::MAX,

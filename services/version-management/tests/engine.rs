@@ -65,6 +65,7 @@ impl Fixture {
             ledger_path: self.path(),
             policy,
             snapshot_every,
+            replace: None,
         };
         Engine::open(config, keyring(secrets), self.clock()).unwrap()
     }

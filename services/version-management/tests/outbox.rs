@@ -32,6 +32,7 @@ fn engine(dir: &std::path::Path) -> Engine {
         ledger_path: dir.join("ledger.db"),
         policy: Policy::default(),
         snapshot_every: 0,
+        replace: None,
     };
     let n = Arc::new(AtomicU64::new(1_764_000_000_000));
     Engine::open(

@@ -209,8 +209,24 @@ pub async fn bump(
     Ok(())
 }
 
+/// On NATS, the daemon's view; else read from the ledger (never opened for
+/// writing: no lock, no key, no rotation comes from looking) with the keys
+/// this shell holds, as they are (none is generated).
 pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
-    let view = send(global, run, ThreadId::VersionManagement, Status {}).await?;
+    let view = if global.nats.is_some() {
+        send(global, run, ThreadId::VersionManagement, Status {}).await?
+    } else {
+        let ledger = crate::commands::replay::open(global)?;
+        let replayed = tes_version_management::replay::replay(
+            &ledger,
+            tes_version_management::replay::Until::Head,
+        )
+        .map_err(crate::commands::replay::verify_failure)?;
+        let held = tes_keyring::Keyring::load(runtime::environment(), &global.key_store(), false)
+            .map_err(Failure::input)?
+            .held();
+        tes_version_management::engine::status_view(&replayed.state, &held, replayed.head)
+    };
     let mut value = json_view(&view, view.head_seq);
     value.as_object_mut().map(|o| {
         o.insert(

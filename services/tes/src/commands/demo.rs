@@ -29,7 +29,7 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         "TES key ledger demo: all actors in this process on the embedded bus, ledger {}",
         global.ledger_path().display()
     ));
-    let mut rt = Actors::embedded(global, run).await?;
+    let mut rt = Actors::embedded_generating(global, run).await?;
     let outcome = story(&mut rt, p).await;
     let live = match &outcome {
         Ok(()) => Some(rt.status().await?),

@@ -21,8 +21,12 @@ use super::Context;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Records the keys this signer holds; on a new ledger, activates the
-    /// lowest one.
+    /// lowest one. Material that differs from a recorded fingerprint is
+    /// refused: a version's key is fixed once the ledger knows it.
     Provision,
+    /// Records new material for a version the ledger knows (an operator's
+    /// deliberate `tes secret put --replace`).
+    Replace { version: KeyVersion },
     Rotate {
         to: Option<KeyVersion>,
         requested_by: String,
@@ -105,7 +109,8 @@ pub fn decide(
     ctx: &Context<'_>,
 ) -> Result<Vec<Event>, Rejection> {
     match command {
-        Command::Provision => Ok(provision(state, ctx)),
+        Command::Provision => provision(state, ctx),
+        Command::Replace { version } => replace(state, *version, ctx),
         Command::Rotate {
             to,
             requested_by,
@@ -138,17 +143,30 @@ pub fn decide(
     }
 }
 
-fn provision(state: &State, ctx: &Context<'_>) -> Vec<Event> {
+fn provision(state: &State, ctx: &Context<'_>) -> Result<Vec<Event>, Rejection> {
     let mut out = Vec::new();
     for (version, fingerprint) in ctx.held {
-        let known = state.keys.get(version);
-        let changed =
-            known.is_some_and(|k| k.fingerprint != *fingerprint && k.status != KeyStatus::Retired);
-        if known.is_none() || changed {
-            out.push(Event::KeyProvisioned(KeyProvisioned {
+        match state.keys.get(version) {
+            None => out.push(Event::KeyProvisioned(KeyProvisioned {
                 version: *version,
                 fingerprint: fingerprint.clone(),
-            }));
+            })),
+            Some(k) if k.fingerprint != *fingerprint => {
+                return Err(Rejection::new(
+                    ErrorCode::MaterialChanged,
+                    format!(
+                        "the key material given for {version} is not the one the ledger recorded for it \
+                         (fingerprint {} recorded, {} given): refusing to re-key {version} silently; \
+                         signatures made under the recorded material would stop verifying. \
+                         Restore the original secret, or replace it on purpose with \
+                         `tes secret put --version {} --replace`",
+                        k.fingerprint,
+                        fingerprint,
+                        version.get()
+                    ),
+                ))
+            }
+            Some(_) => {}
         }
     }
     if state.active.is_none() {
@@ -164,7 +182,24 @@ fn provision(state: &State, ctx: &Context<'_>) -> Vec<Event> {
             }));
         }
     }
-    out
+    Ok(out)
+}
+
+fn replace(state: &State, version: KeyVersion, ctx: &Context<'_>) -> Result<Vec<Event>, Rejection> {
+    let Some(fingerprint) = ctx.held.get(&version) else {
+        return Err(Rejection::new(
+            ErrorCode::MissingKey,
+            format!("no material for {version} is held here to replace it with"),
+        ));
+    };
+    match state.keys.get(&version) {
+        None => provision(state, ctx),
+        Some(k) if k.fingerprint == *fingerprint => Ok(Vec::new()),
+        Some(_) => Ok(vec![Event::KeyProvisioned(KeyProvisioned {
+            version,
+            fingerprint: fingerprint.clone(),
+        })]),
+    }
 }
 
 fn not_configured(after: KeyVersion) -> Rejection {
