@@ -89,8 +89,8 @@ impl SignedCheckpoint {
 
     /// Checks `note` against `vkey` and reads the checkpoint in it.
     pub fn open(note: &str, vkey: &Vkey) -> Result<SignedCheckpoint, CheckpointError> {
-        let parsed =
-            signed_note::Note::from_bytes(note.as_bytes()).map_err(|_| CheckpointError::NotANote)?;
+        let parsed = signed_note::Note::from_bytes(note.as_bytes())
+            .map_err(|_| CheckpointError::NotANote)?;
         let list = signed_note::VerifierList::new(vec![Box::new(vkey.inner.clone())]);
         match parsed.verify(&list) {
             Ok(_) => {}

@@ -166,14 +166,13 @@ impl AuditKey {
             (Some(_), Some(_)) => Err(KeyError::Both(ENV, ENV_FILE)),
             (Some(text), None) => AuditKey::parse(ENV, &text).map(Some),
             (None, Some(path)) => {
-                let text =
-                    Zeroizing::new(std::fs::read_to_string(&path).map_err(|error| {
-                        KeyError::File {
-                            var: ENV_FILE,
-                            path: path.clone(),
-                            error,
-                        }
-                    })?);
+                let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|error| {
+                    KeyError::File {
+                        var: ENV_FILE,
+                        path: path.clone(),
+                        error,
+                    }
+                })?);
                 AuditKey::parse(&format!("{ENV_FILE} {}", path.display()), &text).map(Some)
             }
             (None, None) => Ok(None),
@@ -256,7 +255,9 @@ mod tests {
             "PRIVATE+KEY+n+00000000+!!",
             "PRIVATE+KEY+n+00000000+AgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
-            let e = AuditKey::parse("TES_AUDIT_KEY", bad).unwrap_err().to_string();
+            let e = AuditKey::parse("TES_AUDIT_KEY", bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("TES_AUDIT_KEY"), "{e}");
             assert!(!e.contains(bad), "{e}");
         }

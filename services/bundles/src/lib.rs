@@ -16,8 +16,8 @@
 //! after the fact, and a store that is down only delays them.
 
 pub mod archive;
-pub mod checkpoints;
 pub mod bundle;
+pub mod checkpoints;
 pub mod layout;
 pub mod store;
 pub mod worker;

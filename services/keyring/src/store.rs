@@ -223,7 +223,9 @@ impl FileStore<'_> {
     fn put_audit(&self, secret: &Secret) -> Result<(), KeyringError> {
         let mut file = self.read()?.unwrap_or_else(File::empty);
         if file.audit.is_some() {
-            return Err(KeyringError::AuditKeyExists(self.path.display().to_string()));
+            return Err(KeyringError::AuditKeyExists(
+                self.path.display().to_string(),
+            ));
         }
         file.audit = Some(secret.expose_str().to_string());
         let text = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("plain data serializes"));

@@ -152,6 +152,11 @@ impl Ledger {
     /// lock on `<path>.lock`, so a second writer gets [`LedgerError::Locked`]
     /// instead of interleaving its appends.
     pub fn open_writer(path: &Path) -> Result<Ledger, LedgerError> {
+        if path.exists() {
+            // Look before touching: a file that is not a ledger must stay
+            // byte for byte as it was (no WAL switch, no lock file beside it).
+            probe(path)?;
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|error| LedgerError::Io {
                 path: dir.to_path_buf(),
@@ -535,7 +540,7 @@ impl Ledger {
         use sha2::Digest;
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, state, state_sha256 FROM snapshots ORDER BY seq")
+            .prepare("SELECT seq, CAST(state AS BLOB), state_sha256 FROM snapshots ORDER BY seq")
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -564,7 +569,7 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT s.seq, s.hash, s.schema, s.state, s.state_sha256
+                "SELECT s.seq, s.hash, s.schema, CAST(s.state AS BLOB), s.state_sha256
                  FROM snapshots s JOIN events e ON e.seq = s.seq AND e.hash = s.hash
                  ORDER BY s.seq DESC",
             )
@@ -720,6 +725,30 @@ pub(crate) fn classify(path: &Path, error: rusqlite::Error) -> LedgerError {
         Some(ErrorCode::DiskFull) => LedgerError::DiskFull(path),
         _ => LedgerError::Sqlite { path, error },
     }
+}
+
+/// Refuses an existing file that is neither a ledger nor an empty database,
+/// reading only.
+fn probe(path: &Path) -> Result<(), LedgerError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| classify(path, e))?;
+    let (tables, events): (i64, bool) = conn
+        .query_row(
+            "SELECT count(*), coalesce(sum(name = 'events'), 0) > 0 FROM sqlite_master",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| classify(path, e))?;
+    if tables > 0 && !events {
+        return Err(LedgerError::NotALedger {
+            path: path.to_path_buf(),
+            reason: "an SQLite database without an `events` table".into(),
+        });
+    }
+    Ok(())
 }
 
 fn take_lock(path: &Path) -> Result<File, LedgerError> {

@@ -15,9 +15,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Audit, Bundles, Cli, Command, Secret};
-use crate::commands::{
-    audit, bundles, client, daemon, demo, init, observe, replay, secret, watch,
-};
+use crate::commands::{audit, bundles, client, daemon, demo, init, observe, replay, secret, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

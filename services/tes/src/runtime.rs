@@ -574,15 +574,18 @@ async fn start_version(
     keys: Keys,
     log_dir: Option<PathBuf>,
 ) -> Result<VersionActor> {
-    let store = match bundle_store(global, &run.bundles)? {
-        Some(config) => Some(tes_bundles::Store::new(&config).map_err(Failure::input)?),
-        None => None,
-    };
+    let store_config = bundle_store(global, &run.bundles)?;
     let worker_config = worker_config(global, &run.bundles, auto_archive)?;
     let archiver = actor_config.archiver.clone();
     let env = environment();
     let fresh = !global.ledger_path().exists();
+    // The ledger first: a file that is not one is refused before anything
+    // (the bundle store's directory included) is made beside it.
     let (engine, held) = open_engine(global, run, key_store, &env, keys, None)?;
+    let store = match store_config {
+        Some(config) => Some(tes_bundles::Store::new(&config).map_err(Failure::input)?),
+        None => None,
+    };
     let mut witnesses: Vec<Arc<dyn tes_audit::Witness>> = Vec::new();
     if let Some(store) = &store {
         witnesses.push(Arc::new(store.clone()));
@@ -638,8 +641,8 @@ pub fn open_engine(
     keys: Keys,
     replace: Option<KeyVersion>,
 ) -> Result<(Engine, BTreeMap<KeyVersion, Fingerprint>)> {
-    let keyring = Keyring::load(env.to_vec(), key_store, keys == Keys::Generate)
-        .map_err(Failure::input)?;
+    let keyring =
+        Keyring::load(env.to_vec(), key_store, keys == Keys::Generate).map_err(Failure::input)?;
     let held = keyring.held();
     let config = EngineConfig {
         ledger_path: global.ledger_path(),

@@ -286,7 +286,10 @@ async fn publish_committed(
     let (witness_tx, witness_task) = match &config.auditor {
         Some(auditor) => {
             let (tx, rx) = tokio::sync::watch::channel(None);
-            (Some(tx), Some(tokio::spawn(feed_witnesses(auditor.clone(), rx))))
+            (
+                Some(tx),
+                Some(tokio::spawn(feed_witnesses(auditor.clone(), rx))),
+            )
         }
         None => (None, None),
     };

@@ -122,7 +122,12 @@ pub fn prove(global: &Global, seq: u64, checkpoint: Option<PathBuf>) -> Result<(
         Some(s) => s,
         None => {
             let key = need_key(global)?;
-            SignedCheckpoint::sign(&key, verified.head.seq, tree.root(verified.head.seq).expect("the head is in the tree"))
+            SignedCheckpoint::sign(
+                &key,
+                verified.head.seq,
+                tree.root(verified.head.seq)
+                    .expect("the head is in the tree"),
+            )
         }
     };
     let size = signed.checkpoint.size;
@@ -145,7 +150,9 @@ pub fn prove(global: &Global, seq: u64, checkpoint: Option<PathBuf>) -> Result<(
         )));
     }
     let row_hash = row_hash.expect("seq is within the walked tree");
-    let proof = tree.prove_inclusion(seq - 1, size).map_err(Failure::check)?;
+    let proof = tree
+        .prove_inclusion(seq - 1, size)
+        .map_err(Failure::check)?;
     let proof_hex: Vec<String> = proof.iter().map(hex::encode).collect();
     Printer { json: global.json }.emit(
         format!(
@@ -238,7 +245,10 @@ pub async fn verify(global: &Global, args: Vec<CheckpointArg>, w: &WitnessOption
                         format!("checkpoint from {source} refused: {e}"),
                         &json!({"ok": false, "reason": format!("checkpoint from {source}: {e}")}),
                     );
-                    return Err(Failure::check(anyhow!("a checkpoint from {source} does not verify under {}: {e}", vkey.as_str())));
+                    return Err(Failure::check(anyhow!(
+                        "a checkpoint from {source} does not verify under {}: {e}",
+                        vkey.as_str()
+                    )));
                 }
             }
         }
@@ -283,7 +293,9 @@ pub async fn verify(global: &Global, args: Vec<CheckpointArg>, w: &WitnessOption
             format!("ledger disagrees with a signed checkpoint at seq {seq}: {d}"),
             &json!({"ok": false, "seq": seq, "reason": d.to_string()}),
         );
-        return Err(Failure::check(anyhow!("the ledger disagrees with a signed checkpoint at seq {seq}")));
+        return Err(Failure::check(anyhow!(
+            "the ledger disagrees with a signed checkpoint at seq {seq}"
+        )));
     }
     for (seq, hash) in heads {
         // The old SEQ:HASH form: the row at SEQ must have that hash.
@@ -327,7 +339,11 @@ pub async fn verify(global: &Global, args: Vec<CheckpointArg>, w: &WitnessOption
             ok.head.seq,
             ok.head.hash_hex(),
             hex::encode(report.root),
-            if snapshots.is_empty() { String::new() } else { format!("; {} snapshot(s) agree", snapshots.len()) },
+            if snapshots.is_empty() {
+                String::new()
+            } else {
+                format!("; {} snapshot(s) agree", snapshots.len())
+            },
             against
         ),
         &json!({

@@ -17,8 +17,8 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     let store = global.key_store();
     let existed = global.ledger_path().exists();
     let (engine, held) = runtime::open_engine(global, run, &store, &env, Keys::Generate, None)?;
-    let key = runtime::audit_key(&env, &store, engine.ledger(), true)?
-        .expect("generated when missing");
+    let key =
+        runtime::audit_key(&env, &store, engine.ledger(), true)?.expect("generated when missing");
     let head = engine.head();
     let (size, root) = engine.ledger().tree_head();
     let signed = SignedCheckpoint::sign(&key, size, root);
@@ -36,7 +36,11 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     Printer { json: global.json }.emit(
         format!(
             "{} {}: ledger head seq {}, keys {}\naudit vkey (give it to auditors): {}",
-            if existed { "Already initialised" } else { "Initialised" },
+            if existed {
+                "Already initialised"
+            } else {
+                "Initialised"
+            },
             global.data_dir.display(),
             head.seq,
             versions.join(", "),

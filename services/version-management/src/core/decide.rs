@@ -26,7 +26,9 @@ pub enum Command {
     Provision,
     /// Records new material for a version the ledger knows (an operator's
     /// deliberate `tes secret put --replace`).
-    Replace { version: KeyVersion },
+    Replace {
+        version: KeyVersion,
+    },
     Rotate {
         to: Option<KeyVersion>,
         requested_by: String,

@@ -1,0 +1,372 @@
+//! The audit log as an attacker with the file and an auditor with the vkey
+//! see it: tampered copies of a ledger against checkpoints signed before
+//! (given, or held by a witness), a third party's verifier (Python), and
+//! verbs that only read.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::*;
+use tes_ledger::Ledger;
+
+/// A ledger with some history: init, signatures, a rotation, more signatures.
+fn history(dir: &Path) {
+    let r = run(args(with_keys(tes(dir)), &["init"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for i in 0..6 {
+        let r = run(args(with_keys(tes(dir)), &["sign", &format!("before-{i}")]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let r = run(args(with_keys(tes(dir)), &["rotate"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for i in 0..6 {
+        let r = run(args(with_keys(tes(dir)), &["sign", &format!("after-{i}")]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+}
+
+fn checkpoint(dir: &Path, out: &Path) {
+    let r = run(args(tes(dir), &["audit", "checkpoint"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::write(out, r.stdout).unwrap();
+}
+
+/// A copy of the data dir (ledger, key store, bundle store with its
+/// checkpoints) under `name`, with the ledger's triggers dropped as an
+/// attacker with the file would.
+fn copy(src: &Path, root: &Path, name: &str) -> PathBuf {
+    let dst = root.join(name);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let conn = rusqlite::Connection::open(dst.join("ledger.db")).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER events_append_only_update; DROP TRIGGER events_append_only_delete;",
+    )
+    .unwrap();
+    dst
+}
+
+fn sql(dir: &Path, statements: &str) {
+    let conn = rusqlite::Connection::open(dir.join("ledger.db")).unwrap();
+    conn.execute_batch(statements).unwrap();
+}
+
+/// The events of `src`, written again through our own library (so every
+/// hash is recomputed and the chain is self-consistent), after `edit`.
+fn rechain(
+    src: &Path,
+    dst_dir: &Path,
+    edit: impl FnOnce(&mut Vec<tes_proto::Envelope<tes_proto::Event>>),
+) {
+    let reader = Ledger::open_reader(&src.join("ledger.db")).unwrap();
+    let mut events: Vec<_> = reader
+        .events_from(1)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    drop(reader);
+    edit(&mut events);
+    std::fs::remove_file(dst_dir.join("ledger.db")).unwrap();
+    let _ = std::fs::remove_file(dst_dir.join("ledger.db-wal"));
+    let _ = std::fs::remove_file(dst_dir.join("ledger.db-shm"));
+    let mut w = Ledger::open_writer(&dst_dir.join("ledger.db")).unwrap();
+    w.append(&events).unwrap();
+}
+
+fn verify_fails(c: std::process::Command, what: &str) -> String {
+    let r = run(c);
+    assert_eq!(
+        r.code, 1,
+        "{what}: expected a failed check\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(said.contains("seq "), "{what}: the seq is named: {said}");
+    said
+}
+
+#[test]
+fn every_tampering_is_caught_against_a_checkpoint_taken_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    history(&good);
+    let note = tmp.path().join("before.note");
+    checkpoint(&good, &note);
+    let head = Ledger::open_reader(&good.join("ledger.db"))
+        .unwrap()
+        .head()
+        .seq;
+    assert!(head >= 14, "a real history: {head}");
+
+    // The untouched ledger agrees with its checkpoint and its witnesses.
+    let r = run(args(
+        tes(&good),
+        &["audit", "verify", "--checkpoint", note.to_str().unwrap()],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(args(tes(&good), &["audit", "verify"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("agrees with"), "{}", r.stdout);
+
+    let mut cases: Vec<(&str, PathBuf)> = Vec::new();
+    let d = copy(&good, tmp.path(), "byte");
+    sql(&d, "UPDATE events SET payload = CAST(replace(CAST(payload AS TEXT), 'before-3', 'before-X') AS BLOB) WHERE seq = 7; UPDATE events SET payload = X'00' || payload WHERE seq = 5;");
+    cases.push(("a byte edit", d));
+    let d = copy(&good, tmp.path(), "deleted");
+    sql(&d, "DELETE FROM events WHERE seq = 6;");
+    cases.push(("a deleted row", d));
+    let d = copy(&good, tmp.path(), "swapped");
+    sql(&d, "UPDATE events SET seq = -1 WHERE seq = 5; UPDATE events SET seq = 5 WHERE seq = 6; UPDATE events SET seq = 6 WHERE seq = -1;");
+    cases.push(("swapped rows", d));
+    let d = copy(&good, tmp.path(), "truncated");
+    sql(&d, &format!("DELETE FROM events WHERE seq > {};", head - 3));
+    cases.push(("a truncated tail", d));
+    let d = copy(&good, tmp.path(), "recomputed");
+    rechain(&good, &d, |events| {
+        // A signature's audit record says another payload hash.
+        let e = events
+            .iter_mut()
+            .find(|e| e.body.kind() == "signature_generated")
+            .unwrap();
+        if let tes_proto::Event::SignatureGenerated(s) = &mut e.body {
+            s.signature = "00".repeat(32);
+        }
+    });
+    cases.push(("an edit with the chain recomputed", d));
+    let d = copy(&good, tmp.path(), "renumbered");
+    rechain(&good, &d, |events| {
+        // The rotation to v2 (the last key_rotate; the first is the genesis).
+        let i = events
+            .iter()
+            .rposition(|e| e.body.kind() == "key_rotate")
+            .unwrap();
+        events.remove(i);
+    });
+    cases.push(("a dropped key_rotate, renumbered and re-chained", d));
+    let other = tmp.path().join("other-src");
+    history(&other);
+    let d = copy(&good, tmp.path(), "swapped-file");
+    std::fs::copy(other.join("ledger.db"), d.join("ledger.db")).unwrap();
+    let _ = std::fs::remove_file(d.join("ledger.db-wal"));
+    let _ = std::fs::remove_file(d.join("ledger.db-shm"));
+    cases.push(("another ledger's file", d));
+
+    for (what, dir) in &cases {
+        verify_fails(
+            args(
+                tes(dir),
+                &["audit", "verify", "--checkpoint", note.to_str().unwrap()],
+            ),
+            what,
+        );
+        // The bundle store beside it witnessed a newer checkpoint: no option needed.
+        verify_fails(
+            args(tes(dir), &["audit", "verify"]),
+            &format!("{what} (witness)"),
+        );
+    }
+}
+
+#[test]
+fn replay_fails_on_an_edit_before_the_newest_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    let r = run(args(with_keys(tes(&good)), &["init"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for i in 0..8 {
+        let r = run(args(
+            with_keys(tes(&good)),
+            &["sign", "--snapshot-every", "3", &format!("p{i}")],
+        ));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let conn = rusqlite::Connection::open(good.join("ledger.db")).unwrap();
+    let newest: u64 = conn
+        .query_row("SELECT max(seq) FROM snapshots", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert!(newest > 4, "a snapshot well after seq 3: {newest}");
+    let d = copy(&good, tmp.path(), "edited");
+    sql(
+        &d,
+        "UPDATE events SET payload = X'00' || payload WHERE seq = 3;",
+    );
+    let r = run(args(tes(&d), &["replay"]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("seq 3"), "{}", r.stderr);
+    // A damaged snapshot is named by the audit.
+    let d = copy(&good, tmp.path(), "snapshot");
+    sql(&d, "UPDATE snapshots SET state = X'00' || state;");
+    let r = run(args(tes(&d), &["audit", "verify"]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("snapshot at seq"), "{}", r.stdout);
+}
+
+#[test]
+fn a_third_party_verifies_checkpoints_and_proofs_with_the_vkey_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    history(&dir);
+    let note = tmp.path().join("cp.note");
+    checkpoint(&dir, &note);
+    let vkey = run(args(tes(&dir), &["audit", "key"]))
+        .stdout
+        .trim()
+        .to_string();
+    assert!(vkey.starts_with("tes-ledger/"), "{vkey}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/audit/verify.py");
+    let head = Ledger::open_reader(&dir.join("ledger.db"))
+        .unwrap()
+        .head()
+        .seq;
+    for seq in [1, 2, head / 2, head] {
+        let r = run(args(
+            tes(&dir),
+            &[
+                "audit",
+                "prove",
+                &seq.to_string(),
+                "--checkpoint",
+                note.to_str().unwrap(),
+                "--json",
+            ],
+        ));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let proof = tmp.path().join(format!("p{seq}.json"));
+        std::fs::write(&proof, &r.stdout).unwrap();
+        let out = std::process::Command::new(python())
+            .arg(&script)
+            .arg(&vkey)
+            .arg(&note)
+            .arg(&proof)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains(&format!("inclusion OK: seq {seq} ")),
+            "{said}"
+        );
+    }
+    // A checkpoint with another size (and the same signature) is refused.
+    let forged = tmp.path().join("forged.note");
+    let text = std::fs::read_to_string(&note).unwrap();
+    std::fs::write(
+        &forged,
+        text.replacen(&format!("\n{head}\n"), &format!("\n{}\n", head + 1), 1),
+    )
+    .unwrap();
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .arg(&vkey)
+        .arg(&forged)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = run(args(
+        tes(&dir),
+        &["audit", "verify", "--checkpoint", forged.to_str().unwrap()],
+    ));
+    assert_eq!(r.code, 1, "{}", r.stdout);
+}
+
+#[test]
+fn reads_create_nothing_and_keys_are_never_made_behind_the_operators_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = tmp.path().join("no-such");
+    for verb in [
+        &["status"][..],
+        &["replay"],
+        &["audit", "verify"],
+        &["audit", "key"],
+    ] {
+        let r = run(args(tes(&nowhere), verb));
+        assert_eq!(r.code, 2, "{verb:?}: {}", r.stderr);
+        assert!(!nowhere.exists(), "{verb:?} created {}", nowhere.display());
+    }
+
+    // A daemon-less one-shot on an empty dir without secrets says to init.
+    let empty = tmp.path().join("empty");
+    let r = run(args(tes(&empty), &["sign", "x"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("tes init"), "{}", r.stderr);
+    assert!(
+        !empty.join("keystore.json").exists(),
+        "no key was generated"
+    );
+
+    // v1 recorded from VERSION_SIGNING_KEY; then the variable is gone: refuse.
+    let dir = tmp.path().join("d");
+    assert_eq!(run(args(with_keys(tes(&dir)), &["sign", "a"])).code, 0);
+    let r = run(args(tes(&dir), &["sign", "b"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        !dir.join("keystore.json").exists()
+            || !std::fs::read_to_string(dir.join("keystore.json"))
+                .unwrap()
+                .contains("\"1\""),
+        "no v1 was generated"
+    );
+    // Other material for v1: refused, naming the version, never the value.
+    let mut other = args(tes(&dir), &["sign", "c"]);
+    other.env("VERSION_SIGNING_KEY", "another-secret-for-v1");
+    let r = run(other);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("v1") && r.stderr.contains("--replace"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("another-secret-for-v1"));
+    let before = std::fs::read(dir.join("ledger.db")).unwrap();
+    assert_eq!(run(args(tes(&dir), &["status"])).code, 0);
+    assert_eq!(
+        before,
+        std::fs::read(dir.join("ledger.db")).unwrap(),
+        "status wrote nothing"
+    );
+
+    // A file that is not a ledger stays byte for byte as it was.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    let conn = rusqlite::Connection::open(foreign.join("ledger.db")).unwrap();
+    conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(conn);
+    let bytes = std::fs::read(foreign.join("ledger.db")).unwrap();
+    for verb in [
+        &["status"][..],
+        &["replay"],
+        &["audit", "verify"],
+        &["sign", "x"],
+    ] {
+        let r = run(args(with_keys(tes(&foreign)), verb));
+        assert_eq!(r.code, 2, "{verb:?}: {}", r.stderr);
+        assert_eq!(
+            bytes,
+            std::fs::read(foreign.join("ledger.db")).unwrap(),
+            "{verb:?}"
+        );
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&foreign)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("ledger.db")],
+        "nothing beside it"
+    );
+}
