@@ -220,7 +220,7 @@ fn refused_commands_leave_the_ledger_unchanged() {
         c.env("VERSION_SIGNING_KEY", V1);
         c
     };
-    assert_eq!(run(args(only_v1(), &["status"])).code, 0);
+    assert_eq!(run(args(only_v1(), &["init"])).code, 0);
     let head = |d: &Path| -> Value {
         let r = run(args(tes(d), &["audit", "verify", "--json"]));
         serde_json::from_str(r.stdout.trim()).unwrap()

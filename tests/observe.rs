@@ -422,7 +422,7 @@ fn a_rules_file_with_a_mistake_stops_the_daemon_naming_the_line() {
 fn watch_without_nats_follows_the_ledger_file() {
     let dir = tempfile::tempdir().unwrap();
     // A ledger to follow.
-    assert_eq!(run(args(with_keys(tes(dir.path())), &["status"])).code, 0);
+    assert_eq!(run(args(with_keys(tes(dir.path())), &["init"])).code, 0);
     let mut watch = args(tes(dir.path()), &["watch", "--json", "--thread", "0x6001"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

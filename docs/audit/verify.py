@@ -25,7 +25,7 @@ def fail(why):
 
 def parse_vkey(vkey):
     # <name>+<8 hex key hash>+base64(0x01 || 32-byte Ed25519 public key)
-    name, keyhash, b64 = vkey.strip().split("+")
+    name, keyhash, b64 = vkey.strip().split("+", 2)
     key = base64.b64decode(b64)
     if key[0] != 0x01 or len(key) != 33:
         fail("not an Ed25519 vkey")

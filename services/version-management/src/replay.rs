@@ -21,8 +21,6 @@ pub struct Replayed {
     pub state: State,
     /// The last event folded in.
     pub head: Head,
-    /// Where the fold started: always 0 (the whole chain is verified).
-    pub from_snapshot: u64,
 }
 
 /// Folds the ledger from seq 1, verifying every row on the way: a row
@@ -36,7 +34,6 @@ pub fn replay(ledger: &Ledger, until: Until) -> Result<Replayed, VerifyError> {
         Until::Seq(s) => s,
         _ => u64::MAX,
     };
-    let from_snapshot = start.seq;
     let mut head = start;
     let mut last_hash_seq = start.seq;
     let verified = tes_ledger::walk(ledger, start, to, None, |seq, event| {
@@ -55,11 +52,7 @@ pub fn replay(ledger: &Ledger, until: Until) -> Result<Replayed, VerifyError> {
         // Stopped early (a time bound): report the last folded row's hash.
         head = ledger_head_at(ledger, last_hash_seq)?;
     }
-    Ok(Replayed {
-        state,
-        head,
-        from_snapshot,
-    })
+    Ok(Replayed { state, head })
 }
 
 fn ledger_head_at(ledger: &Ledger, seq: u64) -> Result<Head, LedgerError> {
