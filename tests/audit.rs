@@ -329,6 +329,32 @@ fn reads_create_nothing_and_keys_are_never_made_behind_the_operators_back() {
         r.stderr
     );
     assert!(!r.stderr.contains("another-secret-for-v1"));
+    // Replaced on purpose: recorded, shown, and signing goes on under it.
+    let mut put = args(tes(&dir), &["secret", "put", "--version", "1", "--replace"]);
+    put.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = put.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a-replacement-for-v1\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = run(args(tes(&dir), &["status"]));
+    assert!(
+        r.stdout.contains("material replaced 1 time"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(run(args(tes(&dir), &["sign", "d"])).code, 0);
     let before = std::fs::read(dir.join("ledger.db")).unwrap();
     assert_eq!(run(args(tes(&dir), &["status"])).code, 0);
     assert_eq!(

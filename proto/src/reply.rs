@@ -218,6 +218,10 @@ pub struct KeyView {
     /// An archive batch of this version is planned and not yet finished.
     #[serde(default)]
     pub archiving: bool,
+    /// How many times its material was replaced on purpose
+    /// (`tes secret put --replace`, a `key_provisioned` with a new fingerprint).
+    #[serde(default)]
+    pub material_changes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -85,6 +85,34 @@ async fn decide(engine: &EngineHandle, command: Command) -> Result<Vec<Event>, E
 }
 
 /// Previews a pass: what is still under `bundle/v<N>/`.
+/// The versions an archive request covers: the one asked for (refused
+/// unless it may be archived), else every version that was in the verifying
+/// set and left it (one only ever provisioned has no bundles to move).
+pub fn candidates(
+    state: &tes_version_management::core::State,
+    version: Option<KeyVersion>,
+    now: tes_proto::Timestamp,
+) -> Result<Vec<KeyVersion>, tes_proto::ErrorReply> {
+    use std::collections::BTreeSet;
+    use tes_proto::reply::KeyStatus;
+    Ok(match version {
+        Some(v) => {
+            tes_version_management::core::decide::archivable(state, v, now)
+                .map_err(tes_proto::ErrorReply::from)?;
+            vec![v]
+        }
+        None => {
+            let verifying: BTreeSet<KeyVersion> = state.verifying_set(now).collect();
+            state
+                .keys
+                .iter()
+                .filter(|(v, k)| k.status != KeyStatus::Provisioned && !verifying.contains(v))
+                .map(|(v, _)| *v)
+                .collect()
+        }
+    })
+}
+
 pub async fn dry_run(store: &Store, version: KeyVersion) -> Result<VersionArchive, ArchiveError> {
     let listed = store.list(&bundle_prefix(version)).await?;
     Ok(VersionArchive {

@@ -483,24 +483,7 @@ impl ArchiverTask {
     async fn serve(&self, request: Archive) -> Result<ArchiveReply, ErrorReply> {
         let state = archive::state(&self.engine).await?;
         let now = (self.clock)();
-        let versions: Vec<KeyVersion> = match request.version {
-            Some(v) => {
-                tes_version_management::core::decide::archivable(&state, v, now)
-                    .map_err(ErrorReply::from)?;
-                vec![v]
-            }
-            // Versions that were in the verifying set and left it (one
-            // that was only ever provisioned has no bundles to move).
-            None => {
-                let verifying: BTreeSet<KeyVersion> = state.verifying_set(now).collect();
-                state
-                    .keys
-                    .iter()
-                    .filter(|(v, k)| k.status != KeyStatus::Provisioned && !verifying.contains(v))
-                    .map(|(v, _)| *v)
-                    .collect()
-            }
-        };
+        let versions = archive::candidates(&state, request.version, now)?;
         let mut out = Vec::new();
         for v in versions {
             let done = if request.dry_run {

@@ -121,6 +121,7 @@ mod tests {
             archived_objects: 0,
             archived_bytes: 0,
             archiving: false,
+            material_changes: 0,
         }
     }
 

@@ -705,6 +705,7 @@ pub fn status_view(
                 archived_objects: state.archives.get(v).map_or(0, |a| a.objects),
                 archived_bytes: state.archives.get(v).map_or(0, |a| a.bytes),
                 archiving: state.archives.get(v).is_some_and(|a| a.open.is_some()),
+                material_changes: k.material_changes,
             })
             .collect(),
         entities: state

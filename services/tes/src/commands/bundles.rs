@@ -41,10 +41,13 @@ pub async fn archive(
             call_with_progress(global, bus, request).await
         }
         None => {
-            if runtime::bundle_store(global, &run.bundles)?.is_none() {
+            let Some(config) = runtime::bundle_store(global, &run.bundles)? else {
                 return Err(Failure::input(anyhow::anyhow!(
                     "bundles are off (--bundle-store none): there is nothing to archive"
                 )));
+            };
+            if dry_run {
+                return print_archive(global, &dry_run_here(global, &config, version).await?);
             }
             let rt = Actors::embedded(global, run).await?;
             let reply = call_with_progress(global, rt.bus(), request).await;
@@ -58,6 +61,39 @@ pub async fn archive(
         }
         other => from_call(other),
     })?;
+    print_archive(global, &reply)
+}
+
+/// A preview from the ledger (read-only) and a listing of the store: no
+/// writer, no lock, nothing written.
+async fn dry_run_here(
+    global: &Global,
+    config: &tes_bundles::StoreConfig,
+    version: Option<KeyVersion>,
+) -> Result<ArchiveReply> {
+    let ledger = crate::commands::replay::open(global)?;
+    let state = tes_version_management::replay::replay(
+        &ledger,
+        tes_version_management::replay::Until::Head,
+    )
+    .map_err(crate::commands::replay::verify_failure)?
+    .state;
+    let now = tes_proto::Timestamp::now();
+    let versions = tes_bundles::archive::candidates(&state, version, now)
+        .map_err(|r| from_call(CallError::Refused(r)))?;
+    let store = Store::new(config).map_err(Failure::input)?;
+    let mut out = Vec::new();
+    for v in versions {
+        out.push(
+            tes_bundles::archive::dry_run(&store, v)
+                .await
+                .map_err(Failure::check)?,
+        );
+    }
+    Ok(ArchiveReply { versions: out })
+}
+
+fn print_archive(global: &Global, reply: &ArchiveReply) -> Result<()> {
     let out = Printer { json: global.json };
     if reply.versions.is_empty() {
         out.say("Nothing to archive: every key version still signs or verifies.");
@@ -213,8 +249,15 @@ pub async fn ls(global: &Global, options: &BundleOptions, all: bool) -> Result<(
             "bundles are off (--bundle-store none)"
         )));
     };
-    let store = Store::new(&config).map_err(Failure::input)?;
     let out = Printer { json: global.json };
+    if let tes_bundles::StoreConfig::Fs { root } = &config {
+        if !root.exists() {
+            // Looking creates nothing: a directory store never written is empty.
+            out.say(format!("Bundle store {}\n  (empty)", config.describe()));
+            return Ok(());
+        }
+    }
+    let store = Store::new(&config).map_err(Failure::input)?;
     out.say(format!("Bundle store {}", store.describe()));
     let table = census(&store, async |v, l| {
         if all {

@@ -117,6 +117,12 @@ pub fn describe(view: &StatusReply, heading: &str) -> String {
         if let Some(g) = k.grace_until {
             line += &format!("  verifies until {g}");
         }
+        if k.material_changes > 0 {
+            line += &format!(
+                "  material replaced {} time(s) (tes secret put --replace)",
+                k.material_changes
+            );
+        }
         if k.archived_objects > 0 || k.archiving {
             line += &format!(
                 "  archived {} bundle(s), {} byte(s){}",

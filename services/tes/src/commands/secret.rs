@@ -28,10 +28,28 @@ pub fn put(global: &Global, version: KeyVersion, replace: bool) -> Result<()> {
         .map_err(|e| Failure::input(anyhow!("cannot read stdin: {e}")))?;
     let secret = Secret::from_text("the secret on stdin", bytes).map_err(Failure::input)?;
     let store = global.key_store();
+    let old = store.load().map_err(Failure::input)?.remove(&version);
     store
         .put(version, &secret, replace)
         .map_err(Failure::input)?;
     let fingerprint = SigningKey::new(version, &secret).fingerprint().clone();
+    if replace && global.ledger_path().exists() {
+        // The ledger refuses material that differs from its record; a
+        // replacement on purpose is recorded by its writer, here and now.
+        if let Err(e) = record_replacement(global, version) {
+            match old {
+                Some(old) => store.put(version, &old, true).map_err(Failure::input)?,
+                None => tracing::warn!("{version} had no key store entry before; the new one stays, and the ledger still refuses it"),
+            }
+            return Err(Failure {
+                error: e.error.context(format!(
+                    "{version} was not replaced (the key store is as it was): the ledger's writer must record it — stop the daemon on {} and run this again",
+                    global.data_dir.display()
+                )),
+                ..e
+            });
+        }
+    }
     Printer { json: global.json }.emit(
         format!(
             "stored {version} (fingerprint {fingerprint}) in the {}; a running daemon picks it up within seconds",
@@ -42,13 +60,31 @@ pub fn put(global: &Global, version: KeyVersion, replace: bool) -> Result<()> {
     Ok(())
 }
 
+fn record_replacement(global: &Global, version: KeyVersion) -> Result<()> {
+    let keyring =
+        Keyring::load(environment(), &global.key_store(), false).map_err(Failure::input)?;
+    let config = tes_version_management::EngineConfig {
+        ledger_path: global.ledger_path(),
+        policy: tes_version_management::core::Policy::default(),
+        snapshot_every: 0,
+        replace: Some(version),
+    };
+    tes_version_management::Engine::open(
+        config,
+        keyring,
+        tes_version_management::engine::system_clock(),
+    )
+    .map(drop)
+    .map_err(Failure::input)
+}
+
 pub fn list(global: &Global) -> Result<()> {
     let store = global.key_store();
     let ring = Keyring::load(environment(), &store, false).map_err(Failure::input)?;
     let p = Printer { json: global.json };
     if ring.is_empty() {
         p.say(format!(
-            "no key material: set VERSION_SIGNING_KEY, or run the daemon once to generate v1 in the {}",
+            "no key material: set VERSION_SIGNING_KEY, or run `tes init` to generate v1 in the {}",
             store.describe()
         ));
     }
