@@ -396,3 +396,44 @@ fn reads_create_nothing_and_keys_are_never_made_behind_the_operators_back() {
         "nothing beside it"
     );
 }
+
+#[test]
+fn a_second_writer_on_the_same_nats_is_refused_and_the_first_keeps_signing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let nats = NatsDaemon::start(&first);
+    let sign = |payload: &str| run(args(nats.client(&first), &["sign", payload, "--json"]));
+    assert_eq!(sign("before").code, 0);
+
+    // Another data dir (another ledger), same NATS: refused, naming the holder.
+    let second = tmp.path().join("second");
+    let r = run(args(
+        with_keys(tes(&second)),
+        &["--nats", &nats.url, "daemon", "--actors", "version"],
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("ledger lease"), "{}", r.stderr);
+    let first_ledger = std::fs::canonicalize(first.join("ledger.db")).unwrap();
+    assert!(
+        r.stderr.contains(&first_ledger.display().to_string()),
+        "names the holder: {}",
+        r.stderr
+    );
+
+    // The first writer signs on, and its seqs go on from its own ledger.
+    let seqs: Vec<u64> = (0..5)
+        .map(|i| {
+            let r = sign(&format!("after-{i}"));
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            serde_json::from_str::<serde_json::Value>(r.stdout.trim()).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+    let head = Ledger::open_reader(&first.join("ledger.db"))
+        .unwrap()
+        .head()
+        .seq;
+    assert!(head >= *seqs.last().unwrap());
+}

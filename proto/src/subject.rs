@@ -72,6 +72,9 @@ pub mod kv {
     pub const SIGNAL_CURSOR: &str = "supervisor-signal-cursor";
     /// How a refusal of a KV signal names where it came from.
     pub const SIGNAL_SUBJECT: &str = "$KV.tes.rotation-signal";
+    /// The ledger writer's lease: which ledger (its genesis hash) is
+    /// written, by whom, until when. One writer per deployment.
+    pub const WRITER_LEASE: &str = "writer-lease";
     pub const ROTATE: &str = "rotate";
     pub const ROLLBACK: &str = "rollback";
 }

@@ -346,3 +346,36 @@ impl CommandStream {
         reply.into_result().map_err(CallError::Refused)
     }
 }
+
+/// The KV bucket `tes` (rotation signal, the Supervisor's cursor, the
+/// writer lease): opened, or created when it is not there yet — never
+/// reconfigured (no actor may update or delete a stream that keeps history).
+pub async fn tes_bucket(
+    client: async_nats::Client,
+) -> Result<async_nats::jetstream::kv::Store, BusError> {
+    use async_nats::jetstream::kv;
+    let js = jetstream::new(client);
+    if let Ok(store) = js.get_key_value(subject::kv::BUCKET).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: subject::kv::BUCKET.to_string(),
+            description:
+                "TES: rotation-signal (rotate|rollback), the Supervisor's cursor, the writer lease"
+                    .to_string(),
+            history: 16,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Created meanwhile by another actor: open it.
+        Err(_) => js.get_key_value(subject::kv::BUCKET).await.map_err(|e| {
+            transport(format!(
+                "cannot create or open KV bucket {}: {e}",
+                subject::kv::BUCKET
+            ))
+        }),
+    }
+}

@@ -9,6 +9,7 @@
 pub mod conformance;
 mod in_process;
 pub mod jetstream;
+pub mod lease;
 pub mod nats;
 pub mod subject;
 #[cfg(feature = "test-server")]

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use tes_bus::typed::publish_rejected;
 use tes_bus::Bus;
@@ -49,15 +49,7 @@ pub async fn start(
     bus: Arc<dyn Bus>,
     config: SupervisorConfig,
 ) -> Result<JoinHandle<()>, KvSignalError> {
-    let js = jetstream::new(client);
-    let store = js
-        .create_or_update_key_value(kv::Config {
-            bucket: BUCKET.to_string(),
-            description: "TES: rotation-signal (rotate|rollback) and the Supervisor's cursor"
-                .to_string(),
-            history: 16,
-            ..Default::default()
-        })
+    let store = tes_bus::jetstream::tes_bucket(client)
         .await
         .map_err(|e| KvSignalError(format!("cannot create or open: {e}")))?;
     let cursor = match store

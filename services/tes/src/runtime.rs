@@ -74,6 +74,8 @@ pub struct Actors {
 /// Version Management and what it was started with.
 struct VersionActor {
     running: Running,
+    /// The writer lease's keeper (on NATS): renews it, gives it up at stop.
+    lease: Option<LeaseKeeper>,
     /// Its bundle worker (none with `--bundle-store none`).
     bundles: Option<tes_bundles::Worker>,
     /// How long the worker may take at stop to write what is committed: a
@@ -215,6 +217,10 @@ impl Actors {
                 // verb's actors live for one command.
                 let auto_archive = observe.is_some() && !run.bundles.no_auto_archive;
                 let log_dir = observe.map(|o| o.log_dir.clone());
+                let nats = match &transport {
+                    Transport::Nats(n) => Some(n.client().clone()),
+                    Transport::Embedded => None,
+                };
                 version = Some(
                     start_version(
                         global,
@@ -225,6 +231,7 @@ impl Actors {
                         auto_archive,
                         keys,
                         log_dir,
+                        nats,
                     )
                     .await?,
                 );
@@ -410,6 +417,9 @@ impl Actors {
                 worker.stop(version.flush).await;
             }
             drop(version.running.stop().await);
+            if let Some(lease) = version.lease {
+                lease.release().await;
+            }
         }
     }
 }
@@ -573,6 +583,7 @@ async fn start_version(
     auto_archive: bool,
     keys: Keys,
     log_dir: Option<PathBuf>,
+    nats: Option<async_nats::Client>,
 ) -> Result<VersionActor> {
     let store_config = bundle_store(global, &run.bundles)?;
     let worker_config = worker_config(global, &run.bundles, auto_archive)?;
@@ -582,6 +593,11 @@ async fn start_version(
     // The ledger first: a file that is not one is refused before anything
     // (the bundle store's directory included) is made beside it.
     let (engine, held) = open_engine(global, run, key_store, &env, keys, None)?;
+    // On NATS, one writer per deployment: the lease before anything is served.
+    let lease = match nats {
+        Some(client) => Some(hold_lease(client, engine.ledger(), &global.ledger_path()).await?),
+        None => None,
+    };
     let store = match store_config {
         Some(config) => Some(tes_bundles::Store::new(&config).map_err(Failure::input)?),
         None => None,
@@ -623,6 +639,7 @@ async fn start_version(
     };
     Ok(VersionActor {
         running,
+        lease,
         bundles,
         flush: std::time::Duration::from_secs(if auto_archive { 10 } else { 3 }),
         env,
@@ -657,6 +674,69 @@ pub fn open_engine(
             ..f
         })?;
     Ok((engine, held))
+}
+
+/// Renews the writer lease in the background; at stop, gives it up.
+pub struct LeaseKeeper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    async fn release(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Takes the writer lease for this ledger (refused, naming the holder, when
+/// another writer has it) and keeps it. A renewal refused because another
+/// writer took it ends this process at once: it must not write on.
+async fn hold_lease(
+    client: async_nats::Client,
+    ledger: &tes_ledger::Ledger,
+    path: &std::path::Path,
+) -> Result<LeaseKeeper> {
+    use tes_bus::lease::{Lease, LeaseError, RENEW_EVERY};
+    let identity = ledger
+        .identity()
+        .map_err(Failure::check)?
+        .map(|h| tes_ledger::chain::to_hex(&h))
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let holder = format!("{host}:{}", file.display());
+    let mut lease = Lease::acquire(client, &identity, &holder)
+        .await
+        .map_err(|e| match e {
+            LeaseError::Held { .. } => Failure::input(e),
+            other => Failure::check(other),
+        })?;
+    tracing::info!(ledger = %&identity[..16.min(identity.len())], %holder, "holding the writer lease");
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => {
+                    lease.release().await;
+                    return;
+                }
+                _ = tick.tick() => match lease.renew().await {
+                    Ok(()) => {}
+                    Err(e @ LeaseError::Lost(_)) => {
+                        tracing::error!(error = %e, "stopping at once: another writer holds the ledger lease");
+                        std::process::exit(1);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the writer lease could not be renewed; trying again"),
+                },
+            }
+        }
+    });
+    Ok(LeaseKeeper { stop, task })
 }
 
 /// The name a generated audit key gets: the checkpoints' origin, unique to

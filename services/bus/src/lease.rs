@@ -1,0 +1,181 @@
+//! One ledger writer per deployment: a lease in the KV bucket `tes` (key
+//! `writer-lease`) naming the ledger (its genesis hash), the holder and
+//! when it lapses.
+//!
+//! Taken with `create` (nobody holds it) or, once it has lapsed or when the
+//! holder is this very writer restarted (same host, same ledger file — the
+//! file lock already keeps two such processes apart), with `update` at the
+//! revision read. Renewed by `update` at the revision it last wrote, well
+//! inside its time to live: a renewal refused for a wrong revision means
+//! another writer took it, and this one must stop writing at once.
+//!
+//! The time to live is in the value (the bucket keeps other keys forever),
+//! so hosts' clocks must agree to within a fraction of it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use tes_proto::subject::kv::{BUCKET, WRITER_LEASE};
+
+/// How long a lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often the holder renews it.
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// What the lease says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseValue {
+    /// The ledger's identity: the hex hash of its seq 1.
+    pub ledger: String,
+    /// Who writes it: `host:path of the ledger file`.
+    pub holder: String,
+    /// Unix milliseconds after which another writer may take it.
+    pub expires_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("another writer holds this deployment's ledger lease: {holder} writes ledger {ledger}… until {expires_in_ms} ms from now (renewed every {renew:?}); one writer per deployment — stop that one first, or point this one at its own NATS account")]
+    Held {
+        holder: String,
+        ledger: String,
+        expires_in_ms: u64,
+        renew: Duration,
+    },
+    #[error("the writer lease was taken by {0}: this writer must stop writing")]
+    Lost(String),
+    #[error("writer lease (KV bucket {BUCKET}, key {WRITER_LEASE}): {0}")]
+    Nats(String),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A held lease.
+pub struct Lease {
+    store: kv::Store,
+    revision: u64,
+    value: LeaseValue,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("value", &self.value)
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+impl Lease {
+    /// Takes the lease for `ledger` as `holder`, or says who holds it.
+    pub async fn acquire(
+        client: async_nats::Client,
+        ledger: &str,
+        holder: &str,
+    ) -> Result<Lease, LeaseError> {
+        let store = crate::jetstream::tes_bucket(client)
+            .await
+            .map_err(|e| LeaseError::Nats(e.to_string()))?;
+        let mut value = LeaseValue {
+            ledger: ledger.to_string(),
+            holder: holder.to_string(),
+            expires_at: now_ms() + LEASE_TTL.as_millis() as u64,
+        };
+        for _ in 0..3 {
+            let bytes = serde_json::to_vec(&value).expect("plain data").into();
+            match store.create(WRITER_LEASE, bytes).await {
+                Ok(revision) => {
+                    return Ok(Lease {
+                        store,
+                        revision,
+                        value,
+                    })
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(LeaseError::Nats(e.to_string())),
+            }
+            let Some(entry) = store
+                .entry(WRITER_LEASE)
+                .await
+                .map_err(|e| LeaseError::Nats(e.to_string()))?
+            else {
+                continue;
+            };
+            let current: Option<LeaseValue> = match entry.operation {
+                kv::Operation::Put => serde_json::from_slice(&entry.value).ok(),
+                _ => None,
+            };
+            let now = now_ms();
+            if let Some(c) = &current {
+                let ours = c.holder == holder && c.ledger == ledger;
+                if c.expires_at > now && !ours {
+                    return Err(LeaseError::Held {
+                        holder: c.holder.clone(),
+                        ledger: c.ledger.chars().take(16).collect(),
+                        expires_in_ms: c.expires_at - now,
+                        renew: RENEW_EVERY,
+                    });
+                }
+            }
+            value.expires_at = now + LEASE_TTL.as_millis() as u64;
+            let bytes = serde_json::to_vec(&value).expect("plain data").into();
+            match store.update(WRITER_LEASE, bytes, entry.revision).await {
+                Ok(revision) => {
+                    return Ok(Lease {
+                        store,
+                        revision,
+                        value,
+                    })
+                }
+                // Someone else moved first: look again.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(LeaseError::Nats(e.to_string())),
+            }
+        }
+        Err(LeaseError::Nats(
+            "the lease kept changing under us; try again".into(),
+        ))
+    }
+
+    pub fn value(&self) -> &LeaseValue {
+        &self.value
+    }
+
+    /// Extends the lease. `Lost` when another writer has taken it.
+    pub async fn renew(&mut self) -> Result<(), LeaseError> {
+        let mut value = self.value.clone();
+        value.expires_at = now_ms() + LEASE_TTL.as_millis() as u64;
+        let bytes = serde_json::to_vec(&value).expect("plain data").into();
+        match self.store.update(WRITER_LEASE, bytes, self.revision).await {
+            Ok(revision) => {
+                self.revision = revision;
+                self.value = value;
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let holder = match self.store.entry(WRITER_LEASE).await {
+                    Ok(Some(e)) => serde_json::from_slice::<LeaseValue>(&e.value)
+                        .map(|v| v.holder)
+                        .unwrap_or_else(|_| "someone".into()),
+                    _ => "someone".into(),
+                };
+                Err(LeaseError::Lost(holder))
+            }
+            Err(e) => Err(LeaseError::Nats(e.to_string())),
+        }
+    }
+
+    /// Gives the lease up (it lapses at once), if it is still ours.
+    pub async fn release(self) {
+        let mut value = self.value;
+        value.expires_at = 0;
+        let bytes = serde_json::to_vec(&value).expect("plain data").into();
+        let _ = self.store.update(WRITER_LEASE, bytes, self.revision).await;
+    }
+}
