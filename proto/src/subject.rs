@@ -17,20 +17,30 @@ pub const ALL_EVENTS: &str = "tes.evt.>";
 /// The JetStream stream of the events worth keeping (see [`durable_events`]).
 pub const EVENTS_STREAM: &str = "TES_EVENTS";
 
-/// The subjects of [`EVENTS_STREAM`]: the ledger's writer (its committed
-/// events, heartbeats, checkpoints), Alert's recorded alerts and the
-/// Supervisor's refusals. Monitoring's snapshot (every second) and
-/// Telemetry are left to core NATS: they are derived from the rest and
-/// would otherwise fill the stream.
+/// The subjects of [`EVENTS_STREAM`]: the ledger's events, as the writer
+/// publishes them once committed — its own under 0x6001, the alerts it
+/// records under 0x5003 — and nothing else. Only the writer's NATS user may
+/// publish them, so only the writer appends to the stream. Heartbeats,
+/// checkpoints, refusals and snapshots stay on core NATS (checkpoints also
+/// go to [`CHECKPOINTS_STREAM`]): they are not the ledger, and would fill it.
 pub fn durable_events() -> Vec<String> {
-    [
-        ThreadId::VersionManagement,
-        ThreadId::Alert,
-        ThreadId::Supervisor,
-    ]
-    .iter()
-    .map(|t| format!("{EVENT_PREFIX}.{}.>", t.token()))
-    .collect()
+    use crate::event::kind;
+    kind::LEDGERED
+        .iter()
+        .map(|k| match *k {
+            kind::ALERT | kind::RESOLVED => event(ThreadId::Alert, k),
+            _ => event(ThreadId::VersionManagement, k),
+        })
+        .collect()
+}
+
+/// The JetStream stream of signed checkpoints: a witness of the ledger
+/// outside its file, written only by the writer, never purged or deleted.
+pub const CHECKPOINTS_STREAM: &str = "TES_CHECKPOINTS";
+
+/// The subject of [`CHECKPOINTS_STREAM`] (the `checkpoint` event).
+pub fn checkpoints() -> String {
+    event(ThreadId::VersionManagement, crate::event::kind::CHECKPOINT)
 }
 
 /// The JetStream stream of the commands that must not be lost: the
@@ -46,6 +56,10 @@ pub fn durable_commands() -> Vec<String> {
         command(ThreadId::Supervisor, verb::ROLLBACK),
     ]
 }
+
+/// The Supervisor's durable consumer of [`COMMANDS_STREAM`]: a durable
+/// command is accepted only while it exists (something will consume it).
+pub const SUPERVISOR_CONSUMER: &str = "supervisor";
 
 /// On a durable command: where its outcome (a [`crate::Reply`]) goes.
 pub const REPLY_TO_HEADER: &str = "Tes-Reply-To";

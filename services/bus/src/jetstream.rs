@@ -49,6 +49,10 @@ impl EventStream {
             subjects: subject::durable_events(),
             duplicate_window: DUPLICATE_WINDOW,
             storage: stream::StorageType::File,
+            // History is never erased through the API (nor by anyone's
+            // NATS rights: ops/nats-server.conf denies it too).
+            deny_delete: true,
+            deny_purge: true,
             ..Default::default()
         })
         .await
@@ -217,6 +221,80 @@ impl EventStream {
     }
 }
 
+/// `TES_CHECKPOINTS`: the signed checkpoints the writer publishes (a
+/// witness on the server; only the writer's user may publish its subject,
+/// and no one may delete from it or purge it).
+#[derive(Clone)]
+pub struct CheckpointStream {
+    js: jetstream::Context,
+}
+
+impl std::fmt::Debug for CheckpointStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointStream(TES_CHECKPOINTS)")
+    }
+}
+
+impl CheckpointStream {
+    /// Creates `TES_CHECKPOINTS` if it does not exist yet (the writer).
+    pub async fn ensure(client: async_nats::Client) -> Result<CheckpointStream, BusError> {
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: subject::CHECKPOINTS_STREAM.to_string(),
+            subjects: vec![subject::checkpoints()],
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            transport(format!(
+                "cannot create or open stream {}: {e}",
+                subject::CHECKPOINTS_STREAM
+            ))
+        })?;
+        Ok(CheckpointStream { js })
+    }
+
+    /// Publishes a `checkpoint` event and waits until the stream has it.
+    /// Core subscribers of the subject see it as any event.
+    pub async fn publish(&self, ct: ContentType, event: &Envelope<Event>) -> Result<(), BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, ct.mime());
+        let message = jetstream::message::PublishMessage::build()
+            .payload(ct.encode(event).map_err(transport)?.into())
+            .headers(headers)
+            .message_id(event.id.to_string());
+        self.js
+            .send_publish(subject::checkpoints(), message)
+            .await
+            .map_err(transport)?
+            .await
+            .map_err(transport)?;
+        Ok(())
+    }
+
+    /// The newest checkpoint event in the stream, if there is a stream and
+    /// anything in it (reads only: never creates the stream).
+    pub async fn latest(client: async_nats::Client) -> Result<Option<Envelope<Event>>, BusError> {
+        let js = jetstream::new(client);
+        let Ok(stream) = js.get_stream(subject::CHECKPOINTS_STREAM).await else {
+            return Ok(None);
+        };
+        let Ok(raw) = stream
+            .get_last_raw_message_by_subject(&subject::checkpoints())
+            .await
+        else {
+            return Ok(None);
+        };
+        let ct = ContentType::from_header(raw.headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str()))
+            .map_err(transport)?;
+        Ok(Some(ct.decode(&raw.payload).map_err(transport)?))
+    }
+}
+
 /// `TES_COMMANDS`: durable commands.
 #[derive(Clone)]
 pub struct CommandStream {
@@ -241,6 +319,8 @@ impl CommandStream {
             duplicate_window: DUPLICATE_WINDOW,
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(7 * 24 * 3600),
+            deny_delete: true,
+            deny_purge: true,
             ..Default::default()
         })
         .await
@@ -293,6 +373,20 @@ impl CommandStream {
     ) -> Result<C::Reply, CallError> {
         let subject = C::subject(thread);
         let client = bus.client();
+        if !consumer_exists(
+            client,
+            subject::COMMANDS_STREAM,
+            subject::SUPERVISOR_CONSUMER,
+        )
+        .await
+        {
+            return Err(BusError::NoConsumer {
+                subject,
+                stream: subject::COMMANDS_STREAM.to_string(),
+                consumer: subject::SUPERVISOR_CONSUMER.to_string(),
+            }
+            .into());
+        }
         let refused = bus.refusal(&subject);
         let inbox = client.new_inbox();
         let mut outcome = client.subscribe(inbox.clone()).await.map_err(transport)?;
@@ -344,6 +438,30 @@ impl CommandStream {
         )?;
         let reply: Reply<C::Reply> = ct.decode(&reply.payload)?;
         reply.into_result().map_err(CallError::Refused)
+    }
+}
+
+/// Whether the durable consumer `consumer` of `stream` exists. Only a
+/// definite "not found" from JetStream says no: a user without the right to
+/// ask (an older ops/nats-server.conf) or a slow answer is given the
+/// benefit of the doubt, as before this check existed.
+async fn consumer_exists(client: &async_nats::Client, stream: &str, consumer: &str) -> bool {
+    let request = async_nats::Request::new()
+        .payload(bytes::Bytes::new())
+        .timeout(Some(Duration::from_secs(2)));
+    let info = format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}");
+    match client.send_request(info, request).await {
+        Ok(reply) => {
+            serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("error")
+                        .and_then(|e| e.get("code"))
+                        .and_then(|c| c.as_u64())
+                })
+                != Some(404)
+        }
+        Err(_) => true,
     }
 }
 

@@ -80,6 +80,13 @@ pub enum BusError {
         seq: u64,
         after: Duration,
     },
+    /// A durable command was not sent: nothing consumes the stream.
+    #[error("{subject} was not sent: no Supervisor consumes {stream} (its durable consumer `{consumer}` does not exist); start the Supervisor (it makes the consumer) and try again")]
+    NoConsumer {
+        subject: String,
+        stream: String,
+        consumer: String,
+    },
     #[error("invalid subject {0:?}")]
     InvalidSubject(String),
     #[error("the bus is closed")]

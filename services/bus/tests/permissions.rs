@@ -50,16 +50,19 @@ async fn refused(
         .await
         .unwrap();
     client.flush().await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(2), errors.recv()).await {
-        Ok(Some(e)) => {
-            assert!(
-                e.contains("Permissions Violation") && e.contains(subject),
-                "{e}"
-            );
-            true
+    violation(errors, subject).await
+}
+
+/// Waits for the server's permissions violation about `subject`; earlier
+/// violations (late news of other subjects) are passed over.
+async fn violation(errors: &mut mpsc::UnboundedReceiver<String>, subject: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, errors.recv()).await {
+        if e.contains("Permissions Violation") && e.contains(&format!("\"{subject}\"")) {
+            return true;
         }
-        _ => false,
     }
+    false
 }
 
 #[tokio::test]
@@ -155,4 +158,111 @@ async fn a_wrong_password_is_refused_at_connect() {
         async_nats::ConnectErrorKind::AuthorizationViolation,
         "{err}"
     );
+}
+
+/// Asks JetStream's API as `client` and says whether the server refused it
+/// (a permissions violation) — as opposed to JetStream answering.
+async fn api_refused(
+    client: &async_nats::Client,
+    errors: &mut mpsc::UnboundedReceiver<String>,
+    subject: &str,
+    body: &'static str,
+) -> bool {
+    // Sent as a request would be, without waiting for an answer: the
+    // refusal (or its absence) is what is checked.
+    let inbox = client.new_inbox();
+    client
+        .publish_with_reply(subject.to_string(), inbox, body.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    violation(errors, subject).await
+}
+
+#[tokio::test]
+async fn no_user_can_erase_history_and_only_the_writer_appends_to_it() {
+    let s = server().await;
+    // What a running deployment has: the writer's streams and lease bucket,
+    // the Supervisor's command stream and durable consumer.
+    let (version, _) = connect(&s, "version").await;
+    tes_bus::jetstream::EventStream::ensure(version.clone())
+        .await
+        .unwrap();
+    tes_bus::jetstream::CheckpointStream::ensure(version.clone())
+        .await
+        .unwrap();
+    tes_bus::jetstream::tes_bucket(version.clone())
+        .await
+        .unwrap();
+    let (supervisor, _) = connect(&s, "supervisor").await;
+    let commands = tes_bus::jetstream::CommandStream::ensure(supervisor.clone())
+        .await
+        .unwrap();
+    commands
+        .consumer("supervisor", tes_proto::ThreadId::Supervisor)
+        .await
+        .unwrap();
+
+    let destructive = [
+        ("$JS.API.STREAM.PURGE.TES_EVENTS", ""),
+        ("$JS.API.STREAM.DELETE.TES_EVENTS", ""),
+        ("$JS.API.STREAM.DELETE.TES_COMMANDS", ""),
+        ("$JS.API.STREAM.DELETE.TES_CHECKPOINTS", ""),
+        ("$JS.API.STREAM.DELETE.KV_tes", ""),
+        ("$JS.API.STREAM.MSG.DELETE.TES_EVENTS", r#"{"seq":1}"#),
+        (
+            "$JS.API.STREAM.UPDATE.TES_EVENTS",
+            r#"{"name":"TES_EVENTS","subjects":["x"]}"#,
+        ),
+        ("$JS.API.CONSUMER.DELETE.TES_COMMANDS.supervisor", ""),
+    ];
+    for user in tes_bus::test_server::OPS_USERS {
+        let (client, mut errors) = connect(&s, user).await;
+        for (subject, body) in destructive {
+            assert!(
+                api_refused(&client, &mut errors, subject, body).await,
+                "{user} may not {subject}"
+            );
+        }
+        if *user != "version" {
+            for subject in [
+                "tes.evt.0x6001.key_rotate",
+                "tes.evt.0x6001.checkpoint",
+                "tes.evt.0x5003.alert",
+            ] {
+                assert!(
+                    refused(&client, &mut errors, subject).await,
+                    "{user} may not append {subject}"
+                );
+            }
+        }
+        if *user != "supervisor" {
+            assert!(
+                api_refused(
+                    &client,
+                    &mut errors,
+                    "$JS.API.CONSUMER.MSG.NEXT.TES_COMMANDS.supervisor",
+                    r#"{"batch":1}"#
+                )
+                .await,
+                "{user} may not read the Supervisor's commands"
+            );
+        }
+    }
+    // Everything is still there.
+    let js = async_nats::jetstream::new(version.clone());
+    for stream in ["TES_EVENTS", "TES_CHECKPOINTS", "KV_tes"] {
+        js.get_stream(stream).await.unwrap();
+    }
+    let js = async_nats::jetstream::new(supervisor);
+    let commands = js.get_stream("TES_COMMANDS").await.unwrap();
+    commands.consumer_info("supervisor").await.unwrap();
+
+    // The operator can put the rotation signal (RUNBOOK §3).
+    let (operator, _) = connect(&s, "operator").await;
+    let kv = async_nats::jetstream::new(operator)
+        .get_key_value("tes")
+        .await
+        .unwrap();
+    kv.put("rotation-signal", "rotate".into()).await.unwrap();
 }

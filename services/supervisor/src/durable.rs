@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use tes_bus::jetstream::CommandStream;
@@ -25,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::actor::{gate_and_forward, Check, SupervisorConfig, ROLLBACK_GATE, ROTATE_GATE};
 
 /// The consumer's durable name.
-pub const CONSUMER: &str = "supervisor";
+pub const CONSUMER: &str = subject::SUPERVISOR_CONSUMER;
 /// How long before a command that could not reach Version Management is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -41,24 +42,58 @@ pub async fn start(
     let stream = CommandStream::ensure(client.clone())
         .await
         .map_err(|e| DurableError(e.to_string()))?;
+    // The first opening is checked here, so a start-up that cannot read
+    // the commands fails loudly; later ones are retried.
+    let first = open(&stream).await?;
+    tracing::info!("reading durable commands from {}", subject::COMMANDS_STREAM);
+    Ok(tokio::spawn(async move {
+        let mut messages = Some(first);
+        loop {
+            let mut current = match messages.take() {
+                Some(m) => m,
+                None => match open(&stream).await {
+                    Ok(m) => {
+                        tracing::info!("durable consumer {CONSUMER} open again");
+                        m
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the durable consumer; trying again");
+                        tokio::time::sleep(REOPEN_AFTER).await;
+                        continue;
+                    }
+                },
+            };
+            while let Some(next) = current.next().await {
+                match next {
+                    Ok(m) => handle(&*bus, &config, m).await,
+                    // Someone deleted it (or it vanished with its stream):
+                    // make it again rather than stop reading commands.
+                    Err(e) if e.kind() == MessagesErrorKind::ConsumerDeleted => {
+                        tracing::warn!(
+                            "durable consumer {CONSUMER} was deleted; creating it again"
+                        );
+                        break;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "durable command stream error"),
+                }
+            }
+            tokio::time::sleep(REOPEN_AFTER).await;
+        }
+    }))
+}
+
+/// How long before a vanished consumer is made again.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+async fn open(stream: &CommandStream) -> Result<jetstream::consumer::pull::Stream, DurableError> {
     let consumer = stream
         .consumer(CONSUMER, ThreadId::Supervisor)
         .await
         .map_err(|e| DurableError(e.to_string()))?;
-    let mut messages = consumer
+    consumer
         .messages()
         .await
-        .map_err(|e| DurableError(e.to_string()))?;
-    tracing::info!("reading durable commands from {}", subject::COMMANDS_STREAM);
-    Ok(tokio::spawn(async move {
-        while let Some(next) = messages.next().await {
-            match next {
-                Ok(m) => handle(&*bus, &config, m).await,
-                Err(e) => tracing::warn!(error = %e, "durable command stream error"),
-            }
-        }
-        tracing::warn!("durable command stream ended");
-    }))
+        .map_err(|e| DurableError(e.to_string()))
 }
 
 async fn handle(bus: &dyn Bus, config: &SupervisorConfig, m: jetstream::Message) {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tes_bus::jetstream::{CommandStream, EventStream};
+use tes_bus::jetstream::{CheckpointStream, CommandStream, EventStream};
 use tes_bus::typed::{self, CallError};
 use tes_bus::{Bus, InProcessBus, NatsBus, NatsConfig};
 use tes_keyring::{KeyStore, Keyring};
@@ -200,17 +200,25 @@ impl Actors {
         match (which.version, role, &transport) {
             (false, _, _) => {}
             (true, Role::Writer, _) => {
-                let event_stream = match &transport {
-                    Transport::Embedded => None,
-                    Transport::Nats(nats) => Some(
-                        EventStream::ensure(nats.client().clone())
-                            .await
-                            .map_err(Failure::check)?,
+                let (event_stream, checkpoint_stream) = match &transport {
+                    Transport::Embedded => (None, None),
+                    Transport::Nats(nats) => (
+                        Some(
+                            EventStream::ensure(nats.client().clone())
+                                .await
+                                .map_err(Failure::check)?,
+                        ),
+                        Some(
+                            CheckpointStream::ensure(nats.client().clone())
+                                .await
+                                .map_err(Failure::check)?,
+                        ),
                     ),
                 };
                 let config = ActorConfig {
                     wire,
                     event_stream,
+                    checkpoint_stream,
                     ..ActorConfig::default()
                 };
                 // Archiving on its own belongs to the daemon; a one-shot

@@ -43,6 +43,9 @@ pub struct ActorConfig {
     /// The audit key and the witnesses its checkpoints go to. `None`: the
     /// head is still published on the bus, unsigned.
     pub auditor: Option<Auditor>,
+    /// On NATS: `TES_CHECKPOINTS`, where each checkpoint is stored (and
+    /// acknowledged) as it is published. `None`: core publish only.
+    pub checkpoint_stream: Option<tes_bus::jetstream::CheckpointStream>,
     /// Where committed events go durably (NATS): through the ledger's
     /// outbox into this stream. `None` (the embedded bus): published on
     /// the bus directly after each commit.
@@ -68,6 +71,7 @@ impl Default for ActorConfig {
             tick_every: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(1),
             auditor: None,
+            checkpoint_stream: None,
             event_stream: None,
             archiver: ArchiverSlot::default(),
         }
@@ -309,8 +313,19 @@ async fn publish_committed(
         });
         let bus = bus.clone();
         let wire = config.wire;
+        let stream = config.checkpoint_stream.clone();
         async move {
-            let _ = publish_event(&*bus, wire, &bus_event(body)).await;
+            let event = bus_event(body);
+            match stream {
+                Some(stream) => {
+                    if let Err(error) = stream.publish(wire, &event).await {
+                        tracing::warn!(%error, "checkpoint not stored in the checkpoint stream; the next one will be");
+                    }
+                }
+                None => {
+                    let _ = publish_event(&*bus, wire, &event).await;
+                }
+            }
         }
     };
     if let Some((outbox, stream)) = &outbox {

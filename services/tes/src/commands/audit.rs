@@ -189,6 +189,23 @@ fn vkey_for(global: &Global, given: Option<&str>) -> Result<Option<Vkey>> {
 /// from. Reads only: a witness that is not there holds nothing.
 async fn witness_notes(global: &Global, w: &WitnessOptions) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
+    if let Some(bus) = runtime::nats(global, "tes-audit").await? {
+        let latest = tes_bus::jetstream::CheckpointStream::latest(bus.client().clone())
+            .await
+            .map_err(Failure::check)?;
+        if let Some(tes_proto::Envelope {
+            body: tes_proto::Event::Checkpoint(c),
+            ..
+        }) = latest
+        {
+            if !c.note.is_empty() {
+                out.push((
+                    format!("NATS stream {}", tes_proto::subject::CHECKPOINTS_STREAM),
+                    c.note,
+                ));
+            }
+        }
+    }
     let dir = tes_audit::DirWitness::new(&w.log_dir);
     if dir.dir().exists() {
         for note in dir.notes().map_err(Failure::check)? {
@@ -327,8 +344,9 @@ pub async fn verify(global: &Global, args: Vec<CheckpointArg>, w: &WitnessOption
             c.size
         ),
         None if args.is_empty() => format!(
-            "; no signed checkpoint found (looked in {} and the bundle store): only the chain's own consistency was checked",
-            w.log_dir.join(tes_audit::witness::SUBDIR).display()
+            "; no signed checkpoint found (looked in {}, the bundle store{}): only the chain's own consistency was checked",
+            w.log_dir.join(tes_audit::witness::SUBDIR).display(),
+            if global.nats.is_some() { " and NATS" } else { "" }
         ),
         None => String::new(),
     };

@@ -1,7 +1,9 @@
-//! The audit log as an attacker with the file and an auditor with the vkey
-//! see it: tampered copies of a ledger against checkpoints signed before
-//! (given, or held by a witness), a third party's verifier (Python), and
-//! verbs that only read.
+//! Trust beyond the process, as an attacker with the file, an auditor with
+//! the vkey and an operator on NATS see it: tampered copies of a ledger
+//! against checkpoints signed before (given, or held by a witness), a third
+//! party's verifier (Python), verbs that only read, no silent re-keying,
+//! one writer per deployment, and a Supervisor whose durable consumer
+//! cannot be taken away.
 
 mod support;
 
@@ -436,4 +438,101 @@ fn a_second_writer_on_the_same_nats_is_refused_and_the_first_keeps_signing() {
         .head()
         .seq;
     assert!(head >= *seqs.last().unwrap());
+
+    // The checkpoint stream on NATS is a witness `tes audit verify` reads.
+    let last = *seqs.last().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = run(args(nats.client(&first), &["audit", "verify", "--json"]));
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        if v["newestCheckpoint"].as_u64().is_some_and(|n| n >= last) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint at {last}: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A copy of the ledger cut back before those signatures fails against
+    // it; nothing but the NATS stream witnesses it here (no log dir, no
+    // bundle store beside the copy).
+    let cut = tmp.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    std::fs::copy(first.join("keystore.json"), cut.join("keystore.json")).unwrap();
+    let conn = rusqlite::Connection::open(first.join("ledger.db")).unwrap();
+    conn.execute("VACUUM INTO ?1", [cut.join("ledger.db").to_str().unwrap()])
+        .unwrap();
+    drop(conn);
+    sql(
+        &cut,
+        &format!(
+            "DROP TRIGGER events_append_only_delete; DELETE FROM events WHERE seq >= {};",
+            seqs[0]
+        ),
+    );
+    let r = run(args(
+        tes(&cut),
+        &["--nats", &nats.url, "audit", "verify", "--json"],
+    ));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["seq"].as_u64(), Some(seqs[0]), "{v}");
+}
+
+#[test]
+fn the_supervisor_makes_its_consumer_again_and_rotate_says_when_nothing_consumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let nats = NatsDaemon::start(&dir);
+    let delete_consumer = || {
+        block_on(async {
+            let client = async_nats::connect(&nats.url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let stream = js.get_stream("TES_COMMANDS").await.unwrap();
+            stream.delete_consumer("supervisor").await.unwrap();
+        })
+    };
+    delete_consumer();
+    // The Supervisor notices and makes it again; the rotation is applied.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = run(args(nats.client(&dir), &["rotate"]));
+        if r.code == 0 {
+            assert!(r.stdout.to_lowercase().contains("v2"), "{}", r.stdout);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never applied: {}",
+            r.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let r = run(args(tes(&dir), &["--nats", &nats.url, "status", "--json"]));
+    assert!(r.stdout.contains("\"keyVersion\":\"2\""), "{}", r.stdout);
+
+    // With no Supervisor (and so no consumer), a rollback is not "accepted".
+    let NatsDaemon {
+        daemon,
+        server,
+        url,
+    } = nats;
+    drop(daemon);
+    block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("TES_COMMANDS").await.unwrap();
+        stream.delete_consumer("supervisor").await.unwrap();
+    });
+    let r = run(args(tes(&dir), &["--nats", &url, "rollback"]));
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("no Supervisor consumes TES_COMMANDS"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("accepted"), "{}", r.stderr);
+    drop(server);
 }
