@@ -27,7 +27,7 @@ pub mod verify;
 pub use chain::{Hash, GENESIS};
 pub use error::{DecodeError, LedgerError};
 pub use outbox::Outbox;
-pub use store::{Appended, Head, Ledger, Row, Snapshot};
+pub use store::{Appended, Head, Ledger, RawRow, Row, Snapshot};
 pub use tail::Tail;
 pub use verify::{verify, walk, walk_hashed, BreakReason, ChainBreak, Verified, VerifyError};
 

@@ -13,6 +13,9 @@ use crate::codec::{self, Draft};
 use crate::merkle::Frontier;
 use crate::{DecodeError, LedgerError};
 
+/// How much of the file readers map into memory (address space, not RAM).
+const MMAP_SIZE: i64 = 1 << 34;
+
 /// The on-disk format this build writes and reads (the `meta` table).
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -109,6 +112,43 @@ impl Row {
             self.correlation_id.as_deref(),
             self.schema,
             &self.payload,
+        )
+        .map_err(|error| LedgerError::Decode {
+            seq: self.seq,
+            error,
+        })
+    }
+}
+
+/// A stored row borrowed from SQLite's buffers: what verification reads,
+/// without an allocation per column.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRow<'a> {
+    pub seq: u64,
+    pub id: &'a str,
+    pub ts: u64,
+    pub thread: &'a str,
+    pub kind: &'a str,
+    pub key_version: Option<u32>,
+    pub causation_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub schema: u16,
+    pub payload: &'a [u8],
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+impl RawRow<'_> {
+    pub fn decode(&self) -> Result<Envelope<Event>, LedgerError> {
+        codec::decode_row(
+            self.id,
+            self.ts,
+            self.thread,
+            self.kind,
+            self.causation_id,
+            self.correlation_id,
+            self.schema,
+            self.payload,
         )
         .map_err(|error| LedgerError::Decode {
             seq: self.seq,
@@ -218,6 +258,11 @@ impl Ledger {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify(path, e))?;
+        // Reads through a memory map instead of a read() per page: a full
+        // verification walks every page once (a third of its time was
+        // syscalls before). Address space only; nothing is written.
+        conn.pragma_update(None, "mmap_size", MMAP_SIZE)
+            .map_err(|e| classify(path, e))?;
         let has_events: bool = conn
             .query_row(
                 "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
@@ -479,6 +524,35 @@ impl Ledger {
     where
         E: From<LedgerError>,
     {
+        self.for_each_raw(from, to, |r| {
+            f(Row {
+                seq: r.seq,
+                id: r.id.to_string(),
+                ts: r.ts,
+                thread: r.thread.to_string(),
+                kind: r.kind.to_string(),
+                key_version: r.key_version,
+                causation_id: r.causation_id.map(str::to_string),
+                correlation_id: r.correlation_id.map(str::to_string),
+                schema: r.schema,
+                payload: r.payload.to_vec(),
+                prev_hash: r.prev_hash.to_string(),
+                hash: r.hash.to_string(),
+            })
+        })
+    }
+
+    /// [`Ledger::for_each_row`] with the columns borrowed: nothing is copied
+    /// (verification reads a million rows a second this way).
+    pub fn for_each_raw<E>(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(RawRow<'_>) -> Result<bool, E>,
+    ) -> Result<(), E>
+    where
+        E: From<LedgerError>,
+    {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -490,7 +564,7 @@ impl Ledger {
         let to = to.min(i64::MAX as u64);
         let mut rows = stmt.query(params![from, to]).map_err(|e| self.sql(e))?;
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
-            let row = read_row(r).map_err(|e| match e {
+            let row = read_raw(r).map_err(|e| match e {
                 RowError::Sql(e) => self.sql(e),
                 RowError::Type { seq, field, detail } => LedgerError::Decode {
                     seq,
@@ -639,9 +713,9 @@ fn same_content(row: &Row, d: &Draft, causation: Option<&str>, correlation: Opti
 }
 
 /// Reads a row, strictly: a column stored with another SQLite type than the
-/// schema's (a tampered file can hold anything) is a decode error at that
-/// row's seq, never a silent conversion.
-pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, RowError> {
+/// schema's (a tampered file can hold anything), or text that is not UTF-8,
+/// is a decode error at that row's seq, never a silent conversion.
+pub(crate) fn read_raw<'r>(r: &'r rusqlite::Row<'_>) -> Result<RawRow<'r>, RowError> {
     use rusqlite::types::ValueRef;
     let seq: u64 = r.get(0)?;
     let bad = |field: &'static str, v: ValueRef<'_>, expected: &str| RowError::Type {
@@ -649,16 +723,23 @@ pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, RowError> {
         field,
         detail: format!("stored as {:?}, expected {expected}", v.data_type()),
     };
-    let text = |i: usize, field: &'static str| -> Result<String, RowError> {
+    let utf8 = |field: &'static str, t: &'r [u8]| {
+        std::str::from_utf8(t).map_err(|_| RowError::Type {
+            seq,
+            field,
+            detail: "not UTF-8 text".into(),
+        })
+    };
+    let text = |i: usize, field: &'static str| -> Result<&'r str, RowError> {
         match r.get_ref(i)? {
-            ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Text(t) => utf8(field, t),
             v => Err(bad(field, v, "TEXT")),
         }
     };
-    let opt_text = |i: usize, field: &'static str| -> Result<Option<String>, RowError> {
+    let opt_text = |i: usize, field: &'static str| -> Result<Option<&'r str>, RowError> {
         match r.get_ref(i)? {
             ValueRef::Null => Ok(None),
-            ValueRef::Text(t) => Ok(Some(String::from_utf8_lossy(t).into_owned())),
+            ValueRef::Text(t) => utf8(field, t).map(Some),
             v => Err(bad(field, v, "TEXT or NULL")),
         }
     };
@@ -675,7 +756,7 @@ pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, RowError> {
             detail: format!("{n} is out of range"),
         })
     };
-    Ok(Row {
+    Ok(RawRow {
         seq,
         id: text(1, "id")?,
         ts: ranged("ts", int(2, "ts")?, i64::MAX)? as u64,
@@ -690,7 +771,7 @@ pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> Result<Row, RowError> {
         correlation_id: opt_text(7, "correlation_id")?,
         schema: ranged("schema", int(8, "schema")?, u16::MAX.into())? as u16,
         payload: match r.get_ref(9)? {
-            ValueRef::Blob(b) => b.to_vec(),
+            ValueRef::Blob(b) => b,
             v => return Err(bad("payload", v, "BLOB")),
         },
         prev_hash: text(10, "prev_hash")?,

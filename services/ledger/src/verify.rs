@@ -98,7 +98,7 @@ pub fn walk_hashed(
     let mut expected = start.seq + 1;
     let mut checkpoint_ok = checkpoint.as_ref().is_none_or(|(seq, _)| *seq <= start.seq);
     ledger
-        .for_each_row(start.seq + 1, to, |row| {
+        .for_each_raw(start.seq + 1, to, |row| {
             let brk = |reason| {
                 Err(VerifyError::Broken(ChainBreak {
                     seq: row.seq,
@@ -108,7 +108,7 @@ pub fn walk_hashed(
             if row.seq != expected {
                 return brk(BreakReason::Gap { expected });
             }
-            if chain::from_hex(&row.prev_hash) != Some(prev) {
+            if chain::from_hex(row.prev_hash) != Some(prev) {
                 return brk(BreakReason::Link);
             }
             let envelope = match row.decode() {
@@ -130,20 +130,20 @@ pub fn walk_hashed(
                     id: &id,
                     ts: row.ts,
                     thread: envelope.thread.as_u16(),
-                    kind: &row.kind,
+                    kind: row.kind,
                     key_version: row.key_version,
                     causation_id: causation.as_ref(),
                     correlation_id: correlation.as_ref(),
                     schema: row.schema,
-                    payload: &row.payload,
+                    payload: row.payload,
                 },
             );
-            if chain::from_hex(&row.hash) != Some(hash) {
+            if chain::from_hex(row.hash) != Some(hash) {
                 return brk(BreakReason::Hash);
             }
             if let Some((seq, ref expected_hash)) = checkpoint {
                 if row.seq == seq {
-                    if row.hash != *expected_hash {
+                    if row.hash != expected_hash.as_str() {
                         return brk(BreakReason::HeadMismatch {
                             expected_hash: expected_hash.clone(),
                         });
