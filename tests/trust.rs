@@ -536,3 +536,53 @@ fn the_supervisor_makes_its_consumer_again_and_rotate_says_when_nothing_consumes
     assert!(!r.stderr.contains("accepted"), "{}", r.stderr);
     drop(server);
 }
+
+#[test]
+fn a_replica_follows_only_the_ledger_the_writer_lease_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = tes_bus::test_server::TestServer::start();
+    let url = server.url();
+    block_on(server.ready(None));
+    let on = |dir: &Path| args(with_keys(tes(dir)), &["--nats", &url]);
+    let status = |dir: &Path| run(args(on(dir), &["status", "--json"]));
+
+    // Writer A: rotates to v2 and signs, then stops (its lease lapses at once).
+    let a = tmp.path().join("a");
+    let writer_a = Daemon::spawn(on(&a), &["--actors", "version,supervisor"]);
+    wait_until_ok(|| args(on(&a), &["status"]));
+    assert_eq!(run(args(on(&a), &["rotate"])).code, 0);
+    for i in 0..5 {
+        assert_eq!(run(args(on(&a), &["sign", &format!("a{i}")])).code, 0);
+    }
+    drop(writer_a);
+
+    // Writer B: another ledger, v1 active. Its events follow A's in TES_EVENTS.
+    let b = tmp.path().join("b");
+    let _writer_b = Daemon::spawn(on(&b), &["--actors", "version,supervisor"]);
+    wait_until_ok(|| args(on(&b), &["status"]));
+    assert!(status(&b).stdout.contains("\"keyVersion\":\"1\""));
+    let _replica = Daemon::spawn(
+        on(&tmp.path().join("r")),
+        &["--actors", "version", "--role", "signer"],
+    );
+
+    // Every signature, by the writer or the replica, is under B's v1.
+    let mut by_replica = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while by_replica < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never signed"
+        );
+        let r = run(args(on(&b), &["sign", "x", "--json"]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        assert_eq!(v["keyVersion"], "v1", "{v}");
+        if v["signer"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("signer-"))
+        {
+            by_replica += 1;
+        }
+    }
+}

@@ -76,6 +76,11 @@ pub const LEDGER_SEQ_HEADER: &str = "Tes-Seq";
 /// Header carrying the message id; NATS JetStream de-duplicates on it.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
+/// On a published ledger event: the identity of the ledger it is a row of
+/// (the hex hash of its seq 1). Replicas follow only the ledger the writer
+/// lease names.
+pub const LEDGER_ID_HEADER: &str = "Tes-Ledger";
+
 /// The JetStream key-value bucket the Supervisor watches (the seed's
 /// `KV.put('rotation-signal', 'rotate')`).
 pub mod kv {

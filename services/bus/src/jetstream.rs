@@ -28,6 +28,8 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct EventStream {
     js: jetstream::Context,
+    /// The writer's ledger identity, sent with every event it publishes.
+    ledger: Option<String>,
 }
 
 impl std::fmt::Debug for EventStream {
@@ -62,7 +64,23 @@ impl EventStream {
                 subject::EVENTS_STREAM
             ))
         })?;
-        Ok(EventStream { js })
+        Ok(EventStream { js, ledger: None })
+    }
+
+    /// The writer's side: every event published names the ledger
+    /// (`Tes-Ledger`: the hex hash of its seq 1).
+    pub fn for_ledger(mut self, identity: String) -> EventStream {
+        self.ledger = Some(identity);
+        self
+    }
+
+    /// The ledger the writer lease names, if a writer holds or held one.
+    pub async fn registered_ledger(&self) -> Option<String> {
+        let kv = self.js.get_key_value(subject::kv::BUCKET).await.ok()?;
+        let entry = kv.entry(subject::kv::WRITER_LEASE).await.ok()??;
+        serde_json::from_slice::<crate::lease::LeaseValue>(&entry.value)
+            .ok()
+            .map(|v| v.ledger)
     }
 
     /// Publishes ledger events (with their seqs) in order and waits until
@@ -83,6 +101,9 @@ impl EventStream {
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_TYPE_HEADER, ct.mime());
             headers.insert(LEDGER_SEQ_HEADER, seq.to_string().as_str());
+            if let Some(ledger) = &self.ledger {
+                headers.insert(subject::LEDGER_ID_HEADER, ledger.as_str());
+            }
             let message = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
                 .headers(headers)
@@ -143,6 +164,18 @@ impl EventStream {
     /// receiver yields them in order, [`Followed::CaughtUp`] once the
     /// backlog is through, then new ones as they come.
     pub async fn follow(&self, threads: &[ThreadId]) -> Result<mpsc::Receiver<Followed>, BusError> {
+        self.follow_ledger(threads, None).await
+    }
+
+    /// [`EventStream::follow`], keeping only the events of `ledger` (by their
+    /// `Tes-Ledger` header; events published without one are kept): a
+    /// stream that once carried another ledger's events — a writer started
+    /// on another data directory — does not mix them in.
+    pub async fn follow_ledger(
+        &self,
+        threads: &[ThreadId],
+        ledger: Option<String>,
+    ) -> Result<mpsc::Receiver<Followed>, BusError> {
         let stream = self
             .js
             .get_stream(subject::EVENTS_STREAM)
@@ -187,6 +220,12 @@ impl EventStream {
                         .and_then(|h| h.get(name))
                         .map(|v| v.as_str())
                 };
+                if let (Some(want), Some(got)) = (&ledger, header(subject::LEDGER_ID_HEADER)) {
+                    if want != got {
+                        tracing::warn!(seq, ledger = %got, "an event of another ledger in the stream; not followed");
+                        continue;
+                    }
+                }
                 let ledger_seq = header(LEDGER_SEQ_HEADER).and_then(|s| s.parse::<u64>().ok());
                 let repeat = ledger_seq.is_some_and(|s| s <= last_ledger_seq);
                 let ct = ContentType::from_header(header(CONTENT_TYPE_HEADER));

@@ -601,6 +601,12 @@ async fn start_version(
     // The ledger first: a file that is not one is refused before anything
     // (the bundle store's directory included) is made beside it.
     let (engine, held) = open_engine(global, run, key_store, &env, keys, None)?;
+    // Every event it publishes names its ledger.
+    if let Some(identity) = engine.ledger().identity().map_err(Failure::check)? {
+        actor_config.event_stream = actor_config
+            .event_stream
+            .map(|s| s.for_ledger(tes_ledger::chain::to_hex(&identity)));
+    }
     // On NATS, one writer per deployment: the lease before anything is served.
     let lease = match nats {
         Some(client) => Some(hold_lease(client, engine.ledger(), &global.ledger_path()).await?),

@@ -71,8 +71,17 @@ pub async fn start(
     keyring: Keyring,
     config: ReplicaConfig,
 ) -> Result<Replica, BusError> {
-    // Alerts are ledger events too (recorded for Alert, 0x5003).
-    let mut events = stream.follow(&[THREAD, ThreadId::Alert]).await?;
+    // Alerts are ledger events too (recorded for Alert, 0x5003). Only the
+    // ledger the writer lease names is followed.
+    let registered = stream.registered_ledger().await;
+    if registered.is_none() {
+        tracing::warn!(
+            "no writer lease on this NATS server yet: following every ledger event in the stream"
+        );
+    }
+    let mut events = stream
+        .follow_ledger(&[THREAD, ThreadId::Alert], registered)
+        .await?;
     let mut state = State::default();
     while let Some(followed) = events.recv().await {
         match followed {
