@@ -332,23 +332,10 @@ fn reads_create_nothing_and_keys_are_never_made_behind_the_operators_back() {
     );
     assert!(!r.stderr.contains("another-secret-for-v1"));
     // Replaced on purpose: recorded, shown, and signing goes on under it.
-    let mut put = args(tes(&dir), &["secret", "put", "--version", "1", "--replace"]);
-    put.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = put.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a-replacement-for-v1\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    secret_put_as(
+        tes(&dir),
+        &["--version", "1", "--replace"],
+        "a-replacement-for-v1\n",
     );
     let r = run(args(tes(&dir), &["status"]));
     assert!(

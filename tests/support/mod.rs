@@ -66,9 +66,15 @@ pub fn args(mut c: Command, a: &[&str]) -> Command {
 }
 
 /// `tes secret put --version 2` with `secret` piped on stdin; must succeed.
-pub fn secret_put(mut c: Command, secret: &str) {
+pub fn secret_put(c: Command, secret: &str) {
+    secret_put_as(c, &["--version", "2"], secret)
+}
+
+/// `tes secret put ARGS` with `secret` piped on stdin; must succeed.
+pub fn secret_put_as(mut c: Command, put_args: &[&str], secret: &str) {
     use std::io::Write;
-    c.args(["secret", "put", "--version", "2"])
+    c.args(["secret", "put"])
+        .args(put_args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

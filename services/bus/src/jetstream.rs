@@ -42,28 +42,37 @@ fn transport(e: impl std::fmt::Display) -> BusError {
     BusError::Transport(e.to_string())
 }
 
+/// Opens the stream `config` names, or creates it: on files, with
+/// de-duplication, and never deleted from or purged through the API.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), BusError> {
+    let name = config.name.clone();
+    js.get_or_create_stream(stream::Config {
+        duplicate_window: DUPLICATE_WINDOW,
+        storage: stream::StorageType::File,
+        deny_delete: true,
+        deny_purge: true,
+        ..config
+    })
+    .await
+    .map(drop)
+    .map_err(|e| transport(format!("cannot create or open stream {name}: {e}")))
+}
+
 impl EventStream {
     /// Creates `TES_EVENTS` if it does not exist yet.
     pub async fn ensure(client: async_nats::Client) -> Result<EventStream, BusError> {
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: subject::EVENTS_STREAM.to_string(),
-            subjects: subject::durable_events(),
-            duplicate_window: DUPLICATE_WINDOW,
-            storage: stream::StorageType::File,
-            // History is never erased through the API (nor by anyone's
-            // NATS rights: ops/nats-server.conf denies it too).
-            deny_delete: true,
-            deny_purge: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            transport(format!(
-                "cannot create or open stream {}: {e}",
-                subject::EVENTS_STREAM
-            ))
-        })?;
+        // History is never erased through the API (nor by anyone's NATS
+        // rights: ops/nats-server.conf denies it too).
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: subject::EVENTS_STREAM.to_string(),
+                subjects: subject::durable_events(),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(EventStream { js, ledger: None })
     }
 
@@ -278,22 +287,15 @@ impl CheckpointStream {
     /// Creates `TES_CHECKPOINTS` if it does not exist yet (the writer).
     pub async fn ensure(client: async_nats::Client) -> Result<CheckpointStream, BusError> {
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: subject::CHECKPOINTS_STREAM.to_string(),
-            subjects: vec![subject::checkpoints()],
-            duplicate_window: DUPLICATE_WINDOW,
-            storage: stream::StorageType::File,
-            deny_delete: true,
-            deny_purge: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            transport(format!(
-                "cannot create or open stream {}: {e}",
-                subject::CHECKPOINTS_STREAM
-            ))
-        })?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: subject::CHECKPOINTS_STREAM.to_string(),
+                subjects: vec![subject::checkpoints()],
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(CheckpointStream { js })
     }
 
@@ -352,23 +354,16 @@ impl CommandStream {
     /// Creates `TES_COMMANDS` if it does not exist yet.
     pub async fn ensure(client: async_nats::Client) -> Result<CommandStream, BusError> {
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: subject::COMMANDS_STREAM.to_string(),
-            subjects: subject::durable_commands(),
-            duplicate_window: DUPLICATE_WINDOW,
-            storage: stream::StorageType::File,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            deny_delete: true,
-            deny_purge: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| {
-            transport(format!(
-                "cannot create or open stream {}: {e}",
-                subject::COMMANDS_STREAM
-            ))
-        })?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: subject::COMMANDS_STREAM.to_string(),
+                subjects: subject::durable_commands(),
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(CommandStream { js })
     }
 

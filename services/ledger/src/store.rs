@@ -325,14 +325,7 @@ impl Ledger {
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
             let seq: u64 = r.get(0).map_err(|e| self.sql(e))?;
             let hash: String = r.get(1).map_err(|e| self.sql(e))?;
-            let hash = chain::from_hex(&hash).ok_or(LedgerError::Decode {
-                seq,
-                error: DecodeError::BadField {
-                    field: "hash",
-                    detail: "not 64 hex characters".into(),
-                },
-            })?;
-            frontier.push(&hash);
+            frontier.push(&stored_hash(seq, &hash)?);
         }
         Ok(frontier)
     }
@@ -378,16 +371,10 @@ impl Ledger {
             .map_err(|e| self.sql(e))?;
         match row {
             None => Ok(Head::EMPTY),
-            Some((seq, hash)) => {
-                let hash = chain::from_hex(&hash).ok_or(LedgerError::Decode {
-                    seq,
-                    error: DecodeError::BadField {
-                        field: "hash",
-                        detail: "not 64 hex characters".into(),
-                    },
-                })?;
-                Ok(Head { seq, hash })
-            }
+            Some((seq, hash)) => Ok(Head {
+                seq,
+                hash: stored_hash(seq, &hash)?,
+            }),
         }
     }
 
@@ -806,6 +793,18 @@ pub(crate) fn classify(path: &Path, error: rusqlite::Error) -> LedgerError {
         Some(ErrorCode::DiskFull) => LedgerError::DiskFull(path),
         _ => LedgerError::Sqlite { path, error },
     }
+}
+
+/// The `hash` column of row `seq`, as a hash (a malformed one is a decode
+/// error at that seq).
+fn stored_hash(seq: u64, hex: &str) -> Result<Hash, LedgerError> {
+    chain::from_hex(hex).ok_or(LedgerError::Decode {
+        seq,
+        error: DecodeError::BadField {
+            field: "hash",
+            detail: "not 64 hex characters".into(),
+        },
+    })
 }
 
 /// Refuses an existing file that is neither a ledger nor an empty database,

@@ -28,7 +28,7 @@ pub enum Source {
     /// The ledger file (read-only).
     Ledger(PathBuf),
     /// `TES_EVENTS` on a NATS server.
-    Stream(EventStream),
+    Stream(Box<EventStream>),
 }
 
 #[derive(Debug, Clone)]

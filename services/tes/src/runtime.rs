@@ -465,11 +465,11 @@ pub fn admin_token() -> Result<Option<Arc<Secret>>> {
 async fn feed_source(global: &Global, transport: &Transport) -> Result<Source> {
     Ok(match transport {
         Transport::Embedded => Source::Ledger(global.ledger_path()),
-        Transport::Nats(nats) => Source::Stream(
+        Transport::Nats(nats) => Source::Stream(Box::new(
             EventStream::ensure(nats.client().clone())
                 .await
                 .map_err(Failure::check)?,
-        ),
+        )),
     })
 }
 
