@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::chain::{self, Hash, RowFields};
-use crate::store::{Head, Ledger};
+use crate::store::{Head, Ledger, RawRow};
 use crate::LedgerError;
 use tes_proto::{Envelope, Event};
 
@@ -97,74 +97,79 @@ pub fn walk_hashed(
     let mut prev = start.hash;
     let mut expected = start.seq + 1;
     let mut checkpoint_ok = checkpoint.as_ref().is_none_or(|(seq, _)| *seq <= start.seq);
-    ledger
-        .for_each_raw(start.seq + 1, to, |row| {
-            let brk = |reason| {
-                Err(VerifyError::Broken(ChainBreak {
-                    seq: row.seq,
-                    reason,
-                }))
-            };
-            if row.seq != expected {
-                return brk(BreakReason::Gap { expected });
+    let mut check = |row: RawRow<'_>| -> Result<bool, VerifyError> {
+        let brk = |reason| {
+            Err(VerifyError::Broken(ChainBreak {
+                seq: row.seq,
+                reason,
+            }))
+        };
+        if row.seq != expected {
+            return brk(BreakReason::Gap { expected });
+        }
+        if chain::from_hex(row.prev_hash) != Some(prev) {
+            return brk(BreakReason::Link);
+        }
+        let envelope = match row.decode() {
+            Ok(e) => e,
+            Err(LedgerError::Decode { error, .. }) => {
+                return brk(BreakReason::Decode(error.to_string()))
             }
-            if chain::from_hex(row.prev_hash) != Some(prev) {
-                return brk(BreakReason::Link);
-            }
-            let envelope = match row.decode() {
-                Ok(e) => e,
-                Err(LedgerError::Decode { error, .. }) => {
-                    return brk(BreakReason::Decode(error.to_string()))
+            Err(other) => return Err(other.into()),
+        };
+        // Hash the stored columns as they are (not a re-encoding), so a change
+        // to any column, the key_version column included, is caught.
+        let id = *envelope.id.0.as_bytes();
+        let causation = envelope.causation_id.map(|m| *m.0.as_bytes());
+        let correlation = envelope.correlation_id.map(|m| *m.0.as_bytes());
+        let hash = chain::row_hash(
+            &prev,
+            &RowFields {
+                seq: row.seq,
+                id: &id,
+                ts: row.ts,
+                thread: envelope.thread.as_u16(),
+                kind: row.kind,
+                key_version: row.key_version,
+                causation_id: causation.as_ref(),
+                correlation_id: correlation.as_ref(),
+                schema: row.schema,
+                payload: row.payload,
+            },
+        );
+        if chain::from_hex(row.hash) != Some(hash) {
+            return brk(BreakReason::Hash);
+        }
+        if let Some((seq, ref expected_hash)) = checkpoint {
+            if row.seq == seq {
+                if row.hash != expected_hash.as_str() {
+                    return brk(BreakReason::HeadMismatch {
+                        expected_hash: expected_hash.clone(),
+                    });
                 }
-                Err(other) => return Err(other.into()),
-            };
-            // Hash the stored columns as they are (not a re-encoding), so a change
-            // to any column, the key_version column included, is caught.
-            let id = *envelope.id.0.as_bytes();
-            let causation = envelope.causation_id.map(|m| *m.0.as_bytes());
-            let correlation = envelope.correlation_id.map(|m| *m.0.as_bytes());
-            let hash = chain::row_hash(
-                &prev,
-                &RowFields {
-                    seq: row.seq,
-                    id: &id,
-                    ts: row.ts,
-                    thread: envelope.thread.as_u16(),
-                    kind: row.kind,
-                    key_version: row.key_version,
-                    causation_id: causation.as_ref(),
-                    correlation_id: correlation.as_ref(),
-                    schema: row.schema,
-                    payload: row.payload,
-                },
-            );
-            if chain::from_hex(row.hash) != Some(hash) {
-                return brk(BreakReason::Hash);
+                checkpoint_ok = true;
             }
-            if let Some((seq, ref expected_hash)) = checkpoint {
-                if row.seq == seq {
-                    if row.hash != expected_hash.as_str() {
-                        return brk(BreakReason::HeadMismatch {
-                            expected_hash: expected_hash.clone(),
-                        });
-                    }
-                    checkpoint_ok = true;
-                }
-            }
-            prev = hash;
-            expected += 1;
-            Ok(visit(row.seq, &hash, envelope))
-        })
-        .map_err(|e| match e {
-            // A row that cannot even be read is a break at that row.
-            VerifyError::Ledger(LedgerError::Decode { seq, error }) => {
-                VerifyError::Broken(ChainBreak {
-                    seq,
-                    reason: BreakReason::Decode(error.to_string()),
-                })
-            }
-            other => other,
-        })?;
+        }
+        prev = hash;
+        expected += 1;
+        Ok(visit(row.seq, &hash, envelope))
+    };
+    let rows = ledger.head().seq.min(to).saturating_sub(start.seq);
+    let walked = if rows >= PIPELINE_FROM {
+        pipelined(ledger, start.seq + 1, to, &mut check)
+    } else {
+        ledger.for_each_raw(start.seq + 1, to, check)
+    };
+    walked.map_err(|e| match e {
+        // A row that cannot even be read is a break at that row.
+        VerifyError::Ledger(LedgerError::Decode { seq, error }) => {
+            VerifyError::Broken(ChainBreak {
+                seq,
+                reason: BreakReason::Decode(error.to_string()),
+            })
+        }
+        other => other,
+    })?;
     if !checkpoint_ok {
         let (seq, expected_hash) = checkpoint.expect("checked above");
         return Err(ChainBreak {
@@ -179,5 +184,143 @@ pub fn walk_hashed(
             seq: expected - 1,
             hash: prev,
         },
+    })
+}
+
+/// From this many rows on, a walk reads on one thread and checks on the
+/// calling one (two cores: SQLite's row stepping is half the work).
+const PIPELINE_FROM: u64 = 20_000;
+/// Rows per hand-over between the two.
+const BATCH_ROWS: usize = 2048;
+
+/// Rows read by the reader thread: one arena for texts and one for
+/// payloads per batch, so a row costs no allocation of its own (and its
+/// texts are not checked for UTF-8 a second time).
+#[derive(Default)]
+struct Batch {
+    text: String,
+    blobs: Vec<u8>,
+    rows: Vec<Stored>,
+}
+
+/// A row's numbers, and where its texts and payload are in the arena.
+struct Stored {
+    seq: u64,
+    ts: u64,
+    key_version: Option<u32>,
+    schema: u16,
+    /// id, thread, kind, causation, correlation, payload, prev_hash, hash.
+    spans: [(u32, u32); 8],
+    has_causation: bool,
+    has_correlation: bool,
+}
+
+impl Batch {
+    fn push(&mut self, r: &RawRow<'_>) {
+        let text = &mut self.text;
+        let mut span = |t: &str| {
+            let start = text.len() as u32;
+            text.push_str(t);
+            (start, t.len() as u32)
+        };
+        let mut spans = [
+            span(r.id),
+            span(r.thread),
+            span(r.kind),
+            span(r.causation_id.unwrap_or("")),
+            span(r.correlation_id.unwrap_or("")),
+            (0, 0),
+            span(r.prev_hash),
+            span(r.hash),
+        ];
+        spans[5] = (self.blobs.len() as u32, r.payload.len() as u32);
+        self.blobs.extend_from_slice(r.payload);
+        self.rows.push(Stored {
+            seq: r.seq,
+            ts: r.ts,
+            key_version: r.key_version,
+            schema: r.schema,
+            spans,
+            has_causation: r.causation_id.is_some(),
+            has_correlation: r.correlation_id.is_some(),
+        });
+    }
+
+    fn row(&self, i: usize) -> RawRow<'_> {
+        let s = &self.rows[i];
+        let range = |k: usize| {
+            let (start, len) = s.spans[k];
+            start as usize..(start + len) as usize
+        };
+        let text = |k: usize| &self.text[range(k)];
+        RawRow {
+            seq: s.seq,
+            id: text(0),
+            ts: s.ts,
+            thread: text(1),
+            kind: text(2),
+            key_version: s.key_version,
+            causation_id: s.has_causation.then(|| text(3)),
+            correlation_id: s.has_correlation.then(|| text(4)),
+            schema: s.schema,
+            payload: &self.blobs[range(5)],
+            prev_hash: text(6),
+            hash: text(7),
+        }
+    }
+}
+
+/// Reads rows `from..=to` on a second connection in a thread of its own
+/// and hands them, in order and in batches, to `check` on this thread.
+fn pipelined(
+    ledger: &Ledger,
+    from: u64,
+    to: u64,
+    check: &mut impl FnMut(RawRow<'_>) -> Result<bool, VerifyError>,
+) -> Result<(), VerifyError> {
+    let path = ledger.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, LedgerError>>(4);
+    std::thread::scope(|scope| {
+        let reading = std::thread::Builder::new().name("tes-ledger-read".into());
+        let spawned = reading.spawn_scoped(scope, move || {
+            let reader = match Ledger::open_reader(&path) {
+                Ok(r) => r,
+                Err(e) => return drop(tx.send(Err(e))),
+            };
+            let mut batch = Batch::default();
+            let read = reader.for_each_raw(from, to, |row| {
+                batch.push(&row);
+                if batch.rows.len() == BATCH_ROWS {
+                    let full = std::mem::take(&mut batch);
+                    // The checker stopped (a break, or enough): stop reading.
+                    if tx.send(Ok(full)).is_err() {
+                        return Ok(false);
+                    }
+                }
+                Ok::<_, LedgerError>(true)
+            });
+            // What was read before a row that cannot be read is checked first.
+            if tx.send(Ok(batch)).is_ok() {
+                if let Err(e) = read {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        if let Err(error) = spawned {
+            return Err(VerifyError::Ledger(LedgerError::Io {
+                path: ledger.path().to_path_buf(),
+                error,
+            }));
+        }
+        // `rx` is moved in: an early return drops it, which ends the reader.
+        for batch in rx {
+            let batch = batch?;
+            for i in 0..batch.rows.len() {
+                if !check(batch.row(i))? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     })
 }

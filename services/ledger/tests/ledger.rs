@@ -320,3 +320,47 @@ fn a_column_stored_with_another_type_is_a_break_at_its_seq() {
         "{reason}"
     );
 }
+
+/// A long ledger is read on one thread and checked on another: the same
+/// verdicts as the short walk, at the same seqs, in every part of it.
+#[test]
+fn a_long_ledger_is_verified_in_two_threads_with_the_same_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_with(dir.path(), 30_000);
+    let good = verify(&Ledger::open_reader(&path).unwrap(), None).unwrap();
+    assert_eq!(good.events, 30_000);
+    for (at, what) in [
+        (
+            3,
+            "UPDATE events SET payload = X'00' || payload WHERE seq = 3",
+        ),
+        (
+            2048,
+            "UPDATE events SET payload = X'00' || payload WHERE seq = 2048",
+        ),
+        (2050, "DELETE FROM events WHERE seq = 2049"),
+        (
+            29_999,
+            "UPDATE events SET hash = prev_hash WHERE seq = 29999",
+        ),
+        (17_000, "UPDATE events SET ts = 'x' WHERE seq = 17000"),
+    ] {
+        let sub = dir.path().join(format!("t{at}"));
+        std::fs::create_dir(&sub).unwrap();
+        let copy = tamperable_copy(&path, &sub);
+        rusqlite::Connection::open(&copy)
+            .unwrap()
+            .execute_batch(what)
+            .unwrap();
+        assert_eq!(broken_at(&copy).0, at, "{what}");
+    }
+    // A walk that stops early stops the reader too.
+    let ledger = Ledger::open_reader(&path).unwrap();
+    let mut seen = 0;
+    tes_ledger::walk(&ledger, tes_ledger::Head::EMPTY, u64::MAX, None, |_, _| {
+        seen += 1;
+        seen < 5000
+    })
+    .unwrap();
+    assert_eq!(seen, 5000);
+}
