@@ -61,23 +61,6 @@ pub mod kind {
     pub const ARCHIVE_BATCH: &str = "archive_batch";
     pub const BUNDLE_ARCHIVED: &str = "bundle_archived";
 
-    /// The kinds that are ledger rows (see [`super::Event::is_ledgered`]).
-    pub const LEDGERED: [&str; 13] = [
-        KEY_PROVISIONED,
-        KEY_ROTATE,
-        KEY_ROLLBACK,
-        KEY_RETIRED,
-        KEY_FALLBACK,
-        ROTATION_FAILED,
-        SIGNATURE_GENERATED,
-        SIGNATURE_VERIFIED,
-        VERSION_BUMP,
-        ALERT,
-        RESOLVED,
-        ARCHIVE_BATCH,
-        BUNDLE_ARCHIVED,
-    ];
-
     pub const ALL: [&str; 17] = [
         KEY_PROVISIONED,
         KEY_ROTATE,
@@ -97,6 +80,13 @@ pub mod kind {
         ARCHIVE_BATCH,
         BUNDLE_ARCHIVED,
     ];
+
+    /// The kinds that are ledger rows (see [`super::Event::is_ledgered`]):
+    /// all but refusals, checkpoints, heartbeats and snapshots.
+    pub fn ledgered() -> impl Iterator<Item = &'static str> {
+        ALL.into_iter()
+            .filter(|k| !matches!(*k, REJECTED | CHECKPOINT | SIGNER_HEARTBEAT | METRICS))
+    }
 }
 
 impl Event {

@@ -25,9 +25,8 @@ pub const EVENTS_STREAM: &str = "TES_EVENTS";
 /// go to [`CHECKPOINTS_STREAM`]): they are not the ledger, and would fill it.
 pub fn durable_events() -> Vec<String> {
     use crate::event::kind;
-    kind::LEDGERED
-        .iter()
-        .map(|k| match *k {
+    kind::ledgered()
+        .map(|k| match k {
             kind::ALERT | kind::RESOLVED => event(ThreadId::Alert, k),
             _ => event(ThreadId::VersionManagement, k),
         })

@@ -142,29 +142,17 @@ impl Actors {
     /// verbs (the observers belong to the daemon: they serve a port and
     /// write a log).
     pub async fn embedded(global: &Global, run: &RunOptions) -> Result<Actors> {
-        Actors::start(
-            global,
-            run,
-            None,
-            Transport::Embedded,
-            ActorSet::CORE,
-            Role::Writer,
-        )
-        .await
+        Actors::embedded_with(global, run, Keys::Given).await
     }
 
     /// The same for `tes demo`, which may generate v1 and the audit key.
     pub async fn embedded_generating(global: &Global, run: &RunOptions) -> Result<Actors> {
-        Actors::start_with(
-            global,
-            run,
-            None,
-            Transport::Embedded,
-            ActorSet::CORE,
-            Role::Writer,
-            Keys::Generate,
-        )
-        .await
+        Actors::embedded_with(global, run, Keys::Generate).await
+    }
+
+    async fn embedded_with(global: &Global, run: &RunOptions, keys: Keys) -> Result<Actors> {
+        let (transport, which) = (Transport::Embedded, ActorSet::CORE);
+        Actors::start_with(global, run, None, transport, which, Role::Writer, keys).await
     }
 
     /// Starts the actors of `which` on `transport`. Version Management opens
