@@ -26,7 +26,7 @@ use crate::runtime::{self, environment};
 
 /// The audit key from `TES_AUDIT_KEY[_FILE]` or the key store, if any.
 /// Reads only.
-fn audit_key(global: &Global) -> Result<Option<AuditKey>> {
+pub fn audit_key(global: &Global) -> Result<Option<AuditKey>> {
     if let Some(key) = AuditKey::from_env(environment()).map_err(Failure::input)? {
         return Ok(Some(key));
     }

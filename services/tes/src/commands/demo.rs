@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::anyhow;
 use serde_json::json;
 use tes_keyring::{Keyring, Secret};
-use tes_ledger::{verify, Ledger};
+use tes_ledger::Ledger;
 use tes_proto::command::{Bump, Rollback, Rotate, Scope, Verify};
 use tes_proto::reply::BumpReply;
 use tes_proto::{KeyVersion, ThreadId};
@@ -61,16 +61,22 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
         &line,
     );
 
-    // 8. Audit the chain.
-    let ok = verify(&ledger, None).map_err(verify_failure)?;
+    // 8. Audit the chain and the Merkle tree its checkpoints sign.
+    let report = tes_audit::check_ledger(&ledger, &[], |_, _| {}).map_err(verify_failure)?;
+    let ok = report.verified;
+    let vkey = crate::commands::audit::audit_key(global)?
+        .map(|k| k.vkey())
+        .unwrap_or_default();
     p.emit(
         format!(
-            "8. Audit: the hash chain is sound ({} events, head seq {} hash {}…). `tes audit verify` names the first bad seq if a byte changes.",
+            "8. Audit: the hash chain is sound ({} events, head seq {} hash {}…), Merkle root {}…, signed as checkpoints by the audit key {}. `tes audit verify` names the first bad seq if a byte changes, or where the ledger parts from a signed checkpoint.",
             ok.events,
             ok.head.seq,
-            short(&ok.head.hash_hex())
+            short(&ok.head.hash_hex()),
+            short(&hex::encode(report.root)),
+            vkey.split('+').next().unwrap_or_default()
         ),
-        &json!({"step": "audit", "ok": true, "events": ok.events, "headSeq": ok.head.seq, "headHash": ok.head.hash_hex()}),
+        &json!({"step": "audit", "ok": true, "events": ok.events, "headSeq": ok.head.seq, "headHash": ok.head.hash_hex(), "rootHash": hex::encode(report.root), "vkey": vkey}),
     );
 
     // 9. What Monitoring (0x5000) makes of the same ledger.
