@@ -187,8 +187,8 @@ pub fn walk_hashed(
     })
 }
 
-/// From this many rows on, a walk reads on one thread and checks on the
-/// calling one (two cores: SQLite's row stepping is half the work).
+/// From this many rows on, a walk reads on other threads and checks on the
+/// calling one (SQLite's row stepping is more than half the work).
 const PIPELINE_FROM: u64 = 20_000;
 /// Rows per hand-over between the two.
 const BATCH_ROWS: usize = 2048;
@@ -270,55 +270,80 @@ impl Batch {
     }
 }
 
-/// Reads rows `from..=to` on a second connection in a thread of its own
-/// and hands them, in order and in batches, to `check` on this thread.
+/// How many threads read, each on its own connection: chunks of
+/// [`BATCH_ROWS`] seqs go to them in turn, and the checker takes them back
+/// in seq order.
+const READERS: u64 = 2;
+
+/// Reads rows `from..=to` (up to the ledger's head as it is now) on
+/// [`READERS`] connections in threads of their own, chunk by chunk in turn,
+/// and hands them to `check` on this thread in seq order.
 fn pipelined(
     ledger: &Ledger,
     from: u64,
     to: u64,
     check: &mut impl FnMut(RawRow<'_>) -> Result<bool, VerifyError>,
 ) -> Result<(), VerifyError> {
-    let path = ledger.path().to_path_buf();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, LedgerError>>(4);
+    let last = ledger.head().seq.min(to);
+    if last < from {
+        return Ok(());
+    }
+    let chunk = BATCH_ROWS as u64;
+    let chunks = (last - from) / chunk + 1;
     std::thread::scope(|scope| {
-        let reading = std::thread::Builder::new().name("tes-ledger-read".into());
-        let spawned = reading.spawn_scoped(scope, move || {
-            let reader = match Ledger::open_reader(&path) {
-                Ok(r) => r,
-                Err(e) => return drop(tx.send(Err(e))),
-            };
-            let mut batch = Batch::default();
-            let read = reader.for_each_raw(from, to, |row| {
-                batch.push(&row);
-                if batch.rows.len() == BATCH_ROWS {
-                    let full = std::mem::take(&mut batch);
-                    // The checker stopped (a break, or enough): stop reading.
-                    if tx.send(Ok(full)).is_err() {
-                        return Ok(false);
+        let mut receivers = Vec::new();
+        for reader_no in 0..READERS {
+            // A chunk, and the error that cut it short (checked after its rows).
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Batch, Option<LedgerError>)>(2);
+            receivers.push(rx);
+            let path = ledger.path().to_path_buf();
+            let reading = std::thread::Builder::new().name(format!("tes-ledger-read-{reader_no}"));
+            let spawned = reading.spawn_scoped(scope, move || {
+                let reader = match Ledger::open_reader(&path) {
+                    Ok(r) => r,
+                    Err(e) => return drop(tx.send((Batch::default(), Some(e)))),
+                };
+                let mut c = reader_no;
+                while c < chunks {
+                    let lo = from + c * chunk;
+                    let hi = (lo + chunk - 1).min(last);
+                    let mut batch = Batch::default();
+                    let read = reader.for_each_raw(lo, hi, |row| {
+                        batch.push(&row);
+                        Ok::<_, LedgerError>(true)
+                    });
+                    // What was read before a row that cannot be read is
+                    // checked first; the checker stopping stops the reading.
+                    let failed = read.is_err();
+                    if tx.send((batch, read.err())).is_err() || failed {
+                        return;
                     }
+                    c += READERS;
                 }
-                Ok::<_, LedgerError>(true)
             });
-            // What was read before a row that cannot be read is checked first.
-            if tx.send(Ok(batch)).is_ok() {
-                if let Err(e) = read {
-                    let _ = tx.send(Err(e));
-                }
+            if let Err(error) = spawned {
+                return Err(VerifyError::Ledger(LedgerError::Io {
+                    path: ledger.path().to_path_buf(),
+                    error,
+                }));
             }
-        });
-        if let Err(error) = spawned {
-            return Err(VerifyError::Ledger(LedgerError::Io {
-                path: ledger.path().to_path_buf(),
-                error,
-            }));
         }
-        // `rx` is moved in: an early return drops it, which ends the reader.
-        for batch in rx {
-            let batch = batch?;
+        // The receivers are moved in: an early return drops them, which
+        // ends the readers.
+        let receivers = receivers;
+        for c in 0..chunks {
+            let rx = &receivers[(c % READERS) as usize];
+            let Ok((batch, error)) = rx.recv() else {
+                // A reader ends early only after a chunk with its error.
+                break;
+            };
             for i in 0..batch.rows.len() {
                 if !check(batch.row(i))? {
                     return Ok(());
                 }
+            }
+            if let Some(e) = error {
+                return Err(e.into());
             }
         }
         Ok(())

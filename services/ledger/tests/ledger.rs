@@ -321,10 +321,11 @@ fn a_column_stored_with_another_type_is_a_break_at_its_seq() {
     );
 }
 
-/// A long ledger is read on one thread and checked on another: the same
-/// verdicts as the short walk, at the same seqs, in every part of it.
+/// A long ledger is read on two threads and checked on a third: the same
+/// verdicts as the short walk, at the same seqs, in every part of it (on
+/// both sides of a chunk boundary, in either reader's chunks).
 #[test]
-fn a_long_ledger_is_verified_in_two_threads_with_the_same_verdicts() {
+fn a_long_ledger_is_verified_across_threads_with_the_same_verdicts() {
     let dir = tempfile::tempdir().unwrap();
     let path = ledger_with(dir.path(), 30_000);
     let good = verify(&Ledger::open_reader(&path).unwrap(), None).unwrap();
