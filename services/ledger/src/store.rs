@@ -312,6 +312,12 @@ impl Ledger {
         (self.frontier.size(), self.frontier.root())
     }
 
+    /// A writer's Merkle frontier at its head (its root is computed only
+    /// when a checkpoint is signed, not per append).
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
+    }
+
     /// The Merkle frontier from every stored row hash, in seq order. The
     /// hashes are taken as stored: the chain itself is checked by the walk
     /// that every start-up does (`walk`), not here.
@@ -390,7 +396,9 @@ impl Ledger {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let mut head = self.head;
-        let mut frontier = self.frontier.clone();
+        // Row hashes of what this batch adds: into the Merkle frontier once
+        // it has committed (a failed batch leaves the frontier as it was).
+        let mut added = Vec::with_capacity(events.len());
         let mut out = Vec::with_capacity(events.len());
         {
             let mut find = tx
@@ -434,7 +442,7 @@ impl Ledger {
                     .map_err(sql)?;
                 if inserted == 1 {
                     head = Head { seq, hash };
-                    frontier.push(&hash);
+                    added.push(hash);
                     out.push(Appended {
                         seq,
                         duplicate: false,
@@ -478,7 +486,9 @@ impl Ledger {
         }
         tx.commit().map_err(sql)?;
         self.head = head;
-        self.frontier = frontier;
+        for hash in &added {
+            self.frontier.push(hash);
+        }
         Ok(out)
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tes_bus::jetstream::EventStream;
 use tes_bus::typed::{decode_command, publish_event, publish_ledgered, refuse, respond};
 use tes_bus::{Bus, Message};
+use tes_ledger::merkle::Frontier;
 use tes_ledger::{Head, Outbox};
 use tes_proto::command::{Archive, Bump, Record, Rollback, Rotate, Sign, Status, Verify};
 use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
@@ -87,8 +88,9 @@ struct Committed {
     /// With their ledger seqs.
     events: Vec<(u64, Envelope<Event>)>,
     head: Head,
-    /// The Merkle tree's root at `head`.
-    root: tes_ledger::Hash,
+    /// The Merkle tree at `head` (its root is computed only for the
+    /// checkpoints actually signed, at most one a second).
+    tree: Frontier,
 }
 
 /// Signs checkpoints and hands them to witnesses.
@@ -253,11 +255,10 @@ fn engine_loop(
             jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
         let (outcomes, events) = engine.handle_batch(requests);
         if !events.is_empty() {
-            let (_, root) = engine.ledger().tree_head();
             let _ = committed.send(Committed {
                 events,
                 head: engine.head(),
-                root,
+                tree: engine.ledger().frontier().clone(),
             });
         }
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -286,7 +287,7 @@ async fn publish_committed(
     let mut checkpoint_tick = tokio::time::interval(config.checkpoint_every);
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The newest head not yet checkpointed.
-    let mut unsigned: Option<(Head, tes_ledger::Hash)> = None;
+    let mut unsigned: Option<(Head, Frontier)> = None;
     let (witness_tx, witness_task) = match &config.auditor {
         Some(auditor) => {
             let (tx, rx) = tokio::sync::watch::channel(None);
@@ -297,7 +298,8 @@ async fn publish_committed(
         }
         None => (None, None),
     };
-    let checkpoint = |head: Head, root: tes_ledger::Hash| {
+    let checkpoint = |head: Head, tree: Frontier| {
+        let root = tree.root();
         let signed = config
             .auditor
             .as_ref()
@@ -341,8 +343,8 @@ async fn publish_committed(
                 continue;
             }
             _ = checkpoint_tick.tick(), if unsigned.is_some() => {
-                if let Some((head, root)) = unsigned.take() {
-                    checkpoint(head, root).await;
+                if let Some((head, tree)) = unsigned.take() {
+                    checkpoint(head, tree).await;
                 }
                 continue;
             }
@@ -368,13 +370,13 @@ async fn publish_committed(
         });
         if lifecycle {
             unsigned = None;
-            checkpoint(batch.head, batch.root).await;
+            checkpoint(batch.head, batch.tree).await;
         } else {
-            unsigned = Some((batch.head, batch.root));
+            unsigned = Some((batch.head, batch.tree));
         }
     }
-    if let Some((head, root)) = unsigned.take() {
-        checkpoint(head, root).await;
+    if let Some((head, tree)) = unsigned.take() {
+        checkpoint(head, tree).await;
     }
     if let Some((outbox, stream)) = &outbox {
         drain(outbox, stream, config.wire).await;
@@ -392,10 +394,13 @@ async fn feed_witnesses(
     auditor: Auditor,
     mut rx: tokio::sync::watch::Receiver<Option<tes_audit::SignedCheckpoint>>,
 ) {
+    let mut written = None;
     loop {
         let ended = rx.changed().await.is_err();
         let latest = rx.borrow_and_update().clone();
-        if let Some(signed) = latest {
+        // At the end the last value is seen again: written once is enough.
+        if let Some(signed) = latest.filter(|s| written != Some(s.checkpoint.size)) {
+            written = Some(signed.checkpoint.size);
             for witness in &auditor.witnesses {
                 if let Err(error) = witness.put(&signed).await {
                     tracing::warn!(witness = %witness.describe(), %error, size = signed.checkpoint.size, "checkpoint not written to a witness; the next one will be");
