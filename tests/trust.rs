@@ -298,6 +298,14 @@ fn reads_create_nothing_and_keys_are_never_made_behind_the_operators_back() {
         assert!(!nowhere.exists(), "{verb:?} created {}", nowhere.display());
     }
 
+    // A bad audit key source stops `tes init` before a key or a ledger is made.
+    let mut init = args(tes(&nowhere), &["init"]);
+    init.env("TES_AUDIT_KEY_FILE", tmp.path().join("no-such-key"));
+    let r = run(init);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("TES_AUDIT_KEY_FILE"), "{}", r.stderr);
+    assert!(!nowhere.exists(), "init created {}", nowhere.display());
+
     // A daemon-less one-shot on an empty dir without secrets says to init.
     let empty = tmp.path().join("empty");
     let r = run(args(tes(&empty), &["sign", "x"]));

@@ -586,6 +586,7 @@ async fn start_version(
     let archiver = actor_config.archiver.clone();
     let env = environment();
     let fresh = !global.ledger_path().exists();
+    let configured = configured_audit_key(&env, key_store)?;
     // The ledger first: a file that is not one is refused before anything
     // (the bundle store's directory included) is made beside it.
     let (engine, held) = open_engine(global, run, key_store, &env, keys, None)?;
@@ -612,7 +613,7 @@ async fn start_version(
         witnesses.push(Arc::new(tes_audit::DirWitness::new(&dir)));
     }
     let may_generate = keys == Keys::Generate || fresh;
-    actor_config.auditor = audit_key(&env, key_store, engine.ledger(), may_generate)?
+    actor_config.auditor = audit_key(configured, key_store, engine.ledger(), may_generate)?
         .map(|key| actor::Auditor { key, witnesses });
     if actor_config.auditor.is_none() {
         tracing::warn!("no audit key: checkpoints of this ledger are not signed; run `tes init` once (it adds one to an older ledger) or set TES_AUDIT_KEY_FILE");
@@ -747,31 +748,41 @@ pub fn origin_for(identity: &tes_ledger::Hash) -> String {
     format!("tes-ledger/{}", &tes_ledger::chain::to_hex(identity)[..16])
 }
 
-/// The audit key: `TES_AUDIT_KEY[_FILE]`, else the key store's. With
-/// `may_generate` (`tes init`, `tes demo`, or a start that has just created
-/// the ledger: an audit key is born with its ledger's genesis), a missing
-/// one is generated into the key store; an older ledger without one gets it
-/// from `tes init`.
-pub fn audit_key(
+/// The audit key that is configured: `TES_AUDIT_KEY[_FILE]`, else the key
+/// store's. Read before the ledger is opened, so a bad source stops a start
+/// before anything is created.
+pub fn configured_audit_key(
     env: &[(String, String)],
     key_store: &KeyStore,
-    ledger: &tes_ledger::Ledger,
-    may_generate: bool,
 ) -> Result<Option<tes_audit::AuditKey>> {
     if let Some(key) = tes_audit::AuditKey::from_env(env.to_vec()).map_err(Failure::input)? {
         return Ok(Some(key));
     }
-    if let Some(secret) = key_store.audit_key().map_err(Failure::input)? {
-        return tes_audit::AuditKey::parse(&key_store.describe(), secret.expose_str())
+    match key_store.audit_key().map_err(Failure::input)? {
+        Some(secret) => tes_audit::AuditKey::parse(&key_store.describe(), secret.expose_str())
             .map(Some)
-            .map_err(Failure::input);
+            .map_err(Failure::input),
+        None => Ok(None),
+    }
+}
+
+/// The audit key for `ledger`: the configured one, else — with
+/// `may_generate` (`tes init`, `tes demo`, or a start that has just created
+/// the ledger: an audit key is born with its ledger's genesis) — a new one
+/// generated into the key store; an older ledger without one gets it from
+/// `tes init`.
+pub fn audit_key(
+    configured: Option<tes_audit::AuditKey>,
+    key_store: &KeyStore,
+    ledger: &tes_ledger::Ledger,
+    may_generate: bool,
+) -> Result<Option<tes_audit::AuditKey>> {
+    if configured.is_some() || !may_generate {
+        return Ok(configured);
     }
     let Some(identity) = ledger.identity().map_err(Failure::check)? else {
         return Ok(None);
     };
-    if !may_generate {
-        return Ok(None);
-    }
     let key = tes_audit::AuditKey::generate(&origin_for(&identity)).map_err(Failure::check)?;
     let secret = Secret::from_text("audit key", key.to_private().as_bytes().to_vec())
         .map_err(Failure::check)?;

@@ -27,16 +27,7 @@ use crate::runtime::{self, environment};
 /// The audit key from `TES_AUDIT_KEY[_FILE]` or the key store, if any.
 /// Reads only.
 pub fn audit_key(global: &Global) -> Result<Option<AuditKey>> {
-    if let Some(key) = AuditKey::from_env(environment()).map_err(Failure::input)? {
-        return Ok(Some(key));
-    }
-    let store = global.key_store();
-    match store.audit_key().map_err(Failure::input)? {
-        Some(secret) => AuditKey::parse(&store.describe(), secret.expose_str())
-            .map(Some)
-            .map_err(Failure::input),
-        None => Ok(None),
-    }
+    runtime::configured_audit_key(&environment(), &global.key_store())
 }
 
 fn need_key(global: &Global) -> Result<AuditKey> {

@@ -16,9 +16,11 @@ pub async fn run(global: &Global, run: &RunOptions) -> Result<()> {
     let env = environment();
     let store = global.key_store();
     let existed = global.ledger_path().exists();
+    // A bad audit key source stops here, before a key or a ledger is made.
+    let configured = runtime::configured_audit_key(&env, &store)?;
     let (engine, held) = runtime::open_engine(global, run, &store, &env, Keys::Generate, None)?;
-    let key =
-        runtime::audit_key(&env, &store, engine.ledger(), true)?.expect("generated when missing");
+    let key = runtime::audit_key(configured, &store, engine.ledger(), true)?
+        .expect("generated when missing");
     let head = engine.head();
     let (size, root) = engine.ledger().tree_head();
     let signed = SignedCheckpoint::sign(&key, size, root);
