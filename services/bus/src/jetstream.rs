@@ -320,15 +320,31 @@ impl CheckpointStream {
     /// The newest checkpoint event in the stream, if there is a stream and
     /// anything in it (reads only: never creates the stream).
     pub async fn latest(client: async_nats::Client) -> Result<Option<Envelope<Event>>, BusError> {
+        use jetstream::context::GetStreamErrorKind;
+        use jetstream::stream::LastRawMessageErrorKind;
         let js = jetstream::new(client);
-        let Ok(stream) = js.get_stream(subject::CHECKPOINTS_STREAM).await else {
-            return Ok(None);
+        let unreadable = |e: &dyn std::fmt::Display| {
+            transport(format!(
+                "cannot read {} (is the NATS user allowed to?): {e}",
+                subject::CHECKPOINTS_STREAM
+            ))
         };
-        let Ok(raw) = stream
+        // No stream, or nothing in it, is no checkpoint; anything else (a
+        // refusal, no answer) is said, not taken for "nothing there".
+        let stream = match js.get_stream(subject::CHECKPOINTS_STREAM).await {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(unreadable(&e)),
+        };
+        let raw = match stream
             .get_last_raw_message_by_subject(&subject::checkpoints())
             .await
-        else {
-            return Ok(None);
+        {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(unreadable(&e)),
         };
         let ct = ContentType::from_header(raw.headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str()))
             .map_err(transport)?;
