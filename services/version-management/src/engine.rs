@@ -157,9 +157,10 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Opens the ledger for writing, rebuilds the state (newest snapshot,
-    /// then the tail, all checked against the chain), and records the keys
-    /// this signer holds (activating v1 on a new ledger).
+    /// Opens the ledger for writing, rebuilds the state (every row from
+    /// seq 1, checked against the chain), and records the keys this signer
+    /// holds (activating v1 on a new ledger; refusing material that differs
+    /// from what the ledger recorded, unless `config.replace` names it).
     pub fn open(
         config: EngineConfig,
         keyring: Keyring,
