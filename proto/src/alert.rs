@@ -26,16 +26,44 @@ pub enum Rule {
     RotationFailed,
     /// The old version's share has not fallen over a window.
     MigrationStalled,
+    /// A key version was revoked within the recent window (critical).
+    KeyRevoked,
+}
+
+/// How urgent a rule is (a label in Prometheus and the logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
 }
 
 impl Rule {
-    pub const ALL: [Rule; 5] = [
+    pub const ALL: [Rule; 6] = [
         Rule::NewVersionUsageBelow,
         Rule::OldVersionUsageAbove,
         Rule::FallbackRateAbove,
         Rule::RotationFailed,
         Rule::MigrationStalled,
+        Rule::KeyRevoked,
     ];
+
+    /// A revocation (a key that leaked) and a failed rotation (nothing to
+    /// rotate to) need someone now; the migration rules can wait for hours.
+    pub fn severity(self) -> Severity {
+        match self {
+            Rule::KeyRevoked | Rule::RotationFailed => Severity::Critical,
+            _ => Severity::Warning,
+        }
+    }
 
     /// The name in rules files, events and metrics labels.
     pub fn name(self) -> &'static str {
@@ -45,6 +73,7 @@ impl Rule {
             Rule::FallbackRateAbove => "fallback_rate_above",
             Rule::RotationFailed => "rotation_failed",
             Rule::MigrationStalled => "migration_stalled",
+            Rule::KeyRevoked => "key_revoked",
         }
     }
 }

@@ -14,7 +14,8 @@ use crate::event::Event;
 use crate::key_version::KeyVersion;
 use crate::metrics::MetricsSnapshot;
 use crate::reply::{
-    AlertsReply, BumpReply, RecordReply, RotationReply, SignReply, StatusReply, VerifyReply,
+    AlertsReply, BumpReply, GraceReply, RecordReply, RevokeReply, RotationReply, SignReply,
+    StatusReply, VerifyReply,
 };
 use crate::subject::verb;
 use crate::thread::ThreadId;
@@ -174,10 +175,62 @@ impl CommandBody for Bump {
     type Reply = BumpReply;
 }
 
+/// Stop trusting a key version now: from the `key_revoked` event on it
+/// neither signs nor verifies, on every signer. Revoking the active version
+/// rotates to the next provisioned one in the same transaction; with none,
+/// it is refused unless `force` (then nothing signs until a new version is
+/// provisioned and rotated to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Revoke {
+    pub version: KeyVersion,
+    /// Why (required): recorded in the ledger and shown by every verifier
+    /// that refuses the version.
+    pub reason: String,
+    #[serde(default = "default_requester", alias = "requested_by")]
+    pub requested_by: String,
+    /// Revoke the active version even when no version can take over.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl CommandBody for Revoke {
+    const VERB: &'static str = verb::REVOKE;
+    type Reply = RevokeReply;
+}
+
+/// Change a verifying version's grace window: exactly one of `until` (a new
+/// verify-until), `extendSecs` (move it later) or `endNow` (retire it now).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Grace {
+    pub version: KeyVersion,
+    #[serde(default)]
+    pub until: Option<crate::envelope::Timestamp>,
+    #[serde(default, alias = "extend_secs")]
+    pub extend_secs: Option<u64>,
+    #[serde(default, alias = "end_now")]
+    pub end_now: bool,
+    #[serde(default = "default_requester", alias = "requested_by")]
+    pub requested_by: String,
+}
+
+impl CommandBody for Grace {
+    const VERB: &'static str = verb::GRACE;
+    type Reply = GraceReply;
+}
+
 /// Ask an actor for its current view.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Status {}
+pub struct Status {
+    /// Also say whether this command id was already applied (the
+    /// Supervisor asks before gating a retried command: a retry of an
+    /// applied command gets its original outcome, not the gate's verdict
+    /// on the state it left behind).
+    #[serde(default)]
+    pub applied: Option<crate::envelope::MsgId>,
+}
 
 impl CommandBody for Status {
     const VERB: &'static str = verb::STATUS;

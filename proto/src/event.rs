@@ -39,6 +39,9 @@ pub enum Event {
     Resolved(AlertResolved),
     ArchiveBatch(ArchiveBatch),
     BundleArchived(BundleArchived),
+    KeyRevoked(KeyRevoked),
+    GraceChanged(GraceChanged),
+    KeyExpirySet(KeyExpirySet),
 }
 
 /// Event kind names, as in subjects and the ledger's `kind` column.
@@ -60,8 +63,11 @@ pub mod kind {
     pub const RESOLVED: &str = "resolved";
     pub const ARCHIVE_BATCH: &str = "archive_batch";
     pub const BUNDLE_ARCHIVED: &str = "bundle_archived";
+    pub const KEY_REVOKED: &str = "key_revoked";
+    pub const GRACE_CHANGED: &str = "grace_changed";
+    pub const KEY_EXPIRY_SET: &str = "key_expiry_set";
 
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 20] = [
         KEY_PROVISIONED,
         KEY_ROTATE,
         KEY_ROLLBACK,
@@ -79,6 +85,9 @@ pub mod kind {
         RESOLVED,
         ARCHIVE_BATCH,
         BUNDLE_ARCHIVED,
+        KEY_REVOKED,
+        GRACE_CHANGED,
+        KEY_EXPIRY_SET,
     ];
 
     /// The kinds that are ledger rows (see [`super::Event::is_ledgered`]):
@@ -109,6 +118,9 @@ impl Event {
             Event::Resolved(_) => kind::RESOLVED,
             Event::ArchiveBatch(_) => kind::ARCHIVE_BATCH,
             Event::BundleArchived(_) => kind::BUNDLE_ARCHIVED,
+            Event::KeyRevoked(_) => kind::KEY_REVOKED,
+            Event::GraceChanged(_) => kind::GRACE_CHANGED,
+            Event::KeyExpirySet(_) => kind::KEY_EXPIRY_SET,
         }
     }
 
@@ -142,6 +154,9 @@ impl Event {
             Event::VersionBump(e) => Some(e.key_version),
             Event::ArchiveBatch(e) => Some(e.version),
             Event::BundleArchived(e) => Some(e.version),
+            Event::KeyRevoked(e) => Some(e.version),
+            Event::GraceChanged(e) => Some(e.version),
+            Event::KeyExpirySet(e) => Some(e.version),
             Event::Rejected(_)
             | Event::Checkpoint(_)
             | Event::SignerHeartbeat(_)
@@ -156,6 +171,7 @@ impl Event {
         match self {
             Event::KeyFallback(_) | Event::KeyRollback(_) => colour::FALLBACK_ORANGE,
             Event::RotationFailed(_) => colour::MISSING_KEY_RED,
+            Event::KeyRevoked(_) => colour::REVOKED_CRIMSON,
             Event::Rejected(_) => colour::REJECTED_ORANGE_RED,
             Event::Alert(_) => colour::ALERT_MAGENTA,
             Event::Resolved(_) | Event::Metrics(_) => colour::MONITORING_GREEN,
@@ -200,6 +216,9 @@ pub enum RotationReason {
     /// A bundle signed under the active version carries an expiry that
     /// passed (the seed's "V1 TTL Expiry → Force V2").
     BundleExpired,
+    /// The active version was revoked; a `key_revoked` event follows in the
+    /// same transaction.
+    Revoked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -341,6 +360,50 @@ pub struct BundleArchived {
     pub bytes: u64,
     /// Keys found in neither place (deleted behind the archiver's back).
     pub missing: Vec<String>,
+}
+
+/// A key version is no longer trusted, from this event on: it neither signs
+/// nor verifies on any signer. Permanent. When it was the active version,
+/// a `key_rotate` (reason `revoked`) to the next version precedes it in the
+/// same transaction — unless `forced`, which leaves no version active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRevoked {
+    pub version: KeyVersion,
+    /// Why, in the operator's words (e.g. "leaked in build log 4711").
+    pub reason: String,
+    pub requested_by: String,
+    /// The active version was revoked with nothing to rotate to: nothing
+    /// signs until a new version is provisioned and rotated to.
+    pub forced: bool,
+}
+
+/// A verifying version's grace window was changed by an operator (shortened,
+/// extended, or ended now). Applies on every signer, like the rotation that
+/// set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GraceChanged {
+    pub version: KeyVersion,
+    /// The verify-until before the change (none: it had no end).
+    pub previous: Option<Timestamp>,
+    /// The new verify-until; at or before the event's time it ends now (a
+    /// `key_retired` follows in the same transaction).
+    pub grace_until: Timestamp,
+    pub requested_by: String,
+}
+
+/// The expiry policy applied to a version that is already active: a daemon
+/// started (or restarted) with a key TTL records when the running version
+/// expires, counted from its activation, so a replay gives the same expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyExpirySet {
+    pub version: KeyVersion,
+    /// The TTL in force, in seconds.
+    pub ttl_secs: u64,
+    /// Activation time + TTL.
+    pub expires_at: Timestamp,
 }
 
 /// The ledger writer's name as a signer (replicas have their own).

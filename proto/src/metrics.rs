@@ -40,6 +40,9 @@ pub struct MetricsSnapshot {
     pub fallbacks: Vec<FallbackCount>,
     /// Signing requests (a dual signature is one request, two signatures).
     pub sign_requests: u64,
+    /// Secondary signatures of dual signing (the verifying version signing
+    /// beside the active one during a grace window).
+    pub dual_signatures: u64,
     /// Rotations away from a version (not the first activation).
     pub rotations: u64,
     pub rollbacks: u64,
@@ -54,6 +57,18 @@ pub struct MetricsSnapshot {
     pub migration: Option<Migration>,
     /// The recent traffic, for shares and rates.
     pub window: WindowCounts,
+    /// Every revocation since the ledger began, in order.
+    pub revocations: Vec<Revocation>,
+}
+
+/// A key version revoked (`key_revoked`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    pub version: KeyVersion,
+    pub at: Timestamp,
+    pub reason: String,
+    pub seq: u64,
 }
 
 impl MetricsSnapshot {
@@ -76,8 +91,12 @@ impl MetricsSnapshot {
 #[serde(rename_all = "camelCase")]
 pub struct VersionCounts {
     pub version: KeyVersion,
-    /// `signature_generated` events under this version.
+    /// `signature_generated` events under this version (primary and dual).
     pub signatures: u64,
+    /// Signing requests this version served (its signature was the primary).
+    pub primary: u64,
+    /// Secondary signatures of dual signing under this version.
+    pub dual: u64,
     pub verified_valid: u64,
     pub verified_invalid: u64,
 }
@@ -118,17 +137,24 @@ pub struct WindowCounts {
     pub span_ms: u64,
     pub sign_requests: u64,
     pub fallbacks: u64,
-    /// Signatures made plus signatures verified, per version: who still
-    /// uses which key.
+    /// Signing requests per version that served them (the primary
+    /// signature): which key clients get. Dual signatures and verifications
+    /// are not in it, so a grace window with every request on the new
+    /// version shows it at 100 %.
     pub usage: Vec<VersionUsage>,
+    /// Verifications per version (valid or not).
+    pub verifications: Vec<VersionUsage>,
+    /// Secondary signatures of dual signing.
+    pub dual_signatures: u64,
 }
 
 impl WindowCounts {
+    /// Signing requests in [`Self::usage`].
     pub fn operations(&self) -> u64 {
         self.usage.iter().map(|u| u.operations).sum()
     }
 
-    /// The share of the window's operations under `v`.
+    /// The share of the window's signing requests served by `v`.
     pub fn usage_bp(&self, v: KeyVersion) -> Option<u32> {
         let part = self
             .usage

@@ -66,12 +66,15 @@ pub enum ErrorCode {
     /// A key version's material differs from the fingerprint the ledger
     /// recorded for it (replacing it takes `tes secret put --replace`).
     MaterialChanged,
+    /// The key version was revoked: it neither signs nor verifies.
+    RevokedVersion,
 }
 
 impl ErrorCode {
     pub fn hsl(self) -> &'static str {
         match self {
             ErrorCode::MissingKey | ErrorCode::NoNextVersion => colour::MISSING_KEY_RED,
+            ErrorCode::RevokedVersion => colour::REVOKED_CRIMSON,
             _ => colour::REJECTED_ORANGE_RED,
         }
     }
@@ -122,6 +125,10 @@ pub struct SignReply {
     pub seq: u64,
     /// Which signer made it: the ledger writer or a replica's name.
     pub signer: String,
+    /// A retry of a command the ledger had already applied: this is the
+    /// original outcome, rebuilt from the ledger; nothing was signed again.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -154,6 +161,9 @@ pub struct BumpReply {
     pub signatures: Vec<VersionedSignature>,
     pub fallback_from: Option<KeyVersion>,
     pub seq: u64,
+    /// The original outcome of a retried command (see [`SignReply::replayed`]).
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -170,6 +180,44 @@ pub struct RotationReply {
     pub forced: bool,
     pub seq: u64,
     pub hsl: String,
+    /// The original outcome of a retried command (see [`SignReply::replayed`]).
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeReply {
+    pub version: KeyVersion,
+    pub revoked_at: Timestamp,
+    pub reason: String,
+    /// The version that took over, when the revoked one was active.
+    pub rotated_to: Option<KeyVersion>,
+    /// The version that signs now (none after a forced revocation of the
+    /// active version).
+    pub active: Option<KeyVersion>,
+    pub forced: bool,
+    pub message: String,
+    pub seq: u64,
+    pub hsl: String,
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// What a grace change did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GraceReply {
+    pub version: KeyVersion,
+    pub previous: Option<Timestamp>,
+    pub grace_until: Timestamp,
+    /// The window ended now: the version was retired in the same transaction.
+    pub retired: bool,
+    pub message: String,
+    pub seq: u64,
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// Lifecycle of a key version (DESIGN.md §4).
@@ -184,6 +232,9 @@ pub enum KeyStatus {
     Verifying,
     /// Verifies nothing.
     Retired,
+    /// No longer trusted (compromised): neither signs nor verifies, and can
+    /// never become active again.
+    Revoked,
 }
 
 impl KeyStatus {
@@ -193,6 +244,7 @@ impl KeyStatus {
             KeyStatus::Active => "active",
             KeyStatus::Verifying => "verifying",
             KeyStatus::Retired => "retired",
+            KeyStatus::Revoked => "revoked",
         }
     }
 }
@@ -222,6 +274,11 @@ pub struct KeyView {
     /// (`tes secret put --replace`, a `key_provisioned` with a new fingerprint).
     #[serde(default)]
     pub material_changes: u32,
+    /// When and why it was revoked.
+    #[serde(default)]
+    pub revoked_at: Option<Timestamp>,
+    #[serde(default)]
+    pub revoked_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -253,6 +310,10 @@ pub struct StatusReply {
     pub fallbacks: u64,
     pub head_seq: u64,
     pub head_hash: String,
+    /// Asked with [`crate::command::Status::applied`]: the first ledger seq
+    /// of that command's events, if it was applied.
+    #[serde(default)]
+    pub applied_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -260,6 +321,20 @@ pub struct StatusReply {
 pub struct RecordReply {
     /// The ledger seq of each recorded event, in order.
     pub seqs: Vec<u64>,
+    /// When the events answer a command the ledger had already applied (a
+    /// retried sign that an earlier attempt signed): nothing was recorded
+    /// and these are that command's events as the ledger holds them, so the
+    /// signer can hand out the original outcome.
+    #[serde(default)]
+    pub applied: Vec<StoredEvent>,
+}
+
+/// A ledger event with its seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub event: crate::envelope::Envelope<crate::event::Event>,
 }
 
 /// An alert that has been raised and not resolved.

@@ -6,8 +6,8 @@
 use schemars::{schema_for, JsonSchema};
 
 use crate::command::{
-    AlertNotice, AlertsQuery, Archive, Bump, CommandBody, MetricsQuery, Record, Rollback, Rotate,
-    Sign, Status, Verify,
+    AlertNotice, AlertsQuery, Archive, Bump, CommandBody, Grace, MetricsQuery, Record, Revoke,
+    Rollback, Rotate, Sign, Status, Verify,
 };
 use crate::envelope::Envelope;
 use crate::event::{self, Event};
@@ -27,6 +27,8 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     command::<AlertsQuery>(&mut out);
     command::<AlertNotice>(&mut out);
     command::<Archive>(&mut out);
+    command::<Revoke>(&mut out);
+    command::<Grace>(&mut out);
     push::<Envelope<Event>>(&mut out, "event.envelope.json".to_string());
     push::<event::KeyProvisioned>(&mut out, event_file(event::kind::KEY_PROVISIONED));
     push::<event::KeyRotate>(&mut out, event_file(event::kind::KEY_ROTATE));
@@ -45,6 +47,9 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     push::<event::AlertResolved>(&mut out, event_file(event::kind::RESOLVED));
     push::<event::ArchiveBatch>(&mut out, event_file(event::kind::ARCHIVE_BATCH));
     push::<event::BundleArchived>(&mut out, event_file(event::kind::BUNDLE_ARCHIVED));
+    push::<event::KeyRevoked>(&mut out, event_file(event::kind::KEY_REVOKED));
+    push::<event::GraceChanged>(&mut out, event_file(event::kind::GRACE_CHANGED));
+    push::<event::KeyExpirySet>(&mut out, event_file(event::kind::KEY_EXPIRY_SET));
     out
 }
 

@@ -117,6 +117,11 @@ pub mod verb {
     pub const ALERT: &str = "alert";
     /// An archive pass over retired versions' bundles (`tes.cmd.0x6001.archive`).
     pub const ARCHIVE: &str = "archive";
+    /// Stop trusting a key version now (`tes.cmd.0x1001.revoke`, forwarded
+    /// to `tes.cmd.0x6001.revoke`).
+    pub const REVOKE: &str = "revoke";
+    /// Change a verifying version's grace window (`tes.cmd.0x1001.grace`).
+    pub const GRACE: &str = "grace";
 }
 
 /// `tes.cmd.<thread>.<verb>`

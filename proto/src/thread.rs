@@ -86,6 +86,8 @@ pub mod colour {
     pub const REJECTED_ORANGE_RED: &str = "#FF4500";
     /// Missing key material.
     pub const MISSING_KEY_RED: &str = "#FF0000";
+    /// A revoked key version: stronger than a refusal, not a missing key.
+    pub const REVOKED_CRIMSON: &str = "#DC143C";
 }
 
 impl fmt::Display for ThreadId {

@@ -222,6 +222,32 @@ impl Evaluator {
                     migration: None,
                 })
             }
+            Rule::KeyRevoked => {
+                let hold = self.rules.key_revoked?;
+                let hold_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+                let recent: Vec<_> = snap
+                    .revocations
+                    .iter()
+                    .filter(|r| snap.at.as_millis().saturating_sub(r.at.as_millis()) < hold_ms)
+                    .collect();
+                let last = recent.last()?;
+                let named: Vec<String> = recent
+                    .iter()
+                    .map(|r| format!("{} at {} ({})", r.version, r.at, r.reason))
+                    .collect();
+                Some(Finding {
+                    message: format!(
+                        "key version(s) revoked: {}. Their signatures no longer verify anywhere: \
+                         re-sign what they covered under {} and check how the key leaked",
+                        named.join("; "),
+                        snap.active
+                            .map_or("a new version".to_string(), |v| v.to_string())
+                    ),
+                    observed_bp: None,
+                    threshold_bp: None,
+                    migration: Some((last.version, snap.active.unwrap_or(last.version))),
+                })
+            }
             Rule::MigrationStalled => {
                 let r = self.rules.migration_stalled?;
                 let m = snap.migration.as_ref()?;

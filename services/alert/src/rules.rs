@@ -19,6 +19,9 @@
 //!
 //! [rotation_failed]           # the seed: any rotation failure
 //!
+//! [key_revoked]               # critical: a key version was revoked
+//! hold = "24h"                # the alert stays open this long after it
+//!
 //! [migration_stalled]         # the old version's share has not fallen
 //! window = "6h"               # by min_drop over this long
 //! min_drop = "5%"             # percentage points; smaller moves are noise
@@ -41,6 +44,8 @@ pub struct Rules {
     pub fallback_rate_above: Option<FallbackRate>,
     pub rotation_failed: bool,
     pub migration_stalled: Option<Stall>,
+    /// How long a revocation keeps its (critical) alert open.
+    pub key_revoked: Option<Duration>,
 }
 
 /// A share threshold that applies from `after` past the rotation.
@@ -89,6 +94,7 @@ impl Default for Rules {
                 min_drop_bp: 500,
                 above_bp: 100,
             }),
+            key_revoked: Some(DAY),
         }
     }
 }
@@ -145,6 +151,7 @@ impl Rules {
                 min_drop_bp: r.min_drop.map_or(500, |p| p.0),
                 above_bp: r.above.map_or(100, |p| p.0),
             }),
+            key_revoked: file.key_revoked.map(|r| r.hold.map_or(DAY, |w| w.0)),
         })
     }
 }
@@ -157,6 +164,13 @@ struct File {
     fallback_rate_above: Option<FallbackFile>,
     rotation_failed: Option<NoSettings>,
     migration_stalled: Option<StallFile>,
+    key_revoked: Option<RevokedFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokedFile {
+    hold: Option<Window>,
 }
 
 #[derive(Deserialize)]

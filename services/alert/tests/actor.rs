@@ -30,9 +30,17 @@ async fn supervisor(bus: Arc<dyn Bus>) -> mpsc::UnboundedReceiver<Envelope<Event
         while let Some(m) = sub.next().await {
             let (ct, notice) = decode_command::<AlertNotice>(&m, ThreadId::Supervisor).unwrap();
             let _ = tx.send(notice.body.event);
-            respond(&*bus, &m, ct, &Reply::Ok(RecordReply { seqs: vec![1] }))
-                .await
-                .unwrap();
+            respond(
+                &*bus,
+                &m,
+                ct,
+                &Reply::Ok(RecordReply {
+                    seqs: vec![1],
+                    applied: Vec::new(),
+                }),
+            )
+            .await
+            .unwrap();
         }
     });
     rx

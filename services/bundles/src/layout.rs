@@ -29,6 +29,17 @@ pub fn bundle_key(key_version: KeyVersion, entity: &str, version: &str) -> Strin
     )
 }
 
+/// Where the revocation of a key version is marked: one object per revoked
+/// version, `revoked/v<N>.json` (its time, reason, who, ledger seq). The
+/// version's bundles stay where they are (and are archived like a retired
+/// version's); a reader of a bundle checks this listing for its
+/// `keyVersion` before trusting it.
+pub const REVOKED_PREFIX: &str = "revoked/";
+
+pub fn revoked_key(version: KeyVersion) -> String {
+    format!("{REVOKED_PREFIX}v{}.json", version.get())
+}
+
 /// The archive key of a bundle key: the same object under `archive/`.
 /// `None` for a key that is not a bundle key.
 pub fn archive_key(bundle_key: &str) -> Option<String> {

@@ -252,7 +252,7 @@ impl Writer {
         self.retired = state
             .keys
             .iter()
-            .filter(|(_, k)| k.status == KeyStatus::Retired)
+            .filter(|(_, k)| matches!(k.status, KeyStatus::Retired | KeyStatus::Revoked))
             .map(|(v, _)| *v)
             .collect();
     }
@@ -275,12 +275,16 @@ impl Writer {
         let mut deriver = Deriver::new(self.ttl.clone());
         let mut bundles = Vec::new();
         let mut retired_here = Vec::new();
+        let mut revoked_here = Vec::new();
         let mut upto = cursor;
         for (seq, event) in &chunk {
             if let Some(b) = deriver.observe(*seq, event) {
                 bundles.push(b);
             }
             self.follow(event, &mut retired_here);
+            if let Event::KeyRevoked(r) = &event.body {
+                revoked_here.push((*seq, event.time, r.clone()));
+            }
             upto = *seq;
         }
         match deriver.open_since() {
@@ -294,7 +298,9 @@ impl Writer {
             None => {}
         }
         bundles.retain(|b| b.body.seq <= upto);
+        revoked_here.retain(|(seq, _, _)| *seq <= upto);
         self.write(&bundles).await?;
+        self.mark_revoked(&revoked_here).await?;
         for b in &bundles {
             if let Some(expiry) = b.body.expiry {
                 self.note_expiry(b.body.key_version, expiry, &b.key);
@@ -331,8 +337,46 @@ impl Writer {
             Event::KeyRotate(r) => self.active = Some(r.to),
             Event::KeyRollback(r) => self.active = Some(r.to),
             Event::KeyRetired(r) => retired_here.push(r.version),
+            // A revoked version left the verifying set: its bundles are
+            // archived like a retired version's (and marked, see below).
+            Event::KeyRevoked(r) => {
+                if self.active == Some(r.version) {
+                    self.active = None;
+                }
+                retired_here.push(r.version)
+            }
             _ => {}
         }
+    }
+
+    /// Writes `revoked/v<N>.json` for each revocation (again, harmlessly,
+    /// if a round is repeated): the listing that marks the bundles of a
+    /// revoked version as no longer trusted.
+    async fn mark_revoked(
+        &self,
+        revoked: &[(u64, Timestamp, tes_proto::event::KeyRevoked)],
+    ) -> Result<(), StoreError> {
+        for (seq, at, r) in revoked {
+            let body = serde_json::json!({
+                "keyVersion": r.version,
+                "revokedAt": at,
+                "reason": r.reason,
+                "requestedBy": r.requested_by,
+                "seq": seq,
+            });
+            let bytes = serde_json::to_vec_pretty(&body).expect("json");
+            self.store
+                .put(
+                    &crate::layout::revoked_key(r.version),
+                    bytes,
+                    vec![
+                        ("revoked-at".to_string(), at.to_string()),
+                        ("seq".to_string(), seq.to_string()),
+                    ],
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     async fn write(&self, bundles: &[Bundle]) -> Result<(), StoreError> {
@@ -502,7 +546,7 @@ fn left_to_archive(state: &State) -> Vec<KeyVersion> {
     state
         .keys
         .iter()
-        .filter(|(_, k)| k.status == KeyStatus::Retired)
+        .filter(|(_, k)| matches!(k.status, KeyStatus::Retired | KeyStatus::Revoked))
         .map(|(v, _)| *v)
         .collect()
 }

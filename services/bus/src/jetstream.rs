@@ -46,16 +46,40 @@ fn transport(e: impl std::fmt::Display) -> BusError {
 /// de-duplication, and never deleted from or purged through the API.
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), BusError> {
     let name = config.name.clone();
-    js.get_or_create_stream(stream::Config {
-        duplicate_window: DUPLICATE_WINDOW,
-        storage: stream::StorageType::File,
-        deny_delete: true,
-        deny_purge: true,
-        ..config
-    })
-    .await
-    .map(drop)
-    .map_err(|e| transport(format!("cannot create or open stream {name}: {e}")))
+    let wanted = config.subjects.clone();
+    let mut stream = js
+        .get_or_create_stream(stream::Config {
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            deny_delete: true,
+            deny_purge: true,
+            ..config
+        })
+        .await
+        .map_err(|e| transport(format!("cannot create or open stream {name}: {e}")))?;
+    // A stream made by an older build lacks the subjects of newer kinds
+    // (a revocation, say). Nobody may update a stream (ops/nats-server.conf),
+    // and a revocation the replicas never see would be a silent hole: stop.
+    let have = stream
+        .info()
+        .await
+        .map_err(|e| transport(format!("cannot read stream {name}: {e}")))?
+        .config
+        .subjects
+        .clone();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !have.iter().any(|h| crate::subject::matches(h, w)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(transport(format!(
+            "stream {name} does not capture {} (made by an older tes): add them as the NATS account's \
+             administrator, e.g. `nats stream edit {name} --subjects {}`",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            wanted.join(",")
+        )));
+    }
+    Ok(())
 }
 
 impl EventStream {

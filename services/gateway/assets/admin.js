@@ -100,6 +100,9 @@ function detail(kind, b) {
     case 'key_fallback': return b.from + ' missing, ' + b.to + ' signed';
     case 'key_provisioned': return b.version + ' ' + b.fingerprint;
     case 'key_retired': return b.version;
+    case 'key_revoked': return b.version + ' REVOKED by ' + b.requestedBy + ': ' + b.reason + (b.forced ? ' (nothing signs now)' : '');
+    case 'grace_changed': return b.version + ' verifies until ' + b.graceUntil + ' (by ' + b.requestedBy + ')';
+    case 'key_expiry_set': return b.version + ' expires at ' + b.expiresAt;
     case 'version_bump': return b.entity + ' ' + b.from + ' → ' + b.to + ' (' + b.keyVersion + ')';
     case 'alert': case 'resolved': return b.rule + ': ' + b.message;
     case 'rejected': return b.subject + ': ' + b.reason;
@@ -108,7 +111,7 @@ function detail(kind, b) {
   }
 }
 
-const REFRESH_ON = new Set(['key_rotate', 'key_rollback', 'key_retired', 'key_provisioned', 'alert', 'resolved', 'rotation_failed']);
+const REFRESH_ON = new Set(['key_rotate', 'key_rollback', 'key_retired', 'key_provisioned', 'key_revoked', 'grace_changed', 'key_expiry_set', 'alert', 'resolved', 'rotation_failed']);
 
 function onEvent(message) {
   const event = message.event;
@@ -144,8 +147,8 @@ function connect() {
   };
 }
 
-async function act(path, verb) {
-  const buttons = [$('rotate'), $('rollback')];
+async function act(path, verb, body) {
+  const buttons = [$('rotate'), $('rollback'), $('revoke')];
   buttons.forEach((b) => { b.disabled = true; });
   showResult(verb + '…', true);
   try {
@@ -154,11 +157,14 @@ async function act(path, verb) {
     const admin = $('admin-token').value.trim();
     sessionStorage.setItem('tes-admin-token', admin);
     if (admin) headers.Authorization = 'Bearer ' + admin;
-    const response = await fetch(path, { method: 'POST', headers });
+    const init = { method: 'POST', headers };
+    if (body) { headers['Content-Type'] = 'application/json'; init.body = JSON.stringify(body); }
+    const response = await fetch(path, init);
     const text = await response.text();
     if (!response.ok) throw new Error(text || response.statusText);
     const reply = JSON.parse(text);
-    showResult(reply.message + ' — ' + reply.activeVersion + ' is active.', true);
+    const active = reply.activeVersion !== undefined ? reply.activeVersion : reply.active;
+    showResult(reply.message + ' — ' + (active || 'nothing') + ' is active.', true);
     await refresh();
   } catch (e) {
     showResult(verb + ' refused: ' + e.message, false);
@@ -170,5 +176,16 @@ async function act(path, verb) {
 $('admin-token').value = sessionStorage.getItem('tes-admin-token') || '';
 $('rotate').addEventListener('click', () => act('/admin/rotate', 'Rotation'));
 $('rollback').addEventListener('click', () => act('/admin/rollback', 'Rollback'));
+$('revoke-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const version = $('revoke-version').value.trim().toLowerCase();
+  if ($('revoke-confirm').value.trim().toLowerCase() !== version) {
+    showResult('Revocation not sent: type ' + (version || 'the version') + ' again to confirm.', false);
+    return;
+  }
+  act('/admin/revoke', 'Revocation', {
+    version, reason: $('revoke-reason').value.trim(), force: $('revoke-force').checked,
+  });
+});
 refresh();
 connect();

@@ -28,7 +28,9 @@ use tes_bus::jetstream::CommandStream;
 use tes_bus::typed::{self, publish_rejected, CallError};
 use tes_bus::{Bus, BusError, NatsBus};
 use tes_keyring::Secret;
-use tes_proto::command::{AlertsQuery, Bump, MetricsQuery, Rollback, Rotate, Scope, Status};
+use tes_proto::command::{
+    AlertsQuery, Bump, Grace, MetricsQuery, Revoke, Rollback, Rotate, Scope, Status,
+};
 use tes_proto::reply::{RotationReply, StatusReply};
 use tes_proto::thread::colour;
 use tes_proto::{CommandBody, ContentType, ErrorCode, ErrorReply, KeyVersion, ThreadId, Timestamp};
@@ -159,6 +161,8 @@ pub async fn start(
         .route("/api/auth/csrf-token", get(csrf_token))
         .route("/admin/rotate", post(rotate))
         .route("/admin/rollback", post(rollback))
+        .route("/admin/revoke", post(revoke))
+        .route("/admin/grace", post(grace))
         .route("/api/dev/bump-version", post(bump).get(bump_preview))
         .route("/api/dev/version-ws", get(crate::ws::version_ws))
         .route("/api/dev/version-ws/health", get(health))
@@ -292,6 +296,7 @@ pub(crate) fn from_call(e: CallError) -> Response {
                     StatusCode::BAD_REQUEST
                 }
                 ErrorCode::RetiredVersion
+                | ErrorCode::RevokedVersion
                 | ErrorCode::NothingToRollBack
                 | ErrorCode::Gated
                 | ErrorCode::Duplicate
@@ -460,7 +465,7 @@ async fn rotate(
         Ok(reply) => rotation_body(&reply),
         Err(CallError::Refused(r)) if r.code == ErrorCode::NoNextVersion => {
             // The seed's words, for whichever version is next.
-            let next = match call(&app, ThreadId::VersionManagement, Status {}).await {
+            let next = match call(&app, ThreadId::VersionManagement, Status::default()).await {
                 Ok(s) => s.key_version.map_or(KeyVersion::V1, KeyVersion::next),
                 Err(_) => KeyVersion::V1.next(),
             };
@@ -488,6 +493,102 @@ async fn rollback(
     };
     match call_supervisor(&app, body).await {
         Ok(reply) => rotation_body(&reply),
+        Err(e) => from_call(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RevokeBody {
+    version: KeyVersion,
+    reason: String,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /admin/revoke {"version": "v1", "reason": "…", "force": false}`:
+/// the admin checks of a rotation, then the Supervisor.
+async fn revoke(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let client = match admin_guard(&app, "POST /admin/revoke", peer, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let parsed: RevokeBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body must be JSON like {{\"version\": \"v1\", \"reason\": \"leaked\"}} (and \"force\": true to revoke the active version with nothing to take over): {e}"
+                ),
+                colour::REJECTED_ORANGE_RED,
+            )
+        }
+    };
+    let command = Revoke {
+        version: parsed.version,
+        reason: parsed.reason,
+        requested_by: format!("admin-http {client}"),
+        force: parsed.force,
+    };
+    match call(&app, ThreadId::Supervisor, command).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(e) => from_call(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GraceBody {
+    version: KeyVersion,
+    #[serde(default)]
+    until: Option<Timestamp>,
+    /// A duration as people write it: "1h", "2d".
+    #[serde(default)]
+    extend: Option<String>,
+    #[serde(default)]
+    end_now: bool,
+}
+
+/// `POST /admin/grace {"version": "v1", "until"|"extend"|"endNow": …}`.
+async fn grace(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let client = match admin_guard(&app, "POST /admin/grace", peer, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let bad = |words: String| text(StatusCode::BAD_REQUEST, &words, colour::REJECTED_ORANGE_RED);
+    let parsed: GraceBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad(format!(
+                "the body must be JSON like {{\"version\": \"v1\", \"extend\": \"1h\"}} (or \"until\": RFC 3339, or \"endNow\": true): {e}"
+            ))
+        }
+    };
+    let extend_secs = match parsed.extend.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d.as_secs()),
+        Some(Err(e)) => return bad(format!("extend: not a duration like \"1h\" ({e})")),
+    };
+    let command = Grace {
+        version: parsed.version,
+        until: parsed.until,
+        extend_secs,
+        end_now: parsed.end_now,
+        requested_by: format!("admin-http {client}"),
+    };
+    match call(&app, ThreadId::Supervisor, command).await {
+        Ok(reply) => Json(reply).into_response(),
         Err(e) => from_call(e),
     }
 }
@@ -569,7 +670,7 @@ async fn bump(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
 
 /// `GET`: what a bump would be signed with, changing nothing.
 async fn bump_preview(State(app): State<Arc<App>>) -> Response {
-    match call(&app, ThreadId::VersionManagement, Status {}).await {
+    match call(&app, ThreadId::VersionManagement, Status::default()).await {
         Ok(s) => Json(json!({
             "keyVersion": s.key_version,
             "entities": s.entities,
@@ -596,7 +697,7 @@ pub(crate) fn health_body(s: &StatusReply, app: &App) -> serde_json::Value {
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
-    match call(&app, ThreadId::VersionManagement, Status {}).await {
+    match call(&app, ThreadId::VersionManagement, Status::default()).await {
         Ok(s) => Json(health_body(&s, &app)).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

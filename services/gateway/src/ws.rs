@@ -72,7 +72,7 @@ pub(crate) async fn version_ws(
             }
         }
     }
-    let status = match call(&app, ThreadId::VersionManagement, Status {}).await {
+    let status = match call(&app, ThreadId::VersionManagement, Status::default()).await {
         Ok(s) => s,
         Err(e) => return from_call(e),
     };

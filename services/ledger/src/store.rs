@@ -509,6 +509,30 @@ impl Ledger {
             .map_err(|e| self.sql(e))
     }
 
+    /// The events caused by command `id`, with their seqs, in order: what a
+    /// retried command's original outcome is rebuilt from.
+    pub fn events_caused_by(
+        &self,
+        id: &tes_proto::MsgId,
+    ) -> Result<Vec<(u64, Envelope<Event>)>, LedgerError> {
+        let key = id.to_string();
+        let range: (Option<u64>, Option<u64>) = self
+            .conn
+            .prepare_cached("SELECT min(seq), max(seq) FROM events WHERE causation_id = ?1")
+            .and_then(|mut s| s.query_row([&key], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        if let (Some(first), Some(last)) = range {
+            self.for_each_row(first, last, |row| {
+                if row.causation_id.as_deref() == Some(key.as_str()) {
+                    out.push((row.seq, row.decode()?));
+                }
+                Ok::<_, LedgerError>(true)
+            })?;
+        }
+        Ok(out)
+    }
+
     /// Rows with `from <= seq <= to`, in order, passed to `f` one at a time
     /// (a ledger may be far larger than memory). `f` may stop early with
     /// `Ok(false)`.

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tes_proto::event::MetricsSnapshot;
-use tes_proto::metrics::{FallbackCount, Migration, VersionCounts, VersionUsage, WindowCounts};
+use tes_proto::metrics::{
+    FallbackCount, Migration, Revocation, VersionCounts, VersionUsage, WindowCounts,
+};
 use tes_proto::{Envelope, Event, KeyVersion, MsgId, Timestamp};
 
 /// The recent-traffic window when none is configured.
@@ -24,6 +26,8 @@ pub struct Metrics {
     versions: BTreeMap<KeyVersion, VersionCounts>,
     fallbacks: BTreeMap<(KeyVersion, KeyVersion), u64>,
     sign_requests: u64,
+    dual_signatures: u64,
+    revocations: Vec<Revocation>,
     /// The command behind the last signature: the signatures of one request
     /// (two during dual signing) are adjacent in the ledger and share it.
     last_sign_cause: Option<MsgId>,
@@ -39,19 +43,35 @@ pub struct Metrics {
     window: WindowTotals,
 }
 
+fn per_version(counts: &BTreeMap<KeyVersion, u64>) -> Vec<VersionUsage> {
+    counts
+        .iter()
+        .map(|(&version, &operations)| VersionUsage {
+            version,
+            operations,
+        })
+        .collect()
+}
+
 /// One thing that happened within the window.
 #[derive(Debug, Clone, Copy)]
 enum Recent {
     SignRequest,
     Fallback,
-    Use(KeyVersion),
+    /// A signing request served by this version (its primary signature).
+    Served(KeyVersion),
+    /// A dual signature beside the primary.
+    Dual,
+    Verified(KeyVersion),
 }
 
 #[derive(Debug, Clone, Default)]
 struct WindowTotals {
     sign_requests: u64,
     fallbacks: u64,
+    dual_signatures: u64,
     usage: BTreeMap<KeyVersion, u64>,
+    verifications: BTreeMap<KeyVersion, u64>,
 }
 
 impl WindowTotals {
@@ -63,16 +83,19 @@ impl WindowTotals {
                 n.saturating_sub(1)
             }
         };
+        let per_version = |map: &mut BTreeMap<KeyVersion, u64>, v: KeyVersion| {
+            let n = map.entry(v).or_default();
+            bump(n);
+            if *n == 0 {
+                map.remove(&v);
+            }
+        };
         match what {
             Recent::SignRequest => bump(&mut self.sign_requests),
             Recent::Fallback => bump(&mut self.fallbacks),
-            Recent::Use(v) => {
-                let n = self.usage.entry(v).or_default();
-                bump(n);
-                if *n == 0 {
-                    self.usage.remove(&v);
-                }
-            }
+            Recent::Dual => bump(&mut self.dual_signatures),
+            Recent::Served(v) => per_version(&mut self.usage, v),
+            Recent::Verified(v) => per_version(&mut self.verifications, v),
         }
     }
 }
@@ -88,6 +111,8 @@ impl Metrics {
             versions: BTreeMap::new(),
             fallbacks: BTreeMap::new(),
             sign_requests: 0,
+            dual_signatures: 0,
+            revocations: Vec::new(),
             last_sign_cause: None,
             rotations: 0,
             rollbacks: 0,
@@ -154,14 +179,24 @@ impl Metrics {
                 self.failures_since_rotation += 1;
             }
             Event::SignatureGenerated(e) => {
-                self.counts(e.key_version).signatures += 1;
+                // The first signature of a request is the one that served
+                // it; the ones after it under the same command are the dual
+                // signatures of a grace window, not clients on that version.
                 let cause = event.causation_id;
-                if cause.is_none() || cause != self.last_sign_cause {
+                let primary = cause.is_none() || cause != self.last_sign_cause;
+                self.last_sign_cause = cause;
+                let counts = self.counts(e.key_version);
+                counts.signatures += 1;
+                if primary {
+                    counts.primary += 1;
                     self.sign_requests += 1;
                     self.remember(at, Recent::SignRequest);
+                    self.remember(at, Recent::Served(e.key_version));
+                } else {
+                    counts.dual += 1;
+                    self.dual_signatures += 1;
+                    self.remember(at, Recent::Dual);
                 }
-                self.last_sign_cause = cause;
-                self.remember(at, Recent::Use(e.key_version));
                 if let Some(m) = &mut self.migration {
                     if m.to == e.key_version && m.first_signature_at.is_none() {
                         m.first_signature_at = Some(at);
@@ -175,8 +210,20 @@ impl Metrics {
                 } else {
                     counts.verified_invalid += 1;
                 }
-                self.remember(at, Recent::Use(e.key_version));
+                self.remember(at, Recent::Verified(e.key_version));
             }
+            Event::KeyRevoked(e) => {
+                if self.active == Some(e.version) {
+                    self.active = None;
+                }
+                self.revocations.push(Revocation {
+                    version: e.version,
+                    at,
+                    reason: e.reason.clone(),
+                    seq,
+                });
+            }
+            Event::GraceChanged(_) | Event::KeyExpirySet(_) => {}
             Event::VersionBump(_) => self.bumps += 1,
             Event::Alert(_) => self.alerts += 1,
             Event::Resolved(_) => {}
@@ -192,6 +239,8 @@ impl Metrics {
         self.versions.entry(version).or_insert(VersionCounts {
             version,
             signatures: 0,
+            primary: 0,
+            dual: 0,
             verified_valid: 0,
             verified_invalid: 0,
         })
@@ -230,6 +279,7 @@ impl Metrics {
                 .map(|(&(from, to), &count)| FallbackCount { from, to, count })
                 .collect(),
             sign_requests: self.sign_requests,
+            dual_signatures: self.dual_signatures,
             rotations: self.rotations,
             rollbacks: self.rollbacks,
             rotation_failures: self.rotation_failures,
@@ -242,16 +292,11 @@ impl Metrics {
                 span_ms: self.window_ms,
                 sign_requests: self.window.sign_requests,
                 fallbacks: self.window.fallbacks,
-                usage: self
-                    .window
-                    .usage
-                    .iter()
-                    .map(|(&version, &operations)| VersionUsage {
-                        version,
-                        operations,
-                    })
-                    .collect(),
+                dual_signatures: self.window.dual_signatures,
+                usage: per_version(&self.window.usage),
+                verifications: per_version(&self.window.verifications),
             },
+            revocations: self.revocations.clone(),
         }
     }
 }

@@ -161,6 +161,10 @@ proptest! {
         }
         let requests = steps.iter().filter(|s| matches!(s, Step::Sign { .. })).count() as u64;
         prop_assert_eq!(snap.sign_requests, requests, "a dual signature is one request");
+        let primaries: u64 = snap.versions.iter().map(|c| c.primary).sum();
+        prop_assert_eq!(primaries, requests, "each request has one primary signature");
+        let all: u64 = snap.versions.iter().map(|c| c.signatures).sum();
+        prop_assert_eq!(snap.dual_signatures, all - requests);
         let fallbacks = events.iter().filter(|(_, e)| matches!(e.body, Event::KeyFallback(_))).count() as u64;
         prop_assert_eq!(snap.fallback_total(), fallbacks);
         prop_assert_eq!(snap.rotations, steps.iter().filter(|s| matches!(s, Step::Rotate { .. })).count() as u64);
@@ -195,13 +199,29 @@ proptest! {
         let at = last + probe_minutes * 60_000;
         let snap = m.snapshot(Timestamp::from_millis(at));
         let recent = |e: &Envelope<Event>| e.time.as_millis() >= at - WINDOW.as_millis() as u64;
-        for n in 1..=3 {
-            let uses = events.iter().filter(|(_, e)| recent(e) && matches!(&e.body,
-                Event::SignatureGenerated(s) if s.key_version == v(n))
-                || recent(e) && matches!(&e.body, Event::SignatureVerified(s) if s.key_version == v(n))).count() as u64;
-            let got = snap.window.usage.iter().find(|u| u.version == v(n)).map_or(0, |u| u.operations);
-            prop_assert_eq!(got, uses, "usage of v{}", n);
+        // The signing requests each version served: the first signature of
+        // each request (a dual signature beside it is not a client on that
+        // version), and the verifications on their own.
+        let mut served = [0u64; 4];
+        let mut dual = 0u64;
+        let mut last_cause = None;
+        for (_, e) in &events {
+            if let Event::SignatureGenerated(s) = &e.body {
+                let primary = e.causation_id != last_cause;
+                last_cause = e.causation_id;
+                if recent(e) {
+                    if primary { served[s.key_version.get() as usize] += 1 } else { dual += 1 }
+                }
+            }
         }
+        for n in 1..=3 {
+            let got = snap.window.usage.iter().find(|u| u.version == v(n)).map_or(0, |u| u.operations);
+            prop_assert_eq!(got, served[n as usize], "requests served by v{}", n);
+            let verified = events.iter().filter(|(_, e)| recent(e) && matches!(&e.body, Event::SignatureVerified(s) if s.key_version == v(n))).count() as u64;
+            let got = snap.window.verifications.iter().find(|u| u.version == v(n)).map_or(0, |u| u.operations);
+            prop_assert_eq!(got, verified, "verifications under v{}", n);
+        }
+        prop_assert_eq!(snap.window.dual_signatures, dual);
         let fallbacks = events.iter().filter(|(_, e)| recent(e) && matches!(e.body, Event::KeyFallback(_))).count() as u64;
         prop_assert_eq!(snap.window.fallbacks, fallbacks);
     }
@@ -268,4 +288,40 @@ fn rotation_duration_is_rotation_to_first_signature_under_the_new_version() {
         events.last().unwrap().1.time,
         "a snapshot never goes back in time"
     );
+}
+
+#[test]
+fn with_every_request_on_the_new_version_its_share_is_all_despite_dual_signatures() {
+    let mut steps = vec![
+        Step::Sign {
+            versions: vec![1],
+            fallback: false,
+        },
+        Step::Rotate { to: 2 },
+        // The request before the rotation leaves the window.
+        Step::Wait(61),
+    ];
+    for _ in 0..10 {
+        // Grace window: v2 serves, v1 signs beside it.
+        steps.push(Step::Sign {
+            versions: vec![2, 1],
+            fallback: false,
+        });
+    }
+    let events = ledger(&steps);
+    let mut m = Metrics::new(WINDOW);
+    for (seq, e) in &events {
+        m.observe(*seq, e);
+    }
+    let snap = m.snapshot(events.last().unwrap().1.time);
+    assert_eq!(
+        snap.window.usage_bp(v(2)),
+        Some(10_000),
+        "{:?}",
+        snap.window
+    );
+    assert_eq!(snap.window.usage_bp(v(1)), Some(0));
+    assert_eq!(snap.window.dual_signatures, 10);
+    assert_eq!(snap.version(v(1)).unwrap().dual, 10);
+    assert_eq!(snap.version(v(1)).unwrap().primary, 1);
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tes_bus::typed::{call, decode_command, decode_event, refuse, respond, CallError};
 use tes_bus::{Bus, BusError, Message};
-use tes_proto::command::{Rollback, Rotate, Status};
+use tes_proto::command::{Grace, Revoke, Rollback, Rotate, Status};
 use tes_proto::event::{kind, Event};
 use tes_proto::reply::{RotationReply, StatusReply};
 use tes_proto::subject::{self, verb};
@@ -25,6 +25,11 @@ pub(crate) const ROTATE_GATE: Check<Rotate> =
     |status, live, cmd| gate::check_rotate(status, live, cmd).map(|_| ());
 pub(crate) const ROLLBACK_GATE: Check<Rollback> =
     |status, _, _| gate::check_rollback(status).map(|_| ());
+/// A revocation is not gated on the signers: a leaked key is revoked even
+/// if a replica cannot take over (it then refuses to sign, and says why);
+/// Version Management decides what may be revoked.
+pub(crate) const REVOKE_GATE: Check<Revoke> = |_, _, _| Ok(());
+pub(crate) const GRACE_GATE: Check<Grace> = |_, _, _| Ok(());
 
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
@@ -88,12 +93,14 @@ async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
     match verb {
         Some(verb::ROTATE) => gated(bus, config, message, ROTATE_GATE).await,
         Some(verb::ROLLBACK) => gated(bus, config, message, ROLLBACK_GATE).await,
+        Some(verb::REVOKE) => gated(bus, config, message, REVOKE_GATE).await,
+        Some(verb::GRACE) => gated(bus, config, message, GRACE_GATE).await,
         Some(verb::ALERT) => crate::alerts::record(bus, config, message).await,
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
                 format!(
-                    "the Supervisor takes rotate, rollback and alert, not {:?}",
+                    "the Supervisor takes rotate, rollback, revoke, grace and alert, not {:?}",
                     message.subject
                 ),
             );
@@ -105,7 +112,7 @@ async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
 /// Decodes a command message, gates and forwards it, answers.
 async fn gated<C>(bus: &dyn Bus, config: &SupervisorConfig, message: &Message, check: Check<C>)
 where
-    C: CommandBody<Reply = RotationReply>,
+    C: CommandBody,
 {
     let (ct, envelope) = match decode_command::<C>(message, THREAD) {
         Ok(d) => d,
@@ -114,14 +121,14 @@ where
                 ErrorCode::Malformed,
                 format!("{} command refused: {e}", C::VERB),
             );
-            return refuse::<RotationReply>(bus, THREAD, message, ContentType::Json, error).await;
+            return refuse::<C::Reply>(bus, THREAD, message, ContentType::Json, error).await;
         }
     };
     match gate_and_forward(bus, config, &envelope, check).await {
         Ok(reply) => {
             let _ = respond(bus, message, ct, &Reply::Ok(reply)).await;
         }
-        Err(error) => refuse::<RotationReply>(bus, THREAD, message, ct, error).await,
+        Err(error) => refuse::<C::Reply>(bus, THREAD, message, ct, error).await,
     }
 }
 
@@ -130,15 +137,17 @@ pub(crate) type Check<C> = fn(&StatusReply, &[LiveSigner], &C) -> Result<(), Err
 
 /// Asks 0x6001 for its status, applies the gate, and forwards the command
 /// under its own id: Version Management applies a command id at most once,
-/// so a retry (a client's, or a KV revision seen again) cannot act twice.
+/// so a retry (a client's, or a KV revision seen again) cannot act twice —
+/// and a retry of an applied command skips the gate (which would judge the
+/// state the command left behind) to get its original outcome back.
 pub(crate) async fn gate_and_forward<C>(
     bus: &dyn Bus,
     config: &SupervisorConfig,
     envelope: &Envelope<C>,
     check: Check<C>,
-) -> Result<RotationReply, ErrorReply>
+) -> Result<C::Reply, ErrorReply>
 where
-    C: CommandBody<Reply = RotationReply>,
+    C: CommandBody,
 {
     let _one_at_a_time = config.in_flight.lock().await;
     let status_request = Envelope::new(
@@ -146,7 +155,9 @@ where
         Timestamp::now(),
         ThreadId::VersionManagement,
         Channel::Command,
-        Status {},
+        Status {
+            applied: Some(envelope.id),
+        },
     )
     .caused_by(envelope);
     let status = call::<Status>(
@@ -158,11 +169,13 @@ where
     )
     .await
     .map_err(unavailable)?;
-    check(
-        &status,
-        &config.signers.live(Instant::now()),
-        &envelope.body,
-    )?;
+    if status.applied_seq.is_none() {
+        check(
+            &status,
+            &config.signers.live(Instant::now()),
+            &envelope.body,
+        )?;
+    }
     let mut forward = envelope.clone();
     forward.thread = ThreadId::VersionManagement;
     let reply = call::<C>(
@@ -174,7 +187,7 @@ where
     )
     .await
     .map_err(unavailable)?;
-    tracing::info!(verb = C::VERB, to = %reply.key_version, "forwarded and applied");
+    tracing::info!(verb = C::VERB, id = %envelope.id, "forwarded and applied");
     Ok(reply)
 }
 

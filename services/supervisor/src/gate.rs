@@ -18,7 +18,15 @@ pub fn check_rotate(
     live: &[LiveSigner],
     command: &Rotate,
 ) -> Result<KeyVersion, ErrorReply> {
-    let Some(active) = status.key_version else {
+    // After a forced revocation nothing is active: a rotation to a new
+    // version is how signing resumes, from the revoked one.
+    let revoked = status
+        .keys
+        .iter()
+        .filter(|k| k.status == KeyStatus::Revoked)
+        .max_by_key(|k| k.revoked_at)
+        .map(|k| k.version);
+    let Some(active) = status.key_version.or(revoked) else {
         return Err(ErrorReply::new(
             ErrorCode::NoNextVersion,
             "no version is active yet",
@@ -48,6 +56,18 @@ pub fn check_rotate(
         return Err(ErrorReply::new(
             ErrorCode::RetiredVersion,
             format!("key version {target} is retired"),
+        ));
+    }
+    if key.status == KeyStatus::Revoked {
+        return Err(ErrorReply::new(
+            ErrorCode::RevokedVersion,
+            format!(
+                "key version {target} was revoked{}: it can never be active again",
+                key.revoked_reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
         ));
     }
     if !key.held && !command.force {
@@ -122,6 +142,8 @@ mod tests {
             archived_bytes: 0,
             archiving: false,
             material_changes: 0,
+            revoked_at: None,
+            revoked_reason: None,
         }
     }
 
@@ -139,6 +161,7 @@ mod tests {
             fallbacks: 0,
             head_seq: 0,
             head_hash: String::new(),
+            applied_seq: None,
         }
     }
 

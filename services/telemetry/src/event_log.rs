@@ -193,6 +193,28 @@ fn emit(seq: u64, e: &Envelope<Event>) {
                 a.missing.len()
             ));
         }
+        Event::KeyRevoked(r) => {
+            line.version = Some(v(&r.version));
+            line.reason = Some(r.reason.clone());
+            line.forced = Some(r.forced);
+            line.detail = Some(format!("revoked by {}", r.requested_by));
+        }
+        Event::GraceChanged(g) => {
+            line.version = Some(v(&g.version));
+            line.detail = Some(format!(
+                "verifies until {} (was {}), changed by {}",
+                g.grace_until,
+                g.previous.map_or("no end".to_string(), |p| p.to_string()),
+                g.requested_by
+            ));
+        }
+        Event::KeyExpirySet(x) => {
+            line.version = Some(v(&x.version));
+            line.detail = Some(format!(
+                "expires at {} (key TTL {}s from its activation)",
+                x.expires_at, x.ttl_secs
+            ));
+        }
         Event::Rejected(_)
         | Event::Checkpoint(_)
         | Event::SignerHeartbeat(_)

@@ -118,6 +118,51 @@ impl Collector for Exposition {
         }
         {
             let mut family = e.encode_descriptor(
+                "tes_signing_requests_served",
+                "Signing requests per key version that served them (the primary signature)",
+                None,
+                MetricType::Counter,
+            )?;
+            for v in &s.versions {
+                let version = v.version.to_string();
+                ConstCounter::new(v.primary)
+                    .encode(family.encode_family(&[("key_version", version.as_str())])?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "tes_dual_signatures",
+                "Secondary signatures of dual signing during a grace window, per key version (not client requests)",
+                None,
+                MetricType::Counter,
+            )?;
+            for v in &s.versions {
+                let version = v.version.to_string();
+                ConstCounter::new(v.dual)
+                    .encode(family.encode_family(&[("key_version", version.as_str())])?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "tes_revocations",
+            "Key versions revoked (key_revoked)",
+            s.revocations.len() as u64,
+        )?;
+        if !s.revocations.is_empty() {
+            let mut family = e.encode_descriptor(
+                "tes_key_revoked_timestamp_seconds",
+                "When each revoked key version was revoked",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in &s.revocations {
+                let version = r.version.to_string();
+                ConstGauge::new(r.at.as_millis() as f64 / 1000.0)
+                    .encode(family.encode_family(&[("key_version", version.as_str())])?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
                 "tes_verifications",
                 "Signatures verified, per key version and result",
                 None,
@@ -195,7 +240,7 @@ impl Collector for Exposition {
         {
             let mut family = e.encode_descriptor(
                 "tes_key_usage_ratio",
-                "Share of signing and verification per key version over the recent window",
+                "Share of signing requests served per key version over the recent window (dual signatures and verifications not counted)",
                 None,
                 MetricType::Gauge,
             )?;

@@ -189,12 +189,16 @@ fn prometheus_text_has_help_type_and_per_version_labels() {
             VersionCounts {
                 version: v(1),
                 signatures: 7,
+                primary: 5,
+                dual: 2,
                 verified_valid: 2,
                 verified_invalid: 1,
             },
             VersionCounts {
                 version: v(2),
                 signatures: 3,
+                primary: 3,
+                dual: 0,
                 verified_valid: 0,
                 verified_invalid: 0,
             },
@@ -220,6 +224,7 @@ fn prometheus_text_has_help_type_and_per_version_labels() {
                     operations: 1,
                 },
             ],
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -238,6 +243,8 @@ fn prometheus_text_has_help_type_and_per_version_labels() {
         r#"tes_signatures_total{key_version="v2"} 3"#,
         r#"tes_verifications_total{key_version="v1",result="invalid"} 1"#,
         r#"tes_fallbacks_total{from="v2",to="v1"} 4"#,
+        r#"tes_signing_requests_served_total{key_version="v1"} 5"#,
+        r#"tes_dual_signatures_total{key_version="v1"} 2"#,
         "tes_sign_requests_total 9",
         "tes_active_key_version 2",
         "tes_ledger_seq 42",

@@ -229,6 +229,37 @@ pub enum Command {
         #[command(flatten)]
         run: RunOptions,
     },
+    /// Revoke a key version now (it leaked): from the revocation on it
+    /// neither signs nor verifies, on every signer. Revoking the active
+    /// version rotates to the next provisioned one in the same transaction;
+    /// with none, it is refused unless --force (then nothing signs until a
+    /// new version is provisioned and rotated to). Through the Supervisor.
+    Revoke {
+        /// The version to revoke (v1, v2, …).
+        version: KeyVersion,
+        /// Why (recorded in the ledger; every refused verification shows it).
+        #[arg(long)]
+        reason: String,
+        /// Revoke the active version even with no version to take over.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "cli")]
+        requested_by: String,
+        #[command(flatten)]
+        run: RunOptions,
+    },
+    /// Change a verifying version's grace window (its verify-until), on
+    /// every signer. Through the Supervisor.
+    Grace {
+        /// The verifying version (the one before the last rotation).
+        version: KeyVersion,
+        #[command(flatten)]
+        change: GraceArgs,
+        #[arg(long, default_value = "cli")]
+        requested_by: String,
+        #[command(flatten)]
+        run: RunOptions,
+    },
     /// Sign a payload (the exact bytes given; `-` reads stdin).
     Sign {
         payload: String,
@@ -320,6 +351,21 @@ pub enum Command {
     /// Provision and list key material.
     #[command(subcommand)]
     Secret(Secret),
+}
+
+/// Exactly one change of a grace window.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct GraceArgs {
+    /// The new verify-until (RFC 3339, in the future).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<tes_proto::Timestamp>,
+    /// Move the verify-until this much later (e.g. 1h, 2d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub extend: Option<Duration>,
+    /// End it now: the version retires at once.
+    #[arg(long)]
+    pub end_now: bool,
 }
 
 /// Monitoring, Telemetry and Alert settings.

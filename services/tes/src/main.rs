@@ -58,6 +58,19 @@ async fn run(cli: Cli) -> failure::Result<()> {
             run,
         } => client::rotate(g, &run, to, force, requested_by).await,
         Command::Rollback { requested_by, run } => client::rollback(g, &run, requested_by).await,
+        Command::Revoke {
+            version,
+            reason,
+            force,
+            requested_by,
+            run,
+        } => client::revoke(g, &run, version, reason, force, requested_by).await,
+        Command::Grace {
+            version,
+            change,
+            requested_by,
+            run,
+        } => client::grace(g, &run, version, change, requested_by).await,
         Command::Sign {
             payload,
             key_version,

@@ -360,7 +360,7 @@ impl Actors {
     }
 
     pub async fn status(&self) -> Result<StatusReply> {
-        self.call(ThreadId::VersionManagement, Status {})
+        self.call(ThreadId::VersionManagement, Status::default())
             .await
             .map_err(crate::failure::from_call)
     }

@@ -15,7 +15,9 @@ use tes_bus::typed::{decode_command, publish_event, publish_ledgered, refuse, re
 use tes_bus::{Bus, Message};
 use tes_ledger::merkle::Frontier;
 use tes_ledger::{Head, Outbox};
-use tes_proto::command::{Archive, Bump, Record, Rollback, Rotate, Sign, Status, Verify};
+use tes_proto::command::{
+    Archive, Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, Status, Verify,
+};
 use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
 use tes_proto::reply::ArchiveReply;
 use tes_proto::subject::{self, verb};
@@ -213,7 +215,7 @@ pub async fn start(
             let mut interval = tokio::time::interval(HEARTBEAT_EVERY);
             loop {
                 interval.tick().await;
-                let Ok(Response::Status(status)) = handle.call(Request::Status).await else {
+                let Ok(Response::Status(status)) = handle.call(Request::Status(None)).await else {
                     continue;
                 };
                 let held = status
@@ -510,6 +512,20 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, me
             })
             .await
         }
+        Some(verb::REVOKE) => {
+            serve_as::<Revoke>(bus, engine, message, Request::Revoke, |r| match r {
+                Response::Revoke(b) => Some(b),
+                _ => None,
+            })
+            .await
+        }
+        Some(verb::GRACE) => {
+            serve_as::<Grace>(bus, engine, message, Request::Grace, |r| match r {
+                Response::Grace(b) => Some(b),
+                _ => None,
+            })
+            .await
+        }
         Some(verb::RECORD) => {
             serve_as::<Record>(bus, engine, message, Request::Record, |r| match r {
                 Response::Record(s) => Some(s),
@@ -522,7 +538,7 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, me
                 bus,
                 engine,
                 message,
-                |_| Request::Status,
+                |e| Request::Status(e.body.applied),
                 |r| match r {
                     Response::Status(s) => Some(s),
                     _ => None,
@@ -533,7 +549,7 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, me
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
-                format!("unknown command subject {:?} (verbs: rotate, rollback, sign, verify, bump, status, archive)", message.subject),
+                format!("unknown command subject {:?} (verbs: rotate, rollback, revoke, grace, sign, verify, bump, status, archive)", message.subject),
             );
             refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
         }

@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 use tes_keyring::Keyring;
 use tes_ledger::{Head, Ledger, LedgerError, VerifyError};
-use tes_proto::command::{Bump, Record, Rollback, Rotate, Sign, Verify};
+use tes_proto::command::{Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, Verify};
 use tes_proto::event::Event;
 use tes_proto::reply::{
-    BumpReply, EntityView, KeyView, Manifest, RecordReply, RotationReply, SignReply, StatusReply,
-    VerifyReply, VersionedSignature,
+    BumpReply, EntityView, GraceReply, KeyView, Manifest, RecordReply, RevokeReply, RotationReply,
+    SignReply, StatusReply, StoredEvent, VerifyReply, VersionedSignature,
 };
 use tes_proto::thread::colour;
 use tes_proto::{
@@ -27,7 +27,7 @@ use tes_proto::{
 
 use crate::core::signing::{self, SigningPlan};
 use crate::core::state::{encode_snapshot, STATE_SCHEMA};
-use crate::core::{decide, manifest, Command, Context, Policy, State};
+use crate::core::{decide, manifest, outcome, Command, Context, GraceChange, Policy, State};
 use crate::replay::{replay, Until};
 
 /// How the ledger writer signs its replies (`signer`); replicas use their names.
@@ -68,7 +68,10 @@ pub enum Request {
     Sign(Envelope<Sign>),
     Verify(Envelope<Verify>),
     Bump(Envelope<Bump>),
-    Status,
+    Revoke(Envelope<Revoke>),
+    Grace(Envelope<Grace>),
+    /// The status; with a command id, also whether that command was applied.
+    Status(Option<MsgId>),
     /// A copy of the folded state (the bundle worker reads archive progress
     /// and the verifying set from it).
     State,
@@ -92,6 +95,8 @@ pub enum Response {
     Sign(SignReply),
     Verify(VerifyReply),
     Bump(BumpReply),
+    Revoke(RevokeReply),
+    Grace(GraceReply),
     Status(StatusReply),
     State(Box<State>),
     Record(RecordReply),
@@ -299,18 +304,22 @@ impl Engine {
     ) -> Result<Pending, ErrorReply> {
         let cause = request.cause();
         if let Some((id, _)) = cause {
-            let again = !seen.insert(id);
-            let earlier = self.ledger.caused_by(&id).map_err(|e| {
-                ErrorReply::new(ErrorCode::Storage, format!("ledger lookup failed: {e}"))
-            })?;
-            if again || earlier.is_some() {
+            if !seen.insert(id) {
                 return Err(ErrorReply::new(
                     ErrorCode::Duplicate,
-                    match earlier {
-                        Some(seq) => format!("command {id} was already applied (ledger seq {seq}); not applied again"),
-                        None => format!("command {id} was sent twice in one batch; applied once"),
-                    },
+                    format!("command {id} was sent twice in one batch; applied once"),
                 ));
+            }
+            if self.ledger.caused_by(&id).map_err(storage)?.is_some() {
+                // A retry of a command the ledger holds: its original outcome.
+                let applied = self.ledger.events_caused_by(&id).map_err(storage)?;
+                return self
+                    .replayed(request, id, &applied, now)
+                    .map(|response| Pending {
+                        primary: None,
+                        recorded: Vec::new(),
+                        response,
+                    });
             }
         }
         // A new keyring changes what this signer holds before anything is decided.
@@ -326,7 +335,7 @@ impl Engine {
         let (state, keyring) = (&mut self.state, &self.keyring);
         let start = events.len();
         let mut emit = |state: &mut State, body: Event| {
-            state.apply(now, &body);
+            state.apply_caused(now, cause.map(|c| c.0), &body);
             let mut env = Envelope::new(
                 MsgId::generate(),
                 now,
@@ -341,6 +350,16 @@ impl Engine {
         };
         let pending = match request {
             Request::Record(cmd) => {
+                if let Some(applied) = applied_elsewhere(&self.ledger, &cmd.body.events)? {
+                    return Ok(Pending {
+                        primary: None,
+                        recorded: Vec::new(),
+                        response: Response::Record(RecordReply {
+                            seqs: Vec::new(),
+                            applied,
+                        }),
+                    });
+                }
                 let mut recorded = Vec::with_capacity(cmd.body.events.len());
                 for event in &cmd.body.events {
                     if !recordable(event) {
@@ -379,7 +398,7 @@ impl Engine {
                             recorded.push(Slot::New(i));
                         }
                         None => {
-                            state.apply(event.time, &event.body);
+                            state.apply_envelope(&event);
                             recorded.push(Slot::New(events.len()));
                             events.push(event);
                         }
@@ -399,7 +418,10 @@ impl Engine {
                 Pending {
                     primary: None,
                     recorded,
-                    response: Response::Record(RecordReply { seqs }),
+                    response: Response::Record(RecordReply {
+                        seqs,
+                        applied: Vec::new(),
+                    }),
                 }
             }
             Request::Rekey(_) | Request::Tick | Request::Replace(..) => {
@@ -446,11 +468,86 @@ impl Engine {
                 recorded: Vec::new(),
                 response: Response::State(Box::new(state.clone())),
             },
-            Request::Status => Pending {
-                primary: None,
-                recorded: Vec::new(),
-                response: Response::Status(status_view(state, ctx.held, self.ledger.head())),
-            },
+            Request::Status(applied) => {
+                let mut view = status_view(state, ctx.held, self.ledger.head());
+                if let Some(id) = applied {
+                    view.applied_seq = self.ledger.caused_by(&id).map_err(storage)?;
+                }
+                Pending {
+                    primary: None,
+                    recorded: Vec::new(),
+                    response: Response::Status(view),
+                }
+            }
+            Request::Revoke(cmd) => {
+                let command = Command::Revoke {
+                    version: cmd.body.version,
+                    reason: cmd.body.reason.clone(),
+                    requested_by: cmd.body.requested_by.clone(),
+                    force: cmd.body.force,
+                };
+                let decided = decide(state, &command, &ctx).map_err(ErrorReply::from)?;
+                let at = decided
+                    .iter()
+                    .position(|e| matches!(e, Event::KeyRevoked(_)))
+                    .expect("a revocation decides a key_revoked event");
+                let numbered: Vec<(u64, Envelope<Event>)> = decided
+                    .iter()
+                    .map(|e| {
+                        (
+                            0,
+                            Envelope::new(
+                                cmd.id,
+                                now,
+                                ThreadId::VersionManagement,
+                                Channel::Event,
+                                e.clone(),
+                            ),
+                        )
+                    })
+                    .collect();
+                let mut reply = outcome::revocation(cmd.id, &cmd.body, &numbered, false)
+                    .map_err(ErrorReply::from)?;
+                decided.into_iter().for_each(|e| emit(state, e));
+                reply.active = state.active;
+                Pending {
+                    recorded: Vec::new(),
+                    primary: Some(start + at),
+                    response: Response::Revoke(reply),
+                }
+            }
+            Request::Grace(cmd) => {
+                let change = grace_change(&cmd.body)?;
+                let command = Command::Grace {
+                    version: cmd.body.version,
+                    change,
+                    requested_by: cmd.body.requested_by.clone(),
+                };
+                let decided = decide(state, &command, &ctx).map_err(ErrorReply::from)?;
+                let numbered: Vec<(u64, Envelope<Event>)> = decided
+                    .iter()
+                    .map(|e| {
+                        (
+                            0,
+                            Envelope::new(
+                                cmd.id,
+                                now,
+                                ThreadId::VersionManagement,
+                                Channel::Event,
+                                e.clone(),
+                            ),
+                        )
+                    })
+                    .collect();
+                let reply = outcome::grace(cmd.id, &cmd.body, &numbered, false)
+                    .map_err(ErrorReply::from)?;
+                decided.into_iter().for_each(|e| emit(state, e));
+                Pending {
+                    recorded: Vec::new(),
+                    primary: Some(start),
+                    response: Response::Grace(reply),
+                }
+            }
             Request::Rotate(cmd) => {
                 let from = state.active;
                 let Rotate {
@@ -505,6 +602,7 @@ impl Engine {
                         fallback_from: plan.fallback_from,
                         seq: 0,
                         signer: WRITER.to_string(),
+                        replayed: false,
                     }),
                 }
             }
@@ -560,6 +658,7 @@ impl Engine {
                         signatures,
                         fallback_from: plan.fallback_from,
                         seq: 0,
+                        replayed: false,
                     }),
                 }
             }
@@ -567,6 +666,98 @@ impl Engine {
         Ok(pending)
     }
 
+    fn still_trusted(&self, v: KeyVersion) -> Result<(), ErrorReply> {
+        if self.state.status_of(v) == Some(tes_proto::reply::KeyStatus::Revoked) {
+            return Err(crate::core::decide::revoked(&self.state, v).into());
+        }
+        Ok(())
+    }
+
+    /// The original outcome of command `id`, which the ledger already
+    /// applied (its events are `applied`); nothing is appended.
+    fn replayed(
+        &self,
+        request: Request,
+        id: MsgId,
+        applied: &[(u64, Envelope<Event>)],
+        now: Timestamp,
+    ) -> Result<Response, ErrorReply> {
+        let response = match request {
+            // The original signature, unless its version was revoked since:
+            // a signature that no longer verifies is not handed out again.
+            Request::Sign(cmd) => {
+                let reply = outcome::sign(id, &cmd.body, applied, WRITER)?;
+                self.still_trusted(reply.key_version)?;
+                Response::Sign(reply)
+            }
+            Request::Bump(cmd) => {
+                let reply = outcome::bump(id, &cmd.body, applied)?;
+                self.still_trusted(reply.key_version)?;
+                Response::Bump(reply)
+            }
+            Request::Rotate(cmd) => {
+                Response::Rotation(outcome::rotation(id, Some(&cmd.body), applied)?)
+            }
+            Request::Rollback(_) => Response::Rotation(outcome::rotation(id, None, applied)?),
+            Request::Revoke(cmd) => {
+                let mut reply = outcome::revocation(id, &cmd.body, applied, true)?;
+                reply.active = self.state.active;
+                Response::Revoke(reply)
+            }
+            Request::Grace(cmd) => Response::Grace(outcome::grace(id, &cmd.body, applied, true)?),
+            // A verification changes nothing: answer it again, record it once.
+            Request::Verify(cmd) => {
+                let ctx = Context {
+                    now,
+                    policy: &self.policy,
+                    held: &self.held,
+                };
+                let v = cmd.body.key_version;
+                signing::check_verifiable(&self.state, v, &ctx).map_err(ErrorReply::from)?;
+                let key = self.keyring.get(v).expect("checked: the key is held");
+                Response::Verify(VerifyReply {
+                    valid: key.verify_hex(cmd.body.payload.as_bytes(), &cmd.body.signature),
+                    key_version: v,
+                })
+            }
+            _ => unreachable!("only commands with an id are looked up"),
+        };
+        Ok(response)
+    }
+}
+
+/// A replica's audit events for a command the ledger already holds
+/// events of (a retried sign one attempt already signed, by this or
+/// another signer): those events, so the replica hands out the original.
+fn applied_elsewhere(
+    ledger: &Ledger,
+    events: &[Envelope<Event>],
+) -> Result<Option<Vec<StoredEvent>>, ErrorReply> {
+    {
+        let Some(cause) = events.first().and_then(|e| e.causation_id) else {
+            return Ok(None);
+        };
+        if events
+            .first()
+            .is_some_and(|e| e.thread != ThreadId::VersionManagement)
+        {
+            return Ok(None);
+        }
+        let applied = ledger.events_caused_by(&cause).map_err(storage)?;
+        // The same record sent again (same event ids) is stored once, below.
+        if applied.is_empty() || applied.iter().any(|(_, e)| e.id == events[0].id) {
+            return Ok(None);
+        }
+        Ok(Some(
+            applied
+                .into_iter()
+                .map(|(seq, event)| StoredEvent { seq, event })
+                .collect(),
+        ))
+    }
+}
+
+impl Engine {
     pub fn status(&self) -> StatusReply {
         status_view(&self.state, &self.held, self.ledger.head())
     }
@@ -610,6 +801,23 @@ pub(crate) fn sign_under(
     (signatures, audit)
 }
 
+fn storage(e: LedgerError) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Storage, format!("ledger lookup failed: {e}"))
+}
+
+/// The one grace change a command asks for.
+fn grace_change(cmd: &Grace) -> Result<GraceChange, ErrorReply> {
+    match (cmd.until, cmd.extend_secs, cmd.end_now) {
+        (Some(t), None, false) => Ok(GraceChange::Until(t)),
+        (None, Some(s), false) => Ok(GraceChange::Extend(std::time::Duration::from_secs(s))),
+        (None, None, true) => Ok(GraceChange::EndNow),
+        _ => Err(ErrorReply::new(
+            ErrorCode::Malformed,
+            "a grace change takes exactly one of until, extendSecs or endNow",
+        )),
+    }
+}
+
 fn rotation_reply(
     state: &State,
     from: Option<KeyVersion>,
@@ -630,7 +838,7 @@ fn rotation_reply(
     };
     Response::Rotation(RotationReply {
         success: true,
-        message: format!("Key {what} to {} completed", to.to_string().to_uppercase()),
+        message: outcome::rotation_message(what, to),
         from,
         key_version: to,
         rotation_timestamp: now,
@@ -638,6 +846,7 @@ fn rotation_reply(
         forced,
         seq: 0,
         hsl: hsl.to_string(),
+        replayed: false,
     })
 }
 
@@ -650,9 +859,11 @@ impl Request {
             Request::Sign(e) => Some((e.id, e.correlation_id)),
             Request::Verify(e) => Some((e.id, e.correlation_id)),
             Request::Bump(e) => Some((e.id, e.correlation_id)),
+            Request::Revoke(e) => Some((e.id, e.correlation_id)),
+            Request::Grace(e) => Some((e.id, e.correlation_id)),
             // A record carries events with their own ids; those are what make
             // its retry idempotent, not the command id.
-            Request::Status
+            Request::Status(_)
             | Request::State
             | Request::Tick
             | Request::Rekey(_)
@@ -668,6 +879,8 @@ fn set_seq(response: &mut Response, seq: u64) {
         Response::Rotation(r) => r.seq = seq,
         Response::Sign(r) => r.seq = seq,
         Response::Bump(r) => r.seq = seq,
+        Response::Revoke(r) => r.seq = seq,
+        Response::Grace(r) => r.seq = seq,
         Response::Decided { seq: s, .. } => *s = seq,
         Response::Verify(_)
         | Response::Status(_)
@@ -707,6 +920,8 @@ pub fn status_view(
                 archived_bytes: state.archives.get(v).map_or(0, |a| a.bytes),
                 archiving: state.archives.get(v).is_some_and(|a| a.open.is_some()),
                 material_changes: k.material_changes,
+                revoked_at: k.revoked_at,
+                revoked_reason: k.revoked_reason.clone(),
             })
             .collect(),
         entities: state
@@ -720,5 +935,6 @@ pub fn status_view(
         fallbacks: state.fallbacks,
         head_seq: head.seq,
         head_hash: head.hash_hex(),
+        applied_seq: None,
     }
 }

@@ -42,7 +42,7 @@ pub fn replay(ledger: &Ledger, until: Until) -> Result<Replayed, VerifyError> {
                 return false;
             }
         }
-        state.apply(event.time, &event.body);
+        state.apply_envelope(&event);
         last_hash_seq = seq;
         true
     })?;

@@ -85,7 +85,7 @@ pub async fn start(
     let mut state = State::default();
     while let Some(followed) = events.recv().await {
         match followed {
-            Followed::Event { event, .. } => state.apply(event.time, &event.body),
+            Followed::Event { event, .. } => state.apply_envelope(&event),
             Followed::CaughtUp => break,
         }
     }
@@ -102,7 +102,7 @@ pub async fn start(
             while let Some(followed) = events.recv().await {
                 if let Followed::Event { event, .. } = followed {
                     let mut state = shared.state.write().expect("state lock poisoned");
-                    state.apply(event.time, &event.body);
+                    state.apply_envelope(&event);
                 }
             }
         })
@@ -191,6 +191,22 @@ async fn sign(
                 format!("no signature handed out: its audit record could not be written by the ledger writer ({e})"),
             )
         })?;
+    if !recorded.applied.is_empty() {
+        // A retry of a sign an earlier attempt already signed: the ledger's
+        // signatures are the ones handed out, not the ones just made.
+        let applied: Vec<_> = recorded
+            .applied
+            .into_iter()
+            .map(|s| (s.seq, s.event))
+            .collect();
+        let reply =
+            crate::core::outcome::sign(command.id, &command.body, &applied, &shared.config.name)?;
+        let state = shared.state.read().expect("state lock poisoned");
+        if state.status_of(reply.key_version) == Some(tes_proto::reply::KeyStatus::Revoked) {
+            return Err(crate::core::decide::revoked(&state, reply.key_version).into());
+        }
+        return Ok(reply);
+    }
     let primary = usize::from(plan.fallback_from.is_some());
     Ok(SignReply {
         payload: command.body.payload.clone(),
@@ -200,5 +216,6 @@ async fn sign(
         fallback_from: plan.fallback_from,
         seq: recorded.seqs[primary],
         signer: shared.config.name.clone(),
+        replayed: false,
     })
 }

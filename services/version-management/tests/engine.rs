@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tes_keyring::{KeyStore, Keyring};
 use tes_ledger::Ledger;
-use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Verify};
+use tes_proto::command::{Bump, Grace, Revoke, Rollback, Rotate, Scope, Sign, Verify};
 use tes_proto::event::Event;
 use tes_proto::reply::KeyStatus;
 use tes_proto::{Channel, Envelope, ErrorCode, KeyVersion, MsgId, ThreadId, Timestamp};
@@ -385,12 +385,27 @@ fn a_command_id_is_applied_at_most_once() {
         requested_by: "retry".into(),
         ..Rotate::default()
     });
-    assert!(one(&mut e, Request::Rotate(command.clone())).is_ok());
+    let Ok(Response::Rotation(first)) = one(&mut e, Request::Rotate(command.clone())) else {
+        panic!("the rotation went through")
+    };
+    // A retry gets the original outcome back, marked as a replay.
+    let Ok(Response::Rotation(again)) = one(&mut e, Request::Rotate(command.clone())) else {
+        panic!("a retry is answered with the original outcome")
+    };
+    assert!(again.replayed && !first.replayed);
     assert_eq!(
-        code(one(&mut e, Request::Rotate(command.clone()))),
+        (again.seq, again.key_version, again.from),
+        (first.seq, v(2), Some(v(1)))
+    );
+    assert_eq!(again.rotation_timestamp, first.rotation_timestamp);
+    assert_eq!(e.state().active, Some(v(2)), "not rotated twice");
+    // The same id with another body is refused.
+    let mut other = command.clone();
+    other.body.to = Some(v(3));
+    assert_eq!(
+        code(one(&mut e, Request::Rotate(other))),
         ErrorCode::Duplicate
     );
-    assert_eq!(e.state().active, Some(v(2)), "not rotated twice");
     // Twice in one batch: applied once.
     let again = cmd(Sign {
         payload: "p".into(),
@@ -599,4 +614,280 @@ fn a_replicas_audit_events_are_recorded_once_with_their_ids() {
         ErrorCode::UnknownVersion
     );
     assert_eq!(e.head(), head, "a refused record stores nothing");
+}
+
+fn signed(outcome: Outcome) -> tes_proto::reply::SignReply {
+    match outcome {
+        Ok(Response::Sign(s)) => s,
+        other => panic!("expected a signature, got {other:?}"),
+    }
+}
+
+fn revoke(engine: &mut Engine, version: u32, force: bool) -> Outcome {
+    one(
+        engine,
+        Request::Revoke(cmd(Revoke {
+            version: v(version),
+            reason: "leaked in build log 4711".into(),
+            requested_by: "test".into(),
+            force,
+        })),
+    )
+}
+
+fn grace(engine: &mut Engine, version: u32, change: impl FnOnce(&mut Grace)) -> Outcome {
+    let mut body = Grace {
+        version: v(version),
+        until: None,
+        extend_secs: None,
+        end_now: false,
+        requested_by: "test".into(),
+    };
+    change(&mut body);
+    one(engine, Request::Grace(cmd(body)))
+}
+
+#[test]
+fn a_retried_sign_or_bump_gets_the_original_back_even_after_a_restart() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    assert!(rotate(&mut e).is_ok());
+    let command = cmd(Sign {
+        payload: "release-42".into(),
+        key_version: None,
+    });
+    let first = signed(one(&mut e, Request::Sign(command.clone())));
+    assert_eq!(first.signatures.len(), 2, "dual signing during grace");
+    let bump = cmd(Bump {
+        entity: "svc".into(),
+        scope: Scope::Minor,
+        key_version: None,
+    });
+    let Ok(Response::Bump(bumped)) = one(&mut e, Request::Bump(bump.clone())) else {
+        panic!("bumped")
+    };
+    let head = e.head().seq;
+    drop(e);
+    f.advance(Duration::from_secs(5));
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    let again = signed(one(&mut e, Request::Sign(command.clone())));
+    assert!(again.replayed);
+    assert_eq!(
+        (
+            &again.signature,
+            &again.signatures,
+            again.seq,
+            again.key_version
+        ),
+        (
+            &first.signature,
+            &first.signatures,
+            first.seq,
+            first.key_version
+        )
+    );
+    let Ok(Response::Bump(rebumped)) = one(&mut e, Request::Bump(bump)) else {
+        panic!("the bump's original")
+    };
+    assert!(rebumped.replayed);
+    assert_eq!(
+        rebumped.manifest, bumped.manifest,
+        "same manifest, same time"
+    );
+    assert_eq!(rebumped.payload, bumped.payload);
+    assert_eq!(rebumped.signature, bumped.signature);
+    assert_eq!(e.head().seq, head, "a replay appends nothing");
+    // Another payload under the same id is another request: refused.
+    let mut other = command.clone();
+    other.body.payload = "release-43".into();
+    let refusal = one(&mut e, Request::Sign(other)).unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::Duplicate);
+    assert!(refusal.message.contains("payload"), "{}", refusal.message);
+    // A signature whose version was revoked since is not handed out again.
+    assert!(
+        revoke(&mut e, 2, false).is_err(),
+        "v2 active, nothing to take over"
+    );
+    assert!(revoke(&mut e, 2, true).is_ok());
+    assert_eq!(
+        code(one(&mut e, Request::Sign(command))),
+        ErrorCode::RevokedVersion
+    );
+}
+
+#[test]
+fn revoking_stops_a_version_signing_and_verifying_at_once() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    let old = signed(sign(&mut e, "before", None));
+    assert!(rotate(&mut e).is_ok());
+    // v1 is verifying (grace): it verifies until revoked.
+    let verify = |e: &mut Engine| {
+        one(
+            e,
+            Request::Verify(cmd(Verify {
+                payload: "before".into(),
+                signature: old.signature.clone(),
+                key_version: v(1),
+            })),
+        )
+    };
+    assert!(matches!(verify(&mut e), Ok(Response::Verify(r)) if r.valid));
+    let Ok(Response::Revoke(r)) = revoke(&mut e, 1, false) else {
+        panic!("revoked")
+    };
+    assert_eq!(
+        (r.version, r.rotated_to, r.active),
+        (v(1), None, Some(v(2)))
+    );
+    let refusal = verify(&mut e).unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::RevokedVersion);
+    assert!(
+        refusal.message.contains("revoked at") && refusal.message.contains("build log 4711"),
+        "{}",
+        refusal.message
+    );
+    assert_eq!(
+        code(sign(&mut e, "x", Some(v(1)))),
+        ErrorCode::RevokedVersion
+    );
+    let now = signed(sign(&mut e, "after", None));
+    assert_eq!(
+        now.signatures.len(),
+        1,
+        "no dual signature with a revoked version"
+    );
+    assert_eq!(code(revoke(&mut e, 1, false)), ErrorCode::RevokedVersion);
+    assert_eq!(code(rollback(&mut e)), ErrorCode::NothingToRollBack);
+    let status = e.status();
+    let v1 = status.keys.iter().find(|k| k.version == v(1)).unwrap();
+    assert_eq!(v1.status, KeyStatus::Revoked);
+    assert_eq!(
+        v1.revoked_reason.as_deref(),
+        Some("leaked in build log 4711")
+    );
+    // The fold gives the same.
+    let replayed = replay(&Ledger::open_reader(&f.path()).unwrap(), Until::Head).unwrap();
+    assert_eq!(&replayed.state, e.state());
+}
+
+#[test]
+fn revoking_the_active_version_rotates_or_needs_force() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    let Ok(Response::Revoke(r)) = revoke(&mut e, 1, false) else {
+        panic!("revoked")
+    };
+    assert_eq!(
+        (r.rotated_to, r.active, r.forced),
+        (Some(v(2)), Some(v(2)), false)
+    );
+    assert_eq!(e.state().active, Some(v(2)));
+    let s = signed(sign(&mut e, "p", None));
+    assert_eq!((s.key_version, s.signatures.len()), (v(2), 1));
+    // v2 is now active with nothing after it: refused without force.
+    let refusal = revoke(&mut e, 2, false).unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::NoNextVersion);
+    assert!(refusal.message.contains("--force"), "{}", refusal.message);
+    assert_eq!(e.state().active, Some(v(2)), "a refusal changes nothing");
+    let Ok(Response::Revoke(r)) = revoke(&mut e, 2, true) else {
+        panic!("forced")
+    };
+    assert_eq!((r.active, r.forced), (None, true));
+    let refusal = sign(&mut e, "p", None).unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::RevokedVersion);
+    assert!(
+        refusal.message.contains("nothing signs"),
+        "{}",
+        refusal.message
+    );
+    // A restart does not bring back a version on its own (no genesis).
+    drop(e);
+    let e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    assert_eq!(e.state().active, None);
+    // A new version, provisioned and rotated to, signs again.
+    drop(e);
+    let mut e = f.engine(
+        &[(1, V1_SECRET), (2, V2_SECRET), (3, "third-secret-for-v3")],
+        Policy::default(),
+        0,
+    );
+    let Ok(Response::Rotation(r)) = rotate(&mut e) else {
+        panic!("rotated to v3")
+    };
+    assert_eq!((r.from, r.key_version), (None, v(3)));
+    assert_eq!(signed(sign(&mut e, "p", None)).key_version, v(3));
+}
+
+#[test]
+fn grace_windows_change_end_now_and_extend() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    assert!(rotate(&mut e).is_ok());
+    let until = |e: &Engine| e.state().keys[&v(1)].grace_until.unwrap();
+    let before = until(&e);
+    let Ok(Response::Grace(g)) = grace(&mut e, 1, |g| g.extend_secs = Some(3600)) else {
+        panic!("extended")
+    };
+    assert_eq!(g.previous, Some(before));
+    assert_eq!(until(&e), before.saturating_add(Duration::from_secs(3600)));
+    // Exactly one change; not on the active version; not in the past.
+    assert_eq!(code(grace(&mut e, 1, |_| {})), ErrorCode::Malformed);
+    assert_eq!(
+        code(grace(&mut e, 2, |g| g.end_now = true)),
+        ErrorCode::InUse
+    );
+    assert_eq!(
+        code(grace(&mut e, 1, |g| g.until = Some(Timestamp::from_millis(1)))),
+        ErrorCode::Malformed
+    );
+    let Ok(Response::Grace(g)) = grace(&mut e, 1, |g| g.end_now = true) else {
+        panic!("ended")
+    };
+    assert!(g.retired);
+    assert_eq!(e.state().status_of(v(1)), Some(KeyStatus::Retired));
+    assert_eq!(
+        code(sign(&mut e, "p", Some(v(1)))),
+        ErrorCode::RetiredVersion
+    );
+    assert_eq!(
+        code(grace(&mut e, 1, |g| g.extend_secs = Some(60))),
+        ErrorCode::RetiredVersion
+    );
+}
+
+#[test]
+fn a_key_ttl_applies_to_the_version_already_running() {
+    let f = Fixture::new();
+    let e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    assert_eq!(e.state().keys[&v(1)].expires_at, None, "no TTL, no expiry");
+    drop(e);
+    f.advance(Duration::from_secs(10));
+    let ttl = Policy {
+        key_ttl: Some(Duration::from_secs(3)),
+        ..Policy::default()
+    };
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], ttl.clone(), 0);
+    let activated = e.state().keys[&v(1)].activated_at.unwrap();
+    assert_eq!(
+        e.state().keys[&v(1)].expires_at,
+        Some(activated.saturating_add(Duration::from_secs(3))),
+        "counted from its activation, recorded"
+    );
+    // Long expired by now: the next tick rotates it away.
+    assert!(one(&mut e, Request::Tick).is_ok());
+    assert_eq!(e.state().active, Some(v(2)));
+    let expiries = Ledger::open_reader(&f.path())
+        .unwrap()
+        .events_from(1)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| matches!(e.body, Event::KeyExpirySet(_)))
+        .count();
+    assert_eq!(expiries, 1);
+    // The same TTL again records nothing new.
+    let head = e.head().seq;
+    drop(e);
+    let e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], ttl, 0);
+    assert_eq!(e.head().seq, head);
 }

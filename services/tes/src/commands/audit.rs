@@ -276,7 +276,7 @@ pub async fn verify(global: &Global, args: Vec<CheckpointArg>, w: &WitnessOption
     let mut bad_snapshot = damaged.first().copied();
     let plain: Vec<Checkpoint> = checkpoints.iter().map(|(_, c)| c.clone()).collect();
     let result = check_ledger(&ledger, &plain, |seq, event| {
-        state.apply(event.time, &event.body);
+        state.apply_envelope(&event);
         if let Some(bytes) = snapshots.get(&seq) {
             let matches = decode_snapshot(bytes).is_some_and(|s| s == state);
             if !matches && bad_snapshot.is_none() {

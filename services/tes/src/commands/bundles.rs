@@ -288,5 +288,33 @@ pub async fn ls(global: &Global, options: &BundleOptions, all: bool) -> Result<(
             &json!({"keyVersion": v, "place": area, "objects": place.objects, "bytes": place.bytes}),
         );
     }
+    // The revocation marks (revoked/v<N>.json): those versions' bundles
+    // no longer verify.
+    for l in store
+        .list(tes_bundles::layout::REVOKED_PREFIX)
+        .await
+        .map_err(Failure::check)?
+    {
+        let marked: serde_json::Value = match store.read(&l.key).await.map_err(Failure::check)? {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => continue,
+        };
+        let field = |k: &str| {
+            marked
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_string()
+        };
+        out.emit(
+            format!(
+                "{}: REVOKED at {} ({}): its bundles no longer verify",
+                field("keyVersion"),
+                field("revokedAt"),
+                field("reason")
+            ),
+            &json!({"place": "revoked", "key": l.key, "revocation": marked}),
+        );
+    }
     Ok(())
 }

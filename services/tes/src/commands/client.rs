@@ -9,10 +9,10 @@ use anyhow::anyhow;
 use serde_json::json;
 use tes_bus::jetstream::CommandStream;
 use tes_bus::typed;
-use tes_proto::command::{Bump, Rollback, Rotate, Scope, Sign, Status, Verify};
+use tes_proto::command::{Bump, Grace, Revoke, Rollback, Rotate, Scope, Sign, Status, Verify};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
-use crate::cli::{Global, RunOptions};
+use crate::cli::{Global, GraceArgs, RunOptions};
 use crate::commands::replay::{describe, json_view};
 use crate::failure::{from_call, Failure, Result};
 use crate::output::Printer;
@@ -37,22 +37,30 @@ async fn send<C: CommandBody>(
     thread: ThreadId,
     body: C,
 ) -> Result<C::Reply> {
+    send_call(global, run, thread, body)
+        .await?
+        .map_err(from_call)
+}
+
+/// [`send`], with the actor's refusal left for the caller to classify.
+async fn send_call<C: CommandBody>(
+    global: &Global,
+    run: &RunOptions,
+    thread: ThreadId,
+    body: C,
+) -> Result<Result<C::Reply, typed::CallError>> {
     if let Some(bus) = runtime::nats(global, "tes-cli").await? {
         let envelope = typed::command(thread, body);
-        return typed::call::<C>(
+        return Ok(typed::call::<C>(
             &bus,
             thread,
             runtime::wire(run.wire),
             &envelope,
             typed::DEFAULT_TIMEOUT,
         )
-        .await
-        .map_err(from_call);
+        .await);
     }
-    with_runtime(global, run, async |rt| {
-        rt.call(thread, body).await.map_err(from_call)
-    })
-    .await
+    with_runtime(global, run, async |rt| Ok(rt.call(thread, body).await)).await
 }
 
 /// Sends a rotation or rollback to the Supervisor: on NATS through the
@@ -119,6 +127,56 @@ pub async fn rollback(global: &Global, run: &RunOptions, requested_by: String) -
     Ok(())
 }
 
+pub async fn revoke(
+    global: &Global,
+    run: &RunOptions,
+    version: KeyVersion,
+    reason: String,
+    force: bool,
+    requested_by: String,
+) -> Result<()> {
+    let body = Revoke {
+        version,
+        reason,
+        requested_by,
+        force,
+    };
+    let reply = send(global, run, ThreadId::Supervisor, body).await?;
+    Printer { json: global.json }.emit(
+        format!(
+            "{} (ledger seq {}, revoked at {}: {})",
+            reply.message, reply.seq, reply.revoked_at, reply.reason
+        ),
+        &reply,
+    );
+    Ok(())
+}
+
+pub async fn grace(
+    global: &Global,
+    run: &RunOptions,
+    version: KeyVersion,
+    change: GraceArgs,
+    requested_by: String,
+) -> Result<()> {
+    let body = Grace {
+        version,
+        until: change.until,
+        extend_secs: change.extend.map(|d| d.as_secs()),
+        end_now: change.end_now,
+        requested_by,
+    };
+    let reply = send(global, run, ThreadId::Supervisor, body).await?;
+    let was = reply
+        .previous
+        .map_or("no end".to_string(), |p| p.to_string());
+    Printer { json: global.json }.emit(
+        format!("{} (was {was}; ledger seq {})", reply.message, reply.seq),
+        &reply,
+    );
+    Ok(())
+}
+
 fn payload_arg(payload: String) -> Result<String> {
     if payload != "-" {
         return Ok(payload);
@@ -167,7 +225,19 @@ pub async fn verify(
         signature,
         key_version,
     };
-    let reply = send(global, run, ThreadId::VersionManagement, body).await?;
+    // A signature under a revoked or retired version is not trusted: that
+    // is the check failing (exit 1), not bad input.
+    let reply = match send_call(global, run, ThreadId::VersionManagement, body).await? {
+        Err(tes_bus::typed::CallError::Refused(r))
+            if matches!(
+                r.code,
+                tes_proto::ErrorCode::RevokedVersion | tes_proto::ErrorCode::RetiredVersion
+            ) =>
+        {
+            return Err(Failure::check(anyhow!("{}", r.message)))
+        }
+        other => other.map_err(from_call)?,
+    };
     let words = if reply.valid {
         format!("valid ({key_version})")
     } else {
@@ -214,7 +284,7 @@ pub async fn bump(
 /// this shell holds, as they are (none is generated).
 pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
     let view = if global.nats.is_some() {
-        send(global, run, ThreadId::VersionManagement, Status {}).await?
+        send(global, run, ThreadId::VersionManagement, Status::default()).await?
     } else {
         let ledger = crate::commands::replay::open(global)?;
         let replayed = tes_version_management::replay::replay(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use tes_ledger::{Ledger, LedgerError, VerifyError};
-use tes_proto::reply::StatusReply;
+use tes_proto::reply::{KeyStatus, StatusReply};
 use tes_version_management::engine::status_view;
 use tes_version_management::replay::{replay, Until};
 
@@ -75,6 +75,8 @@ pub fn json_view(view: &StatusReply, events: u64) -> serde_json::Value {
         json!(view.key_version.map(|v| v.to_string())),
     );
     obj.insert("events".into(), json!(events));
+    // Only the Supervisor's question about one command sets it.
+    obj.remove("appliedSeq");
     for key in obj
         .get_mut("keys")
         .and_then(|k| k.as_array_mut())
@@ -92,6 +94,9 @@ pub fn describe(view: &StatusReply, heading: &str) -> String {
     let mut out = format!("{heading}\n");
     match view.key_version {
         Some(v) => out += &format!("  keyVersion: {} ({v} is active)\n", v.bare()),
+        None if view.keys.iter().any(|k| k.revoked_at.is_some()) => {
+            out += "  keyVersion: none (the active version was revoked with nothing to take over: nothing signs until a new version is provisioned and rotated to)\n"
+        }
         None => out += "  keyVersion: none (no version was ever activated)\n",
     }
     if let (Some(at), Some(by)) = (view.rotation_timestamp, &view.rotated_by) {
@@ -117,6 +122,15 @@ pub fn describe(view: &StatusReply, heading: &str) -> String {
         if let Some(g) = k.grace_until {
             line += &format!("  verifies until {g}");
         }
+        if let Some(at) = k.expires_at.filter(|_| k.status == KeyStatus::Active) {
+            line += &format!("  expires {at}");
+        }
+        if let Some(at) = k.revoked_at {
+            line += &format!(
+                "  REVOKED {at}: {}",
+                k.revoked_reason.as_deref().unwrap_or("")
+            );
+        }
         if k.material_changes > 0 {
             line += &format!(
                 "  material replaced {} time(s) (tes secret put --replace)",
@@ -139,7 +153,7 @@ pub fn describe(view: &StatusReply, heading: &str) -> String {
         out.push('\n');
     }
     if let Some(v) = view.last_sig_version {
-        out += &format!("  last signature by {v}\n");
+        out += &format!("  last signing request served by {v}\n");
     }
     for e in &view.entities {
         out += &format!("  entity {} at {}\n", e.entity, e.version);

@@ -233,5 +233,27 @@ fn details(event: &Event) -> String {
                 format!(", {} missing", a.missing.len())
             }
         ),
+        Event::KeyRevoked(r) => format!(
+            "{} REVOKED by {}: {}{}",
+            r.version,
+            r.requested_by,
+            r.reason,
+            if r.forced {
+                " (forced: nothing signs now)"
+            } else {
+                ""
+            }
+        ),
+        Event::GraceChanged(g) => format!(
+            "{} verifies until {} (was {}), by {}",
+            g.version,
+            g.grace_until,
+            g.previous.map_or("no end".into(), |p| p.to_string()),
+            g.requested_by
+        ),
+        Event::KeyExpirySet(x) => format!(
+            "{} expires at {} (key TTL {}s from its activation)",
+            x.version, x.expires_at, x.ttl_secs
+        ),
     }
 }

@@ -6,8 +6,8 @@
 
 use tes_proto::command::Scope;
 use tes_proto::event::{
-    ArchiveBatch, BundleArchived, Event, KeyProvisioned, KeyRetired, KeyRollback, KeyRotate,
-    RetireReason, RotationFailed, RotationReason, VersionBump,
+    ArchiveBatch, BundleArchived, Event, GraceChanged, KeyExpirySet, KeyProvisioned, KeyRetired,
+    KeyRevoked, KeyRollback, KeyRotate, RetireReason, RotationFailed, RotationReason, VersionBump,
 };
 use tes_proto::reply::KeyStatus;
 use tes_proto::{ErrorCode, ErrorReply, KeyVersion, Timestamp};
@@ -35,6 +35,19 @@ pub enum Command {
         forced: bool,
     },
     Rollback {
+        requested_by: String,
+    },
+    /// Stop trusting `version` now (see [`revoke`]).
+    Revoke {
+        version: KeyVersion,
+        reason: String,
+        requested_by: String,
+        force: bool,
+    },
+    /// Move a verifying version's verify-until.
+    Grace {
+        version: KeyVersion,
+        change: GraceChange,
         requested_by: String,
     },
     /// Time passed: retire versions whose grace ended, rotate an expired
@@ -70,6 +83,21 @@ pub enum Command {
         expiry: Timestamp,
     },
 }
+
+/// How a grace window changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraceChange {
+    /// A new verify-until (later than now).
+    Until(Timestamp),
+    /// The current verify-until, this much later.
+    Extend(std::time::Duration),
+    /// Ends now: the version retires in the same transaction.
+    EndNow,
+}
+
+/// The longest reason a revocation may carry (it is shown to every
+/// verifier that refuses the version).
+pub const MAX_REASON: usize = 500;
 
 /// Where the bundles of `version` live until they are archived.
 pub fn bundle_prefix(version: KeyVersion) -> String {
@@ -119,6 +147,17 @@ pub fn decide(
             forced,
         } => rotate(state, *to, requested_by, *forced, ctx).map(|e| vec![e]),
         Command::Rollback { requested_by } => rollback(state, requested_by, ctx).map(|e| vec![e]),
+        Command::Revoke {
+            version,
+            reason,
+            requested_by,
+            force,
+        } => revoke(state, *version, reason, requested_by, *force, ctx),
+        Command::Grace {
+            version,
+            change,
+            requested_by,
+        } => grace(state, *version, *change, requested_by, ctx),
         Command::Tick => Ok(tick(state, ctx)),
         Command::Bump {
             entity,
@@ -171,7 +210,25 @@ fn provision(state: &State, ctx: &Context<'_>) -> Result<Vec<Event>, Rejection> 
             Some(_) => {}
         }
     }
-    if state.active.is_none() {
+    // A key TTL given now applies to the version already active, counted
+    // from its activation (recorded, so a replay gives the same expiry).
+    if let (Some(ttl), Some(active)) = (ctx.policy.key_ttl, state.active) {
+        let record = state.keys.get(&active);
+        if let Some(activated) = record.and_then(|k| k.activated_at) {
+            let expires_at = activated.saturating_add(ttl);
+            if record.and_then(|k| k.expires_at) != Some(expires_at) {
+                out.push(Event::KeyExpirySet(KeyExpirySet {
+                    version: active,
+                    ttl_secs: ttl.as_secs(),
+                    expires_at,
+                }));
+            }
+        }
+    }
+    // Genesis: only a ledger that never had an active version activates
+    // one on its own (after a forced revocation nothing is active, and
+    // only a rotation may change that).
+    if state.active.is_none() && state.rotation_timestamp.is_none() {
         if let Some(first) = ctx.held.keys().next() {
             out.push(Event::KeyRotate(KeyRotate {
                 from: None,
@@ -232,17 +289,24 @@ fn rotate(
     forced: bool,
     ctx: &Context<'_>,
 ) -> Result<Event, Rejection> {
-    let Some(active) = state.active else {
-        return Err(Rejection::new(
-            ErrorCode::NoNextVersion,
-            "no version is active yet: start the daemon once with VERSION_SIGNING_KEY set (or let it generate v1)",
-        ));
+    // After a forced revocation of the active version nothing is active;
+    // a rotation is how signing resumes, from the revoked version.
+    let (from, after) = match (state.active, state.revoked_active()) {
+        (Some(active), _) => (Some(active), active),
+        (None, Some((revoked, _))) => (None, revoked),
+        (None, None) => {
+            return Err(Rejection::new(
+                ErrorCode::NoNextVersion,
+                "no version is active yet: start the daemon once with VERSION_SIGNING_KEY set (or let it generate v1)",
+            ))
+        }
     };
     let target = match to {
-        None => state.next_version().ok_or_else(|| not_configured(active))?,
+        None => state.next_version().ok_or_else(|| not_configured(after))?,
         Some(v) => match state.status_of(v) {
             None => return Err(unknown(v)),
             Some(KeyStatus::Retired) => return Err(retired(v)),
+            Some(KeyStatus::Revoked) => return Err(revoked(state, v)),
             Some(KeyStatus::Active) => {
                 return Err(Rejection::new(
                     ErrorCode::NoNextVersion,
@@ -257,7 +321,7 @@ fn rotate(
             ErrorCode::MissingKey,
             format!(
                 "{target} is provisioned in the ledger but this signer does not hold its material; \
-                 provide VERSION_SIGNING_KEY_V{} here, or force the rotation (signing will fall back to {active})",
+                 provide VERSION_SIGNING_KEY_V{} here, or force the rotation (signing will fall back to {after})",
                 target.get()
             ),
         ));
@@ -269,7 +333,7 @@ fn rotate(
         ));
     }
     Ok(Event::KeyRotate(KeyRotate {
-        from: Some(active),
+        from,
         to: target,
         reason: RotationReason::Requested,
         requested_by: requested_by.to_string(),
@@ -277,6 +341,151 @@ fn rotate(
         grace_until: Some(ctx.now.saturating_add(ctx.policy.grace)),
         expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
     }))
+}
+
+/// Revokes `version`: from this event on it neither signs nor verifies.
+/// The active version can only be revoked with a successor (the next
+/// provisioned version this signer holds, rotated to in the same
+/// transaction, its predecessor's grace ending at once) or with `force`,
+/// which leaves nothing active.
+fn revoke(
+    state: &State,
+    version: KeyVersion,
+    reason: &str,
+    requested_by: &str,
+    force: bool,
+    ctx: &Context<'_>,
+) -> Result<Vec<Event>, Rejection> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            ErrorCode::Malformed,
+            format!("a revocation needs a reason: 1 to {MAX_REASON} printable characters"),
+        ));
+    }
+    let Some(key) = state.keys.get(&version) else {
+        return Err(unknown(version));
+    };
+    if key.status == KeyStatus::Revoked {
+        return Err(revoked(state, version));
+    }
+    let revocation = Event::KeyRevoked(KeyRevoked {
+        version,
+        reason: reason.to_string(),
+        requested_by: requested_by.to_string(),
+        forced: false,
+    });
+    if state.active != Some(version) {
+        return Ok(vec![revocation]);
+    }
+    let successor = state
+        .next_version()
+        .filter(|n| ctx.held.contains_key(n) && !expired(state, *n, ctx));
+    match successor {
+        Some(to) => Ok(vec![
+            Event::KeyRotate(KeyRotate {
+                from: Some(version),
+                to,
+                reason: RotationReason::Revoked,
+                requested_by: requested_by.to_string(),
+                forced: false,
+                // It stops verifying now: the revocation follows.
+                grace_until: Some(ctx.now),
+                expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
+            }),
+            revocation,
+        ]),
+        None if force => Ok(vec![Event::KeyRevoked(KeyRevoked {
+            version,
+            reason: reason.to_string(),
+            requested_by: requested_by.to_string(),
+            forced: true,
+        })]),
+        None => Err(Rejection::new(
+            ErrorCode::NoNextVersion,
+            format!(
+                "{version} is the active version and no version this signer holds can take over: \
+                 revoking it would leave nothing to sign with. Provision {next} first \
+                 (`openssl rand -hex 32 | tes secret put --version {n}`), or pass --force to revoke \
+                 it anyway (signing then refuses until a new version is provisioned and rotated to)",
+                next = version.next(),
+                n = version.next().get()
+            ),
+        )),
+    }
+}
+
+/// Moves the verify-until of a verifying version; ending it now retires the
+/// version in the same transaction.
+fn grace(
+    state: &State,
+    version: KeyVersion,
+    change: GraceChange,
+    requested_by: &str,
+    ctx: &Context<'_>,
+) -> Result<Vec<Event>, Rejection> {
+    let Some(key) = state.keys.get(&version) else {
+        return Err(unknown(version));
+    };
+    match key.status {
+        KeyStatus::Verifying => {}
+        KeyStatus::Revoked => return Err(revoked(state, version)),
+        KeyStatus::Retired => return Err(retired(version)),
+        KeyStatus::Active | KeyStatus::Provisioned => {
+            return Err(Rejection::new(
+                ErrorCode::InUse,
+                format!(
+                    "{version} is {}: only a verifying version (the one before a rotation) has a grace window",
+                    key.status.as_str()
+                ),
+            ))
+        }
+    }
+    if key.grace_until.is_some_and(|g| g <= ctx.now) {
+        return Err(Rejection::new(
+            ErrorCode::RetiredVersion,
+            format!("{version}'s grace window has already ended; it retires on the next tick"),
+        ));
+    }
+    let until =
+        match change {
+            GraceChange::EndNow => ctx.now,
+            GraceChange::Until(t) if t <= ctx.now => return Err(Rejection::new(
+                ErrorCode::Malformed,
+                format!(
+                    "{t} is not in the future; use --end-now to end {version}'s grace window now"
+                ),
+            )),
+            GraceChange::Until(t) => t,
+            GraceChange::Extend(d) => {
+                let Some(current) = key.grace_until else {
+                    return Err(Rejection::new(
+                        ErrorCode::Malformed,
+                        format!("{version}'s grace window has no end to extend; give --until TIME"),
+                    ));
+                };
+                if d.is_zero() {
+                    return Err(Rejection::new(
+                        ErrorCode::Malformed,
+                        "an extension must be longer than zero",
+                    ));
+                }
+                current.saturating_add(d)
+            }
+        };
+    let mut out = vec![Event::GraceChanged(GraceChanged {
+        version,
+        previous: key.grace_until,
+        grace_until: until,
+        requested_by: requested_by.to_string(),
+    })];
+    if until <= ctx.now {
+        out.push(Event::KeyRetired(KeyRetired {
+            version,
+            reason: RetireReason::GraceElapsed,
+        }));
+    }
+    Ok(out)
 }
 
 fn rollback(state: &State, requested_by: &str, ctx: &Context<'_>) -> Result<Event, Rejection> {
@@ -550,6 +759,27 @@ pub(crate) fn unknown(v: KeyVersion) -> Rejection {
     Rejection::new(
         ErrorCode::UnknownVersion,
         format!("key version {v} is unknown to this ledger"),
+    )
+}
+
+/// The refusal of anything a revoked version would do, with when and why.
+pub(crate) fn revoked(state: &State, v: KeyVersion) -> Rejection {
+    let (at, reason) = state
+        .keys
+        .get(&v)
+        .map(|k| {
+            (
+                k.revoked_at
+                    .map_or("an unknown time".to_string(), |t| t.to_string()),
+                k.revoked_reason.clone().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    Rejection::new(
+        ErrorCode::RevokedVersion,
+        format!(
+            "key version {v} was revoked at {at}, reason: {reason}; it neither signs nor verifies"
+        ),
     )
 }
 

@@ -5,6 +5,7 @@
 //! - [`signing`]: which version signs (pin, fallback, dual signatures) and
 //!   the audit events a signature produces.
 //! - [`manifest`]: semver bumps and the RFC 8785 canonical manifest.
+//! - [`outcome`]: the original reply of a retried command, from its events.
 //!
 //! The shell ([`crate::engine`]) passes time and the keys this signer holds
 //! in, and appends what comes out. Replaying the ledger through [`evolve`]
@@ -12,11 +13,12 @@
 
 pub mod decide;
 pub mod manifest;
+pub mod outcome;
 pub mod policy;
 pub mod signing;
 pub mod state;
 
-pub use decide::{decide, Command, Rejection};
+pub use decide::{decide, Command, GraceChange, Rejection};
 pub use policy::Policy;
 pub use state::{evolve, KeyRecord, State};
 

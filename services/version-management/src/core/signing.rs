@@ -11,7 +11,7 @@ use tes_proto::event::{Event, KeyFallback, SignatureGenerated, SignatureVerified
 use tes_proto::reply::KeyStatus;
 use tes_proto::{ErrorCode, KeyVersion};
 
-use super::decide::{retired, unknown, Rejection};
+use super::decide::{retired, revoked, unknown, Rejection};
 use super::state::State;
 use super::Context;
 
@@ -49,6 +49,7 @@ fn usable(state: &State, v: KeyVersion, ctx: &Context<'_>) -> Result<(), Rejecti
     let key = state.keys.get(&v).ok_or_else(|| unknown(v))?;
     match key.status {
         KeyStatus::Retired => Err(retired(v)),
+        KeyStatus::Revoked => Err(revoked(state, v)),
         KeyStatus::Verifying if key.grace_until.is_some_and(|g| g <= ctx.now) => Err(retired(v)),
         _ => Ok(()),
     }
@@ -72,11 +73,24 @@ pub fn plan(
             also: Vec::new(),
         });
     }
-    let active = state.active.ok_or_else(|| {
-        Rejection::new(
+    let active = state.active.ok_or_else(|| match state.revoked_active() {
+        Some((v, _)) => {
+            let why = revoked(state, v);
+            Rejection::new(
+                ErrorCode::RevokedVersion,
+                format!(
+                    "nothing signs: the active version was revoked with no version to take over ({}). \
+                     Provision a new version (`openssl rand -hex 32 | tes secret put --version {n}`) \
+                     and rotate to it (`tes rotate`)",
+                    why.message,
+                    n = v.next().get()
+                ),
+            )
+        }
+        None => Rejection::new(
             ErrorCode::MissingKey,
             "no key version is active yet [HSL:#FF0000]",
-        )
+        ),
     })?;
     if ctx.held.contains_key(&active) {
         let also = if ctx.policy.dual_sign {

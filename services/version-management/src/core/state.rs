@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tes_proto::event::{Event, RotationReason};
 use tes_proto::reply::KeyStatus;
-use tes_proto::{Envelope, Fingerprint, KeyVersion, Timestamp};
+use tes_proto::{Envelope, Fingerprint, KeyVersion, MsgId, Timestamp};
 
 /// Version of the snapshot encoding of [`State`]. Bump it when `State`
 /// changes shape: old snapshots are then ignored and the state is rebuilt
 /// from the events (snapshots are caches; events are the truth).
-pub const STATE_SCHEMA: u16 = 2;
+pub const STATE_SCHEMA: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -26,6 +26,9 @@ pub struct KeyRecord {
     pub signatures: u64,
     pub verifications: u64,
     pub failed_verifications: u64,
+    /// When and why it was revoked (status [`KeyStatus::Revoked`]).
+    pub revoked_at: Option<Timestamp>,
+    pub revoked_reason: Option<String>,
 }
 
 /// How far the archive of one version's bundles has come.
@@ -51,7 +54,12 @@ pub struct State {
     /// Why the active version last changed (none after a rollback), and who asked.
     pub rotation_reason: Option<RotationReason>,
     pub rotated_by: Option<String>,
+    /// The version that served the last signing request (its primary
+    /// signature; a dual signature beside it is not a request).
     pub last_sig_version: Option<KeyVersion>,
+    /// The command behind the last signature: the signatures of one request
+    /// are adjacent in the ledger and share it, the first is the primary.
+    pub last_sign_cause: Option<MsgId>,
     /// The expired active version a rotation failure was already reported
     /// for, so a tick does not report it again every second.
     pub expiry_failure_reported: Option<KeyVersion>,
@@ -65,9 +73,22 @@ pub struct State {
 }
 
 impl State {
+    /// Folds one event in, without its causation (every signature counts as
+    /// a request of its own). See [`State::apply_caused`].
+    pub fn apply(&mut self, at: Timestamp, event: &Event) {
+        self.apply_caused(at, None, event)
+    }
+
+    /// Folds a ledger event with its envelope's time and causation.
+    pub fn apply_envelope(&mut self, event: &Envelope<Event>) {
+        self.apply_caused(event.time, event.causation_id, &event.body)
+    }
+
     /// Folds one event in. Events are facts: this never fails, and an event
     /// that names an unknown version is recorded as well as it can be.
-    pub fn apply(&mut self, at: Timestamp, event: &Event) {
+    /// `cause` (the command behind the event) tells a dual signature from
+    /// the primary one it follows.
+    pub fn apply_caused(&mut self, at: Timestamp, cause: Option<MsgId>, event: &Event) {
         if !event.is_ledgered() {
             return;
         }
@@ -93,6 +114,8 @@ impl State {
                             signatures: 0,
                             verifications: 0,
                             failed_verifications: 0,
+                            revoked_at: None,
+                            revoked_reason: None,
                         },
                     );
                 }
@@ -150,7 +173,10 @@ impl State {
                 if let Some(k) = self.keys.get_mut(&e.key_version) {
                     k.signatures += 1;
                 }
-                self.last_sig_version = Some(e.key_version);
+                if cause.is_none() || cause != self.last_sign_cause {
+                    self.last_sig_version = Some(e.key_version);
+                }
+                self.last_sign_cause = cause;
             }
             Event::SignatureVerified(e) => {
                 if let Some(k) = self.keys.get_mut(&e.key_version) {
@@ -178,6 +204,39 @@ impl State {
                     a.open = None;
                 }
             }
+            Event::KeyRevoked(e) => {
+                if let Some(k) = self.keys.get_mut(&e.version) {
+                    k.status = KeyStatus::Revoked;
+                    k.grace_until = None;
+                    k.revoked_at = Some(at);
+                    k.revoked_reason = Some(e.reason.clone());
+                }
+                if self.previous == Some(e.version) {
+                    self.previous = None;
+                }
+                if self.active == Some(e.version) {
+                    // Forced: nothing signs until a rotation to a new version.
+                    self.active = None;
+                    self.rotation_timestamp = Some(at);
+                    self.rotation_reason = Some(RotationReason::Revoked);
+                    self.rotated_by = Some(e.requested_by.clone());
+                }
+            }
+            Event::GraceChanged(e) => {
+                if let Some(k) = self.keys.get_mut(&e.version) {
+                    if k.status == KeyStatus::Verifying {
+                        k.grace_until = Some(e.grace_until);
+                    }
+                }
+            }
+            Event::KeyExpirySet(e) => {
+                if let Some(k) = self.keys.get_mut(&e.version) {
+                    k.expires_at = Some(e.expires_at);
+                }
+                if self.expiry_failure_reported == Some(e.version) {
+                    self.expiry_failure_reported = None;
+                }
+            }
             Event::Rejected(_)
             | Event::Checkpoint(_)
             | Event::SignerHeartbeat(_)
@@ -185,6 +244,19 @@ impl State {
                 unreachable!("not ledgered")
             }
         }
+    }
+
+    /// The revoked version that was active when it was revoked with nothing
+    /// to take over (the reason signing refuses now).
+    pub fn revoked_active(&self) -> Option<(KeyVersion, &KeyRecord)> {
+        if self.active.is_some() || self.rotation_reason != Some(RotationReason::Revoked) {
+            return None;
+        }
+        self.keys
+            .iter()
+            .filter(|(_, k)| k.status == KeyStatus::Revoked)
+            .max_by_key(|(_, k)| k.revoked_at)
+            .map(|(v, k)| (*v, k))
     }
 
     pub fn status_of(&self, v: KeyVersion) -> Option<KeyStatus> {
@@ -201,11 +273,16 @@ impl State {
     }
 
     /// The version a plain rotation moves to: the lowest version above the
-    /// active one that is provisioned or still verifying (not retired).
+    /// active one that is provisioned or still verifying (not retired, not
+    /// revoked). With none active (the active one was revoked with nothing
+    /// to take over), the lowest such version above the revoked one.
     pub fn next_version(&self) -> Option<KeyVersion> {
-        let active = self.active?;
+        let after = match self.active {
+            Some(active) => active,
+            None => self.revoked_active()?.0,
+        };
         self.keys
-            .range(active.next()..)
+            .range(after.next()..)
             .find(|(_, k)| matches!(k.status, KeyStatus::Provisioned | KeyStatus::Verifying))
             .map(|(v, _)| *v)
     }
@@ -223,6 +300,6 @@ pub fn decode_snapshot(bytes: &[u8]) -> Option<State> {
 
 /// The fold as a function: `evolve(state, event) -> state`.
 pub fn evolve(mut state: State, event: &Envelope<Event>) -> State {
-    state.apply(event.time, &event.body);
+    state.apply_envelope(event);
     state
 }
