@@ -821,3 +821,82 @@ fn a_client_that_asks_too_fast_is_slowed_down() {
         );
     });
 }
+
+#[test]
+fn revoke_and_grace_over_http_take_the_admin_checks_of_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    const ADMIN: &str = "e2e-admin-token-for-revoke-5b1c";
+    let (_daemon, base) = embedded_gateway(dir.path(), &[("TES_ADMIN_TOKEN", ADMIN)]);
+    rt().block_on(async {
+        let post = |path: &str, t: Option<String>, admin: bool, body: &str| {
+            let mut r = http()
+                .post(format!("{base}{path}"))
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+            if let Some(t) = t {
+                r = r.header("X-CSRF-Token", t);
+            }
+            if admin {
+                r = r.header("Authorization", format!("Bearer {ADMIN}"));
+            }
+            async move {
+                let r = r.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let body = r#"{"version":"v1","reason":"leaked in a screenshot"}"#;
+        // Without a CSRF token, without the admin credential: refused.
+        assert_eq!(post("/admin/revoke", None, true, body).await.0, 403);
+        assert_eq!(
+            post("/admin/revoke", Some(token(&base).await), false, body)
+                .await
+                .0,
+            401
+        );
+        // A body that is not a revocation: 400, naming the shape.
+        let r = post("/admin/revoke", Some(token(&base).await), true, "{}").await;
+        assert_eq!(r.0, 400, "{r:?}");
+        assert!(r.1.contains("reason"), "{r:?}");
+        // Rotate first, so v1 is verifying; then change its grace, then revoke it.
+        let t = token(&base).await;
+        let r = http()
+            .post(format!("{base}/admin/rotate"))
+            .header("X-CSRF-Token", t)
+            .header("Authorization", format!("Bearer {ADMIN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = post(
+            "/admin/grace",
+            Some(token(&base).await),
+            true,
+            r#"{"version":"v1","extend":"2h"}"#,
+        )
+        .await;
+        assert_eq!(r.0, 200, "{r:?}");
+        let t = token(&base).await;
+        let r = post("/admin/revoke", Some(t.clone()), true, body).await;
+        assert_eq!(r.0, 200, "{r:?}");
+        let reply: Value = serde_json::from_str(&r.1).unwrap();
+        assert_eq!(reply["version"], "v1");
+        assert_eq!(reply["active"], "v2");
+        assert_eq!(reply["reason"], "leaked in a screenshot");
+        // The spent token does not work twice; a second revocation is a conflict.
+        assert_eq!(post("/admin/revoke", Some(t), true, body).await.0, 403);
+        let r = post("/admin/revoke", Some(token(&base).await), true, body).await;
+        assert_eq!(r.0, 409, "{r:?}");
+        assert!(r.1.contains("revoked at"), "{r:?}");
+    });
+    let c = rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap();
+    let kinds: Vec<String> = c
+        .prepare(
+            "SELECT kind FROM events WHERE kind IN ('key_revoked','grace_changed') ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kinds, ["grace_changed", "key_revoked"]);
+}

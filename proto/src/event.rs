@@ -429,3 +429,33 @@ pub struct HeldKey {
     pub version: KeyVersion,
     pub fingerprint: Fingerprint,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::thread::ThreadId;
+
+    #[test]
+    fn a_revocation_has_a_colour_of_its_own() {
+        let revoked = Event::KeyRevoked(KeyRevoked {
+            version: KeyVersion::V1,
+            reason: "leaked".into(),
+            requested_by: "ops".into(),
+            forced: false,
+        });
+        let retired = Event::KeyRetired(KeyRetired {
+            version: KeyVersion::V1,
+            reason: RetireReason::GraceElapsed,
+        });
+        let others = [
+            retired.hsl(),
+            colour::REJECTED_ORANGE_RED,
+            colour::MISSING_KEY_RED,
+            colour::FALLBACK_ORANGE,
+        ];
+        assert!(!others.contains(&revoked.hsl()));
+        assert!(ThreadId::ALL.iter().all(|t| t.hsl() != revoked.hsl()));
+        assert!(revoked.is_ledgered());
+        assert!(kind::ledgered().any(|k| k == kind::KEY_REVOKED));
+    }
+}

@@ -12,7 +12,7 @@ use tes_proto::event::Event;
 use tes_proto::reply::KeyStatus;
 use tes_proto::{Channel, Envelope, Fingerprint, KeyVersion, MsgId, ThreadId, Timestamp};
 use tes_version_management::core::signing;
-use tes_version_management::core::{decide, evolve, Command, Context, Policy, State};
+use tes_version_management::core::{decide, evolve, Command, Context, GraceChange, Policy, State};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -53,6 +53,15 @@ enum Step {
         v: u32,
         hours_ago: i64,
     },
+    Revoke {
+        v: u32,
+        force: bool,
+    },
+    /// Extend (hours > 0) or end (0) version `v`'s grace window.
+    Grace {
+        v: u32,
+        hours: u64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -72,6 +81,8 @@ fn step() -> impl Strategy<Value = Step> {
         (1u32..=6, 0u8..5).prop_map(|(v, keys)| Step::BeginArchive { v, keys }),
         (1u32..=6, 0u8..3).prop_map(|(v, missing)| Step::FinishArchive { v, missing }),
         (1u32..=6, -5i64..5).prop_map(|(v, hours_ago)| Step::BundleExpired { v, hours_ago }),
+        (1u32..=6, any::<bool>()).prop_map(|(v, force)| Step::Revoke { v, force }),
+        (1u32..=6, 0u64..3).prop_map(|(v, hours)| Step::Grace { v, hours }),
     ]
 }
 
@@ -275,6 +286,47 @@ impl World {
                     );
                 }
             }
+            Step::Revoke { v, force } => {
+                let was = self.state.status_of(kv(*v));
+                let was_active = self.state.active == Some(kv(*v));
+                let accepted = self.run(Command::Revoke {
+                    version: kv(*v),
+                    reason: "prop".into(),
+                    requested_by: "prop".into(),
+                    force: *force,
+                });
+                if accepted {
+                    assert_ne!(was, Some(KeyStatus::Revoked), "revoked twice");
+                    assert_eq!(self.state.status_of(kv(*v)), Some(KeyStatus::Revoked));
+                    assert_ne!(self.state.active, Some(kv(*v)));
+                    if was_active && self.state.active.is_none() {
+                        assert!(*force, "only --force leaves nothing active");
+                    }
+                }
+            }
+            Step::Grace { v, hours } => {
+                let change = if *hours == 0 {
+                    GraceChange::EndNow
+                } else {
+                    GraceChange::Extend(Duration::from_secs(hours * 3600))
+                };
+                let before = self.state.keys.get(&kv(*v)).and_then(|k| k.grace_until);
+                let accepted = self.run(Command::Grace {
+                    version: kv(*v),
+                    change,
+                    requested_by: "prop".into(),
+                });
+                if accepted {
+                    let k = &self.state.keys[&kv(*v)];
+                    match change {
+                        GraceChange::EndNow => assert_eq!(k.status, KeyStatus::Retired),
+                        _ => assert_eq!(
+                            k.grace_until,
+                            before.map(|b| b.saturating_add(Duration::from_secs(hours * 3600)))
+                        ),
+                    }
+                }
+            }
             Step::Sign { pin } => {
                 let ctx = Context {
                     now: self.now,
@@ -303,6 +355,7 @@ fn prop_assert_held_and_usable(
     assert!(held.contains_key(&v), "{v} signs but is not held");
     let k = &state.keys[&v];
     assert_ne!(k.status, KeyStatus::Retired, "{v} signs but is retired");
+    assert_ne!(k.status, KeyStatus::Revoked, "{v} signs but is revoked");
     if k.status == KeyStatus::Verifying {
         assert!(
             k.grace_until.is_some_and(|g| now < g),

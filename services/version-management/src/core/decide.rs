@@ -447,32 +447,33 @@ fn grace(
             format!("{version}'s grace window has already ended; it retires on the next tick"),
         ));
     }
-    let until =
-        match change {
-            GraceChange::EndNow => ctx.now,
-            GraceChange::Until(t) if t <= ctx.now => return Err(Rejection::new(
+    let until = match change {
+        GraceChange::EndNow => ctx.now,
+        GraceChange::Until(t) if t <= ctx.now => {
+            return Err(Rejection::new(
                 ErrorCode::Malformed,
                 format!(
                     "{t} is not in the future; use --end-now to end {version}'s grace window now"
                 ),
-            )),
-            GraceChange::Until(t) => t,
-            GraceChange::Extend(d) => {
-                let Some(current) = key.grace_until else {
-                    return Err(Rejection::new(
-                        ErrorCode::Malformed,
-                        format!("{version}'s grace window has no end to extend; give --until TIME"),
-                    ));
-                };
-                if d.is_zero() {
-                    return Err(Rejection::new(
-                        ErrorCode::Malformed,
-                        "an extension must be longer than zero",
-                    ));
-                }
-                current.saturating_add(d)
+            ))
+        }
+        GraceChange::Until(t) => t,
+        GraceChange::Extend(d) => {
+            let Some(current) = key.grace_until else {
+                return Err(Rejection::new(
+                    ErrorCode::Malformed,
+                    format!("{version}'s grace window has no end to extend; give --until TIME"),
+                ));
+            };
+            if d.is_zero() {
+                return Err(Rejection::new(
+                    ErrorCode::Malformed,
+                    "an extension must be longer than zero",
+                ));
             }
-        };
+            current.saturating_add(d)
+        }
+    };
     let mut out = vec![Event::GraceChanged(GraceChanged {
         version,
         previous: key.grace_until,
