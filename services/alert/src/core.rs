@@ -156,7 +156,7 @@ impl Evaluator {
                 let share = snap.window.usage_bp(m.to)?;
                 (share < r.threshold_bp).then(|| Finding {
                     message: format!(
-                        "{} carries {} of signing and verification in the last {window}, {} after the rotation from {} (threshold {}): investigate the migration",
+                        "{} served {} of the signing requests in the last {window}, {} after the rotation from {} (threshold {}): investigate the migration",
                         m.to,
                         percent(share),
                         humantime::format_duration(r.after),
@@ -177,7 +177,7 @@ impl Evaluator {
                 let share = snap.window.usage_bp(m.from)?;
                 (share > r.threshold_bp).then(|| Finding {
                     message: format!(
-                        "{} still carries {} of signing and verification in the last {window}, {} after the rotation to {} (threshold {}): complete the migration",
+                        "{} still served {} of the signing requests in the last {window}, {} after the rotation to {} (threshold {}): complete the migration",
                         m.from,
                         percent(share),
                         humantime::format_duration(r.after),

@@ -63,9 +63,10 @@ fn describe(s: &MetricsSnapshot) -> String {
     );
     for v in &s.versions {
         out += &format!(
-            "\n  {}: {} signatures, {} verified valid, {} invalid; share of the last {window}: {}",
+            "\n  {}: {} signing requests served, {} dual signatures, {} verified valid, {} invalid; share of the requests in the last {window}: {}",
             v.version,
-            v.signatures,
+            v.primary,
+            v.dual,
             v.verified_valid,
             v.verified_invalid,
             s.window.usage_bp(v.version).map_or("-".into(), percent)
@@ -73,6 +74,12 @@ fn describe(s: &MetricsSnapshot) -> String {
     }
     for f in &s.fallbacks {
         out += &format!("\n  key:fallback_{}_to_{}: {}", f.from, f.to, f.count);
+    }
+    for r in &s.revocations {
+        out += &format!(
+            "\n  {} REVOKED at {} (seq {}): {}",
+            r.version, r.at, r.seq, r.reason
+        );
     }
     out += &format!(
         "\n  signing requests: {} ({} in the last {window}, fallback rate {})",
