@@ -36,7 +36,7 @@ pub struct AlertConfig {
 impl Default for AlertConfig {
     fn default() -> Self {
         AlertConfig {
-            wire: ContentType::Binary,
+            wire: ContentType::Json,
             rules: Rules::default(),
             timeout: Duration::from_secs(5),
         }

@@ -174,13 +174,7 @@ pub async fn respond<T: Serialize>(
 
 /// Tells everyone watching that something arriving on `subject` was refused
 /// by `thread` (a `rejected` event). It changed nothing.
-pub async fn publish_rejected(
-    bus: &dyn Bus,
-    thread: ThreadId,
-    subject: &str,
-    ct: ContentType,
-    error: &ErrorReply,
-) {
+pub async fn publish_rejected(bus: &dyn Bus, thread: ThreadId, subject: &str, error: &ErrorReply) {
     tracing::info!(%subject, code = ?error.code, reason = %error.message, "refused");
     let rejected = Envelope::new(
         MsgId::generate(),
@@ -193,7 +187,9 @@ pub async fn publish_rejected(
             reason: error.message.clone(),
         }),
     );
-    if let Err(e) = publish_event(bus, ct, &rejected).await {
+    // Always JSON, whatever the refused request spoke: one subject, one
+    // encoding (refusals are few and read by people and outside tools).
+    if let Err(e) = publish_event(bus, ContentType::Json, &rejected).await {
         tracing::warn!(error = %e, "could not publish a rejected event");
     }
 }
@@ -207,7 +203,7 @@ pub async fn refuse<T: Serialize>(
     ct: ContentType,
     error: ErrorReply,
 ) {
-    publish_rejected(bus, thread, &request.subject, ct, &error).await;
+    publish_rejected(bus, thread, &request.subject, &error).await;
     if let Err(e) = respond(bus, request, ct, &Reply::<T>::Err(error)).await {
         tracing::warn!(error = %e, "could not send an error reply");
     }

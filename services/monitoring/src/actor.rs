@@ -36,7 +36,7 @@ pub struct MonitoringConfig {
 impl Default for MonitoringConfig {
     fn default() -> Self {
         MonitoringConfig {
-            wire: ContentType::Binary,
+            wire: ContentType::Json,
             window: DEFAULT_WINDOW,
             publish_every: Duration::from_secs(1),
             clock: tes_proto::envelope::system_clock(),

@@ -51,7 +51,7 @@ pub struct SupervisorConfig {
 impl Default for SupervisorConfig {
     fn default() -> Self {
         SupervisorConfig {
-            wire: ContentType::Binary,
+            wire: ContentType::Json,
             timeout: Duration::from_secs(10),
             durable: false,
             signers: Signers::default(),

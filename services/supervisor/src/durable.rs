@@ -116,7 +116,7 @@ async fn handle(bus: &dyn Bus, config: &SupervisorConfig, m: jetstream::Message)
     };
     if let Err(error) = &outcome {
         if error.code != ErrorCode::Duplicate {
-            publish_rejected(bus, ThreadId::Supervisor, &request.subject, ct, error).await;
+            publish_rejected(bus, ThreadId::Supervisor, &request.subject, error).await;
         }
     }
     if let Some(to) = request.header(REPLY_TO_HEADER) {

@@ -95,9 +95,7 @@ async fn handle(bus: &dyn Bus, config: &SupervisorConfig, store: &kv::Store, ent
                     "rotation-signal revision already applied; not again"
                 )
             }
-            Err(e) => {
-                publish_rejected(bus, ThreadId::Supervisor, SIGNAL_SUBJECT, config.wire, &e).await
-            }
+            Err(e) => publish_rejected(bus, ThreadId::Supervisor, SIGNAL_SUBJECT, &e).await,
         }
     }
     if let Err(e) = store

@@ -70,7 +70,7 @@ pub type ArchiverSlot = Arc<std::sync::OnceLock<Arc<dyn Archiver>>>;
 impl Default for ActorConfig {
     fn default() -> Self {
         ActorConfig {
-            wire: ContentType::Binary,
+            wire: ContentType::Json,
             tick_every: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(1),
             auditor: None,

@@ -69,7 +69,8 @@ async fn streamed(client: &async_nats::Client) -> Vec<MsgId> {
         let Ok(m) = stream.get_raw_message(seq).await else {
             continue;
         };
-        let e: Envelope<Event> = ContentType::Binary.decode(&m.payload).unwrap();
+        // The deployment's wire: JSON by default.
+        let e: Envelope<Event> = ContentType::Json.decode(&m.payload).unwrap();
         if e.body.is_ledgered() {
             out.push(e.id);
         }
