@@ -819,6 +819,88 @@ fn a_client_that_asks_too_fast_is_slowed_down() {
             codes.iter().filter(|c| **c == 200).count() <= 6,
             "a burst of twice the rate at most: {codes:?}"
         );
+        // A 429 says when to come back; health and metrics are never limited.
+        let r = http()
+            .get(format!("{base}/api/auth/csrf-token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "1");
+        for _ in 0..30 {
+            let r = http()
+                .get(format!("{base}/api/dev/version-ws/health"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "health is outside the rate limit");
+        }
+    });
+}
+
+#[test]
+fn errors_are_problem_json_for_json_clients_and_pages_carry_security_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, base) = embedded_gateway(dir.path(), &[]);
+    rt().block_on(async {
+        // A refused admin rotation (no CSRF token), asked for as JSON.
+        let r = http()
+            .post(format!("{base}/admin/rotate"))
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["status"], 403);
+        assert_eq!(p["title"], "Forbidden");
+        assert_eq!(p["detail"], "CSRF Invalid");
+        assert_eq!(p["hsl"], "#FF4500");
+        assert_eq!(p["instance"], "/admin/rotate");
+        // The seed's curl (no Accept) still gets its line of text.
+        let r = http()
+            .post(format!("{base}/admin/rotate"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "CSRF Invalid [HSL:#FF4500]");
+        // An X-Key-Version that is not a version: a 400 that says why.
+        let r = http()
+            .post(format!("{base}/api/dev/bump-version"))
+            .header("X-Key-Version", "v2\u{e9}")
+            .body(r#"{"scope":"patch"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(
+            !r.text().await.unwrap().trim().is_empty(),
+            "no empty error body"
+        );
+        // Every page: CSP, no framing, no sniffing, no referrer.
+        for path in [
+            "/admin",
+            "/admin/app.js",
+            "/api/dev/version-ws/health",
+            "/nope",
+        ] {
+            let r = http().get(format!("{base}{path}")).send().await.unwrap();
+            let h = r.headers();
+            assert!(
+                h["content-security-policy"]
+                    .to_str()
+                    .unwrap()
+                    .contains("frame-ancestors 'none'"),
+                "{path}"
+            );
+            assert_eq!(h["x-frame-options"], "DENY", "{path}");
+            assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+            assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+            if r.status() == 404 {
+                assert!(!r.text().await.unwrap().is_empty(), "a 404 says so");
+            }
+        }
     });
 }
 

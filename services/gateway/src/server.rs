@@ -79,7 +79,7 @@ impl GatewayConfig {
             admin_token: None,
             rate: NonZeroU32::new(20).expect("nonzero"),
             burst: NonZeroU32::new(60).expect("nonzero"),
-            wire: ContentType::Binary,
+            wire: ContentType::Json,
             timeout: typed::DEFAULT_TIMEOUT,
             transport: "embedded",
             connected: Arc::new(|| true),
@@ -214,7 +214,21 @@ pub(crate) fn client_of(app: &App, peer: SocketAddr, headers: &HeaderMap) -> IpA
     app.config.trusted.client(peer.ip(), forwarded)
 }
 
-/// Rate limit and access log, for every request.
+/// Paths outside the rate limit: what orchestrators and Prometheus poll.
+const UNLIMITED: [&str; 3] = ["/api/dev/version-ws/health", "/metrics", "/api/metrics"];
+
+/// How long a client that was slowed down should wait, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The page loads only from the gateway itself (no CDN), is never framed,
+/// and connects back only to its own WebSocket.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self' ws: wss:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Rate limit, HTTP conventions and access log, for every request: a 429
+/// says when to come back; an error is RFC 9457 problem+json for a client
+/// that accepts JSON (the seed's text line otherwise); every response
+/// carries the security headers.
 async fn edge(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -223,27 +237,118 @@ async fn edge(
 ) -> Response {
     let client = client_of(&app, peer, request.headers());
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let wants_json = accepts_json(request.headers());
     let started = Instant::now();
-    let response = if app.limiter.check_key(&client).is_err() {
-        text(
+    let limited = !UNLIMITED.contains(&path.as_str()) && app.limiter.check_key(&client).is_err();
+    let mut response = if limited {
+        let mut r = text(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests: slow down",
             colour::REJECTED_ORANGE_RED,
-        )
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+        r
     } else {
         next.run(request).await
     };
+    if response.status().is_client_error() || response.status().is_server_error() {
+        response = conventional_error(response, wants_json, &path).await;
+    }
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(
         target: "tes_gateway::access",
         %method,
         path,
         status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = (elapsed * 100.0).round() / 100.0,
         %client,
         "{method} {path} {}",
         response.status().as_u16()
     );
     response
+}
+
+/// Whether the client asked for JSON (`Accept: application/json` or
+/// `application/problem+json`).
+fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .any(|t| t == "application/json" || t == "application/problem+json")
+}
+
+/// An error response as the client expects it: never an empty body; RFC
+/// 9457 problem details for a JSON client (the words and colour of the
+/// seed's line in `detail` and `hsl`), the seed's text line otherwise.
+async fn conventional_error(response: Response, wants_json: bool, path: &str) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let is_text = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/plain"));
+    if !is_text {
+        // Already structured (a JSON error body of a handler): left alone.
+        return Response::from_parts(parts, body);
+    }
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let title = parts
+        .status
+        .canonical_reason()
+        .unwrap_or("Error")
+        .to_string();
+    let mut words = String::from_utf8_lossy(&bytes).trim().to_string();
+    if words.is_empty() {
+        words = format!("{title} [HSL:{}]", colour::REJECTED_ORANGE_RED);
+    }
+    if !wants_json {
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, axum::body::Body::from(words));
+    }
+    let (detail, hsl) = match words.rsplit_once(" [HSL:") {
+        Some((d, rest)) => (d.to_string(), rest.trim_end_matches(']').to_string()),
+        None => (words.clone(), colour::REJECTED_ORANGE_RED.to_string()),
+    };
+    let problem = json!({
+        "type": "about:blank",
+        "title": title,
+        "status": parts.status.as_u16(),
+        "detail": detail,
+        "instance": path,
+        "hsl": hsl,
+    });
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(problem.to_string()))
 }
 
 /// The seed's error form: a line of text ending in its colour.
@@ -269,14 +374,7 @@ pub(crate) async fn refuse(
     reason: &str,
 ) -> Response {
     let error = ErrorReply::new(code_for(status), format!("{message}: {reason}"));
-    publish_rejected(
-        &*app.bus,
-        ThreadId::Supervisor,
-        what,
-        ContentType::Json,
-        &error,
-    )
-    .await;
+    publish_rejected(&*app.bus, ThreadId::Supervisor, what, &error).await;
     text(status, message, error.hsl.as_str())
 }
 
