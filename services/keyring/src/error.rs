@@ -9,6 +9,8 @@ use tes_proto::KeyVersion;
 pub enum KeyringError {
     #[error("{source_name} is empty: a signing key must be at least one byte")]
     EmptySecret { source_name: String },
+    #[error("{source_name} is {len} byte(s): a signing secret needs at least 16 (make one with `openssl rand -hex 32`)")]
+    TooShort { source_name: String, len: usize },
     #[error("{source_name} is not valid UTF-8 text (key secrets are used as their UTF-8 bytes)")]
     NotUtf8 { source_name: String },
     #[error("{var} points to {path:?}, which cannot be read: {error}")]

@@ -105,7 +105,10 @@ mod tests {
             "v1 is generated once, then reused"
         );
 
-        let env = vec![("VERSION_SIGNING_KEY".to_string(), "from-env".to_string())];
+        let env = vec![(
+            "VERSION_SIGNING_KEY".to_string(),
+            "from-env-secret-16+".to_string(),
+        )];
         let over = Keyring::load(env, &store, true).unwrap();
         assert_ne!(over.held()[&KeyVersion::V1], first.held()[&KeyVersion::V1]);
         assert!(matches!(
@@ -118,7 +121,10 @@ mod tests {
     fn no_generation_means_no_store_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path().join("ks.json"));
-        let env = vec![("VERSION_SIGNING_KEY".to_string(), "given".to_string())];
+        let env = vec![(
+            "VERSION_SIGNING_KEY".to_string(),
+            "given-secret-of-16+".to_string(),
+        )];
         Keyring::load(env, &store, true).unwrap();
         assert!(
             !store.path().unwrap().exists(),

@@ -8,6 +8,11 @@ use crate::KeyringError;
 
 pub struct Secret(Zeroizing<Vec<u8>>);
 
+/// The shortest signing secret accepted, in bytes.
+pub const MIN_SIGNING_BYTES: usize = 16;
+/// The length below which a signing secret is warned about.
+pub const GOOD_SIGNING_BYTES: usize = 32;
+
 impl Secret {
     /// A secret from text as an operator supplies it (an environment value,
     /// a secret file, `openssl rand -hex 32 | tes secret put`). One trailing
@@ -33,6 +38,29 @@ impl Secret {
             });
         }
         Ok(Secret(bytes))
+    }
+
+    /// A signing key's secret as an operator supplies it: [`Secret::from_text`],
+    /// refused under [`MIN_SIGNING_BYTES`] (a guessable HMAC key is no key)
+    /// and warned about under [`GOOD_SIGNING_BYTES`] (HMAC-SHA256's block
+    /// strength; `openssl rand -hex 32` gives 64).
+    pub fn signing_key(source_name: &str, text: Vec<u8>) -> Result<Secret, KeyringError> {
+        let secret = Secret::from_text(source_name, text)?;
+        let len = secret.0.len();
+        if len < MIN_SIGNING_BYTES {
+            return Err(KeyringError::TooShort {
+                source_name: source_name.to_string(),
+                len,
+            });
+        }
+        if len < GOOD_SIGNING_BYTES {
+            tracing::warn!(
+                source = source_name,
+                bytes = len,
+                "a signing secret under {GOOD_SIGNING_BYTES} bytes is weak: use `openssl rand -hex 32`"
+            );
+        }
+        Ok(secret)
     }
 
     /// 32 random bytes, as 64 hex characters (what `openssl rand -hex 32` gives).

@@ -81,6 +81,14 @@ where
     let mut names: BTreeMap<KeyVersion, String> = BTreeMap::new();
     for (name, value) in vars {
         let Some(classified) = classify(&name) else {
+            if name.to_ascii_uppercase().starts_with(V1_VAR) {
+                // VERSION_SIGNING_KEY_v2, version_signing_key, …: almost
+                // certainly meant as a key, and silently ignored otherwise.
+                tracing::warn!(
+                    var = %name,
+                    "looks like a signing-key variable but is not one (VERSION_SIGNING_KEY, VERSION_SIGNING_KEY_V<N>, or their _FILE forms): ignored"
+                );
+            }
             continue;
         };
         let (version, is_file) = classified?;
@@ -95,7 +103,7 @@ where
                     path: path.clone(),
                     error,
                 })?;
-            let secret = Secret::from_text(&format!("{name} ({})", path.display()), bytes)?;
+            let secret = Secret::signing_key(&format!("{name} ({})", path.display()), bytes)?;
             (
                 secret,
                 Source::File {
@@ -105,7 +113,7 @@ where
             )
         } else {
             (
-                Secret::from_text(&name, value.into_bytes())?,
+                Secret::signing_key(&name, value.into_bytes())?,
                 Source::Env(name.clone()),
             )
         };
@@ -130,10 +138,10 @@ mod tests {
     fn reads_v1_vn_and_file_forms() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("v3");
-        std::fs::write(&file, "third-secret\n").unwrap();
+        std::fs::write(&file, "third-secret-of-16+\n").unwrap();
         let got = from_env(vars(&[
-            ("VERSION_SIGNING_KEY", "first"),
-            ("VERSION_SIGNING_KEY_V2", "second"),
+            ("VERSION_SIGNING_KEY", "first-secret-of-16+"),
+            ("VERSION_SIGNING_KEY_V2", "second-secret-of-16+"),
             ("VERSION_SIGNING_KEY_V3_FILE", file.to_str().unwrap()),
             ("PATH", "/usr/bin"),
             ("VERSION_SIGNING_KEYRING", "unrelated"),
@@ -143,8 +151,26 @@ mod tests {
         assert_eq!(versions, [1, 2, 3]);
         assert_eq!(
             got[&KeyVersion::new(3).unwrap()].0.expose(),
-            b"third-secret"
+            b"third-secret-of-16+"
         );
+    }
+
+    #[test]
+    fn short_secrets_are_refused_naming_the_variable_not_the_value() {
+        let err = from_env(vars(&[("VERSION_SIGNING_KEY_V2", "hello")])).unwrap_err();
+        let words = err.to_string();
+        assert!(
+            words.contains("VERSION_SIGNING_KEY_V2 is 5 byte(s)"),
+            "{words}"
+        );
+        assert!(!words.contains("hello"));
+        // 16 bytes pass (with a warning); a look-alike name is ignored.
+        let got = from_env(vars(&[
+            ("VERSION_SIGNING_KEY", "sixteen-bytes-ok"),
+            ("VERSION_SIGNING_KEY_v2", "lowercase-v-is-not-ours"),
+        ]))
+        .unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[test]
@@ -160,7 +186,7 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/secret"), "{err}");
 
         let err = from_env(vars(&[
-            ("VERSION_SIGNING_KEY_V2", "topsecret-a"),
+            ("VERSION_SIGNING_KEY_V2", "topsecret-a-of-16+"),
             ("VERSION_SIGNING_KEY_V2_FILE", "/x"),
         ]))
         .unwrap_err();
