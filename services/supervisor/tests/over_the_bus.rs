@@ -196,9 +196,9 @@ async fn garbage_gets_an_error_reply_and_a_rejected_event_and_the_actor_lives_on
 #[tokio::test]
 async fn a_retried_rotate_is_applied_once() {
     let s = system(&[
-        ("VERSION_SIGNING_KEY", "a"),
-        ("VERSION_SIGNING_KEY_V2", "b"),
-        ("VERSION_SIGNING_KEY_V3", "c"),
+        ("VERSION_SIGNING_KEY", "a-secret-of-16-bytes"),
+        ("VERSION_SIGNING_KEY_V2", "b-secret-of-16-bytes"),
+        ("VERSION_SIGNING_KEY_V3", "c-secret-of-16-bytes"),
     ])
     .await;
     let command = typed::command(

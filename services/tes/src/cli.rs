@@ -66,8 +66,8 @@ pub struct Global {
     /// Print JSON (one object per line) instead of words.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Write logs (stderr) as JSON lines.
-    #[arg(long, global = true)]
+    /// Write logs (stderr) as flat JSON lines (also TES_LOG_FORMAT=json).
+    #[arg(long, global = true, env = "TES_LOG_JSON")]
     pub log_json: bool,
 }
 
@@ -91,22 +91,80 @@ impl Global {
 #[derive(Debug, Clone, Args)]
 pub struct RunOptions {
     /// How long the previous version keeps verifying after a rotation.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TES_GRACE", default_value = "24h", value_parser = parse_duration)]
     pub grace: Duration,
     /// Rotate an active version away after this long (e.g. 30d). Default: never.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TES_KEY_TTL", value_parser = parse_duration)]
     pub key_ttl: Option<Duration>,
     /// Do not add the verifying version's signature during a grace window.
-    #[arg(long)]
+    #[arg(long, env = "TES_NO_DUAL_SIGN")]
     pub no_dual_sign: bool,
     /// Save a state snapshot every N events (0: never).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "TES_SNAPSHOT_EVERY", default_value_t = 1000)]
     pub snapshot_every: u64,
-    /// Wire form of published messages (receivers accept both).
-    #[arg(long, value_enum, default_value_t = Wire::Binary)]
+    /// Wire form of the messages this process publishes: `json` (the
+    /// schemas in schemas/; what any NATS client reads), or `binary`
+    /// (postcard, smaller) — for the whole deployment, not one process.
+    /// Receivers accept both.
+    #[arg(long, env = "TES_WIRE", value_enum, default_value_t = Wire::Json)]
     pub wire: Wire,
     #[command(flatten)]
     pub bundles: BundleOptions,
+}
+
+/// What a client verb needs when no daemon serves it and it runs the
+/// actors itself (the embedded default): the rotation policy and the wire.
+/// With `--nats` the daemon's own settings apply. Bundle settings come from
+/// their `TES_…` variables.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Without a daemon (the embedded actors' policy)")]
+pub struct ClientOptions {
+    /// How long the previous version keeps verifying after a rotation.
+    #[arg(long, env = "TES_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Rotate an active version away after this long (e.g. 30d). Default: never.
+    #[arg(long, env = "TES_KEY_TTL", value_parser = parse_duration)]
+    pub key_ttl: Option<Duration>,
+    /// Do not add the verifying version's signature during a grace window.
+    #[arg(long, env = "TES_NO_DUAL_SIGN")]
+    pub no_dual_sign: bool,
+    /// Wire form of what this process publishes (json or binary).
+    #[arg(long, env = "TES_WIRE", value_enum, default_value_t = Wire::Json)]
+    pub wire: Wire,
+    /// Save a state snapshot every N events (0: never).
+    #[arg(long, env = "TES_SNAPSHOT_EVERY", default_value_t = 1000, hide = true)]
+    pub snapshot_every: u64,
+    #[command(flatten)]
+    pub bundles: BundleOptions,
+}
+
+impl ClientOptions {
+    /// The full run options: these, and the rest from the environment and
+    /// defaults (as a daemon given no flags would have them).
+    pub fn run_options(&self) -> RunOptions {
+        let mut run = RunOptions::from_environment();
+        run.grace = self.grace;
+        run.key_ttl = self.key_ttl;
+        run.no_dual_sign = self.no_dual_sign;
+        run.wire = self.wire;
+        run.snapshot_every = self.snapshot_every;
+        run.bundles = self.bundles.clone();
+        run
+    }
+}
+
+impl RunOptions {
+    /// Run options from `TES_…` variables and defaults alone (no flags).
+    pub fn from_environment() -> RunOptions {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            run: RunOptions,
+        }
+        Only::try_parse_from(["tes"])
+            .map(|o| o.run)
+            .unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// Where signed bundles are kept and how they are archived. S3 credentials
@@ -147,16 +205,16 @@ pub struct BundleOptions {
     )]
     pub bundle_ttl: Vec<String>,
     /// Bundles per archive batch (one `archive_batch` event each).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "TES_ARCHIVE_BATCH", default_value_t = 100)]
     pub archive_batch: usize,
     /// Bundles moved at once in an archive pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "TES_ARCHIVE_CONCURRENCY", default_value_t = 8)]
     pub archive_concurrency: usize,
     /// Do not archive a version on its own when it retires (only `tes archive` does).
-    #[arg(long)]
+    #[arg(long, env = "TES_NO_AUTO_ARCHIVE")]
     pub no_auto_archive: bool,
     /// How often the active version's bundles are listed again for their expiry.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TES_EXPIRY_SCAN_EVERY", default_value = "5m", value_parser = parse_duration)]
     pub expiry_scan_every: Duration,
 }
 
@@ -194,13 +252,13 @@ pub enum Command {
         /// `supervisor`, `version`, `monitoring`, `telemetry`, `alert`,
         /// `gateway` (the HTTP edge) (several daemons on one NATS server
         /// form the system). Subsets need --nats.
-        #[arg(long, default_value = "all", value_parser = parse_actors)]
+        #[arg(long, env = "TES_ACTORS", default_value = "all", value_parser = parse_actors)]
         actors: ActorSet,
         /// What Version Management is here: the ledger `writer` (one per
         /// ledger), or a `signer` replica (no ledger; follows TES_EVENTS,
         /// signs in the `signers` queue group, records through the writer).
         /// A signer needs --nats.
-        #[arg(long, value_enum, default_value_t = Role::Writer)]
+        #[arg(long, env = "TES_ROLE", value_enum, default_value_t = Role::Writer)]
         role: Role,
         #[command(flatten)]
         run: RunOptions,
@@ -217,17 +275,19 @@ pub enum Command {
         /// Rotate even if a signer lacks the key (recorded as forced).
         #[arg(long)]
         force: bool,
+        /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
         #[command(flatten)]
-        run: RunOptions,
+        run: ClientOptions,
     },
     /// Roll back to the previous version while it still verifies.
     Rollback {
+        /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
         #[command(flatten)]
-        run: RunOptions,
+        run: ClientOptions,
     },
     /// Revoke a key version now (it leaked): from the revocation on it
     /// neither signs nor verifies, on every signer. Revoking the active
@@ -243,10 +303,11 @@ pub enum Command {
         /// Revoke the active version even with no version to take over.
         #[arg(long)]
         force: bool,
+        /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
         #[command(flatten)]
-        run: RunOptions,
+        run: ClientOptions,
     },
     /// Change a verifying version's grace window (its verify-until), on
     /// every signer. Through the Supervisor.
@@ -255,42 +316,51 @@ pub enum Command {
         version: KeyVersion,
         #[command(flatten)]
         change: GraceArgs,
+        /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
         #[command(flatten)]
-        run: RunOptions,
+        run: ClientOptions,
     },
     /// Sign a payload (the exact bytes given; `-` reads stdin).
     Sign {
+        /// The exact bytes to sign (`-` reads stdin).
         payload: String,
-        /// Pin a key version (default: the active one).
-        #[arg(long)]
+        /// Pin a key version, v1, v2, … (default: the active one).
+        #[arg(long, value_name = "vN")]
         key_version: Option<KeyVersion>,
         #[command(flatten)]
-        run: RunOptions,
+        run: ClientOptions,
     },
     /// Verify a signature; exits 1 if it does not verify.
     Verify {
+        /// The exact payload that was signed (`-` reads stdin).
         payload: String,
+        /// The signature: 64 hex characters.
+        #[arg(value_parser = parse_signature)]
         signature: String,
-        #[arg(long)]
+        /// The key version that made it (v1, v2, …).
+        #[arg(long, value_name = "vN")]
         key_version: KeyVersion,
         #[command(flatten)]
-        run: RunOptions,
+        run: ClientOptions,
     },
     /// Bump a versioned entity and get its signed canonical manifest.
     Bump {
-        #[arg(value_parser = parse_scope)]
+        /// Which part of the semver moves: patch, minor or major.
+        #[arg(value_parser = parse_scope, value_name = "patch|minor|major")]
         scope: Scope,
+        /// The versioned entity.
         #[arg(long, default_value = tes_proto::command::DEFAULT_ENTITY)]
         entity: String,
-        #[arg(long)]
+        /// Sign the manifest with this key version (default: the active one).
+        #[arg(long, value_name = "vN")]
         key_version: Option<KeyVersion>,
         #[command(flatten)]
-        run: RunOptions,
+        run: ClientOptions,
     },
     /// Show key versions, their states, and the ledger head.
-    Status(#[command(flatten)] RunOptions),
+    Status,
     /// Follow events as they happen, coloured by actor and kind (plain
     /// without a terminal or with NO_COLOR): on NATS every event on the
     /// bus, else the ledger's rows as they are appended.
@@ -324,8 +394,8 @@ pub enum Command {
     /// bundle/v<N>/ to archive/v<N>/ (infrequent-access class), or preview
     /// it. Through the daemon on NATS, else on the data directory here.
     Archive {
-        /// Only this version (default: every version that no longer verifies).
-        #[arg(long)]
+        /// Only this key version (default: every version that no longer verifies).
+        #[arg(long = "key-version", visible_alias = "version", value_name = "vN")]
         version: Option<KeyVersion>,
         /// Say what would move; move nothing.
         #[arg(long)]
@@ -361,7 +431,7 @@ pub struct GraceArgs {
     #[arg(long, value_parser = parse_time)]
     pub until: Option<tes_proto::Timestamp>,
     /// Move the verify-until this much later (e.g. 1h, 2d).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub extend: Option<Duration>,
     /// End it now: the version retires at once.
     #[arg(long)]
@@ -372,10 +442,10 @@ pub struct GraceArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ObserveOptions {
     /// The recent window that usage shares and the fallback rate cover.
-    #[arg(long, env = "TES_METRICS_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TES_METRICS_WINDOW", default_value = "1h", value_parser = parse_duration)]
     pub metrics_window: Duration,
     /// How often Monitoring publishes a snapshot.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TES_METRICS_EVERY", default_value = "1s", value_parser = parse_duration)]
     pub metrics_every: Duration,
     /// Where Telemetry serves Prometheus `/metrics`.
     #[arg(long, env = "TES_METRICS_ADDR", default_value = "127.0.0.1:9464")]
@@ -384,7 +454,7 @@ pub struct ObserveOptions {
     #[arg(long, env = "TES_LOG_DIR", default_value = "./logs")]
     pub log_dir: PathBuf,
     /// Rotate the event log when it would pass this many bytes.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "TES_LOG_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub log_max_bytes: u64,
     /// Alert rules (TOML); default: the seed's thresholds.
     #[arg(long, env = "TES_ALERT_RULES", value_name = "FILE")]
@@ -404,10 +474,10 @@ pub struct HttpOptions {
     #[arg(long, env = "TES_PROXY_IPS", default_value = tes_gateway::trust::DEFAULT_TRUSTED)]
     pub proxy_ips: tes_gateway::trust::Trusted,
     /// How long a CSRF token is good for.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TES_CSRF_TTL", default_value = "10m", value_parser = parse_duration)]
     pub csrf_ttl: Duration,
     /// Requests per second per client (and twice that as a burst).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, env = "TES_HTTP_RATE", default_value_t = 20)]
     pub http_rate: u32,
 }
 
@@ -486,7 +556,8 @@ pub enum Secret {
     /// Store a version's secret, read from stdin:
     /// `openssl rand -hex 32 | tes secret put --version 2`.
     Put {
-        #[arg(long)]
+        /// The key version the secret is for (v2, or 2).
+        #[arg(long = "key-version", visible_alias = "version", value_name = "vN")]
         version: KeyVersion,
         /// Overwrite existing material for this version.
         #[arg(long)]
@@ -588,9 +659,36 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
     s.parse()
 }
 
+/// An RFC 3339 time, or a date alone (midnight UTC).
 fn parse_time(s: &str) -> Result<tes_proto::Timestamp, String> {
-    tes_proto::Timestamp::parse_rfc3339(s)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+    let s = s.trim();
+    let full = if s.len() == 10 && s.as_bytes().get(4) == Some(&b'-') {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_string()
+    };
+    tes_proto::Timestamp::parse_rfc3339(&full).map_err(|e| {
+        format!("{s:?} is not a time: write 2026-12-24 or 2026-12-24T18:00:00Z (RFC 3339) ({e})")
+    })
+}
+
+/// A duration as people write it.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{s:?} is not a duration: write a duration like 90s, 15m, 24h or 7d ({e})")
+    })
+}
+
+/// A signature as `tes sign` prints it: 64 hex characters.
+fn parse_signature(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "a signature is 64 hex characters (HMAC-SHA256, as `tes sign` prints it); got {} character(s)",
+            s.chars().count()
+        ));
+    }
+    Ok(s.to_ascii_lowercase())
 }
 
 fn parse_checkpoint(s: &str) -> Result<CheckpointArg, String> {

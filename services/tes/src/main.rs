@@ -24,10 +24,16 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let json_logs = log_json(&cli);
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {failure}");
+            if json_logs {
+                // The same flat shape as every other log line.
+                tracing::error!(exit = failure.exit as u8, "{failure}");
+            } else {
+                eprintln!("error: {failure}");
+            }
             ExitCode::from(failure.exit as u8)
         }
     }
@@ -56,39 +62,41 @@ async fn run(cli: Cli) -> failure::Result<()> {
             force,
             requested_by,
             run,
-        } => client::rotate(g, &run, to, force, requested_by).await,
-        Command::Rollback { requested_by, run } => client::rollback(g, &run, requested_by).await,
+        } => client::rotate(g, &run.run_options(), to, force, requested_by).await,
+        Command::Rollback { requested_by, run } => {
+            client::rollback(g, &run.run_options(), requested_by).await
+        }
         Command::Revoke {
             version,
             reason,
             force,
             requested_by,
             run,
-        } => client::revoke(g, &run, version, reason, force, requested_by).await,
+        } => client::revoke(g, &run.run_options(), version, reason, force, requested_by).await,
         Command::Grace {
             version,
             change,
             requested_by,
             run,
-        } => client::grace(g, &run, version, change, requested_by).await,
+        } => client::grace(g, &run.run_options(), version, change, requested_by).await,
         Command::Sign {
             payload,
             key_version,
             run,
-        } => client::sign(g, &run, payload, key_version).await,
+        } => client::sign(g, &run.run_options(), payload, key_version).await,
         Command::Verify {
             payload,
             signature,
             key_version,
             run,
-        } => client::verify(g, &run, payload, signature, key_version).await,
+        } => client::verify(g, &run.run_options(), payload, signature, key_version).await,
         Command::Bump {
             scope,
             entity,
             key_version,
             run,
-        } => client::bump(g, &run, scope, entity, key_version).await,
-        Command::Status(run) => client::status(g, &run).await,
+        } => client::bump(g, &run.run_options(), scope, entity, key_version).await,
+        Command::Status => client::status(g, &cli::RunOptions::from_environment()).await,
         Command::Archive {
             version,
             dry_run,
@@ -124,9 +132,21 @@ fn init_logging(cli: &Cli) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    if cli.global.log_json {
-        builder.json().init();
+    if log_json(cli) {
+        // Flat: the event's fields beside timestamp, level and target, as
+        // worker-events.log's lines are (not nested under "fields").
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     } else {
         builder.init();
     }
+}
+
+/// `--log-json`, `TES_LOG_JSON=true` or `TES_LOG_FORMAT=json`.
+fn log_json(cli: &Cli) -> bool {
+    cli.global.log_json
+        || std::env::var("TES_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
 }

@@ -377,7 +377,7 @@ fn an_expired_active_version_rotates_away_or_fails_once() {
 fn a_command_id_is_applied_at_most_once() {
     let f = Fixture::new();
     let mut e = f.engine(
-        &[(1, V1_SECRET), (2, V2_SECRET), (3, "third-secret")],
+        &[(1, V1_SECRET), (2, V2_SECRET), (3, "third-secret-of-16+")],
         Policy::default(),
         0,
     );

@@ -72,7 +72,7 @@ pub fn checkpoint(global: &Global) -> Result<()> {
             }),
         );
     } else {
-        print!("{}", signed.note);
+        crate::output::line(signed.note.trim_end_matches('\n'));
     }
     Ok(())
 }

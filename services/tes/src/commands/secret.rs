@@ -26,7 +26,7 @@ pub fn put(global: &Global, version: KeyVersion, replace: bool) -> Result<()> {
         .lock()
         .read_to_end(&mut bytes)
         .map_err(|e| Failure::input(anyhow!("cannot read stdin: {e}")))?;
-    let secret = Secret::from_text("the secret on stdin", bytes).map_err(Failure::input)?;
+    let secret = Secret::signing_key("the secret on stdin", bytes).map_err(Failure::input)?;
     let store = global.key_store();
     let old = store.load().map_err(Failure::input)?.remove(&version);
     store

@@ -131,7 +131,7 @@ fn colour(hex: &str) -> Style {
 
 fn show(e: &Envelope<Event>, seq: Option<u64>, json: bool) {
     let mut out = anstream::stdout().lock();
-    let _ = if json {
+    let written = if json {
         writeln!(
             out,
             "{}",
@@ -151,7 +151,7 @@ fn show(e: &Envelope<Event>, seq: Option<u64>, json: bool) {
             details(&e.body)
         )
     };
-    let _ = out.flush();
+    crate::output::quiet_on_closed_pipe(written.and_then(|()| out.flush()));
 }
 
 fn details(event: &Event) -> String {
