@@ -149,7 +149,8 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         let p = e.unwrap().path();
         if p.is_dir() {
             out.extend(walk(&p));
-        } else {
+        } else if p.is_file() {
+            // Files only: a daemon's control socket holds nothing to read.
             out.push(p);
         }
     }

@@ -7,6 +7,7 @@
 //! both must show; each implementation's tests run it.
 
 pub mod conformance;
+pub mod control;
 mod in_process;
 pub mod jetstream;
 pub mod lease;

@@ -49,6 +49,20 @@ pub async fn archive(
             if dry_run {
                 return print_archive(global, &dry_run_here(global, &config, version).await?);
             }
+            if let Some(daemon) = crate::commands::client::daemon_here(global).await {
+                // The daemon on this directory holds the ledger: it archives.
+                let envelope = tes_bus::typed::command(ThreadId::VersionManagement, request);
+                let reply = tes_bus::typed::call::<Archive>(
+                    &daemon,
+                    ThreadId::VersionManagement,
+                    runtime::wire(run.wire),
+                    &envelope,
+                    std::time::Duration::from_secs(600),
+                )
+                .await
+                .map_err(from_call)?;
+                return print_archive(global, &reply);
+            }
             let rt = Actors::embedded(global, run).await?;
             let reply = call_with_progress(global, rt.bus(), request).await;
             rt.stop().await;

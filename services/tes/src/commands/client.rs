@@ -7,6 +7,7 @@ use std::io::Read;
 
 use anyhow::anyhow;
 use serde_json::json;
+use tes_bus::control::{self, ControlBus};
 use tes_bus::jetstream::CommandStream;
 use tes_bus::typed;
 use tes_proto::command::{Bump, Grace, Revoke, Rollback, Rotate, Scope, Sign, Status, Verify};
@@ -49,18 +50,23 @@ async fn send_call<C: CommandBody>(
     thread: ThreadId,
     body: C,
 ) -> Result<Result<C::Reply, typed::CallError>> {
+    let envelope = typed::command(thread, body);
+    let ct = runtime::wire(run.wire);
     if let Some(bus) = runtime::nats(global, "tes-cli").await? {
-        let envelope = typed::command(thread, body);
-        return Ok(typed::call::<C>(
-            &bus,
-            thread,
-            runtime::wire(run.wire),
-            &envelope,
-            typed::DEFAULT_TIMEOUT,
-        )
-        .await);
+        return Ok(typed::call::<C>(&bus, thread, ct, &envelope, typed::DEFAULT_TIMEOUT).await);
     }
+    if let Some(daemon) = daemon_here(global).await {
+        return Ok(typed::call::<C>(&daemon, thread, ct, &envelope, typed::DEFAULT_TIMEOUT).await);
+    }
+    let body = envelope.body;
     with_runtime(global, run, async |rt| Ok(rt.call(thread, body).await)).await
+}
+
+/// The `tes daemon` running on this data directory, through its control
+/// socket, if one answers there: the verbs then go to it (it holds the
+/// ledger) instead of starting actors of their own.
+pub async fn daemon_here(global: &Global) -> Option<ControlBus> {
+    ControlBus::connect(&control::socket_path(&global.data_dir)).await
 }
 
 /// Sends a rotation or rollback to the Supervisor: on NATS through the

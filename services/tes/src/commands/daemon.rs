@@ -53,10 +53,22 @@ pub async fn run(
     } else {
         None
     };
+    let embedded = matches!(transport, Transport::Embedded);
     let mut rt = Actors::start(global, run, Some(observe), transport, which, role).await?;
     if which.gateway {
         rt.start_gateway(global, http, admin_token).await?;
     }
+    // Beside an embedded daemon, `tes rotate`, `sign`, … reach it here.
+    let control = if embedded {
+        let path = tes_bus::control::socket_path(&global.data_dir);
+        Some(
+            tes_bus::control::ControlServer::start(&path, rt.bus())
+                .await
+                .map_err(Failure::input)?,
+        )
+    } else {
+        None
+    };
     tracing::info!(
         actors = %which.names().join(", "),
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },
@@ -76,6 +88,9 @@ pub async fn run(
         }
     }
     tracing::info!("stopping: finishing requests in flight");
+    if let Some(control) = control {
+        control.stop();
+    }
     rt.stop().await;
     tracing::info!("stopped");
     Ok(())
