@@ -177,3 +177,33 @@ fn each_verb_shows_its_own_options() {
         }
     }
 }
+
+#[test]
+fn the_cli_works_beside_its_own_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let t = || with_keys(tes(dir.path()));
+    let daemon = Daemon::spawn(t(), &[]);
+    let socket = dir.path().join("control.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no control socket");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "owner-only");
+    let r = run(args(t(), &["rotate"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s: Value =
+        serde_json::from_str(run(args(t(), &["sign", "x", "--json"])).stdout.trim()).unwrap();
+    assert_eq!(s["signature"], outside_hmac(V2, "x"));
+    assert_eq!(run(args(t(), &["bump", "patch"])).code, 0);
+    let status = run(args(t(), &["status", "--json"]));
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let status: Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(status["keyVersion"], "2");
+    drop(daemon);
+    assert!(!socket.exists(), "the socket goes with the daemon");
+    // Without a daemon the verbs run the actors themselves, as before.
+    assert_eq!(run(args(t(), &["sign", "y"])).code, 0);
+}
