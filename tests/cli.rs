@@ -801,6 +801,23 @@ fn actors_in_separate_daemons_with_their_own_nats_users() {
         r, "V3 key not configured [HSL:#FF0000] 500",
         "through TES_COMMANDS and the gate"
     );
+    // A revocation and a grace change from the operator, each actor its own
+    // user: the Supervisor may forward them, a client may not ask.
+    let r = run(args(
+        as_user(other_dir.path(), "operator"),
+        &["grace", "v1", "--extend", "1h"],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(args(
+        as_user(other_dir.path(), "operator"),
+        &["revoke", "v1", "--reason", "drill"],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(args(
+        as_user(other_dir.path(), "client"),
+        &["revoke", "v2", "--reason", "not mine to say"],
+    ));
+    assert!(r.stderr.contains("not permitted"), "{}", r.stderr);
 
     let r = run(args(
         tes(other_dir.path()),

@@ -83,8 +83,11 @@ async fn monitor_and_operator_cannot_publish_where_they_must_not() {
     for subject in [
         "tes.cmd.0x6001.rotate",
         "tes.cmd.0x6001.rollback",
+        "tes.cmd.0x6001.revoke",
+        "tes.cmd.0x6001.grace",
         "tes.cmd.0x6001.sign",
         "tes.evt.0x6001.key_rotate",
+        "tes.evt.0x6001.key_revoked",
     ] {
         assert!(
             refused(&operator, &mut operator_errors, subject).await,
@@ -94,6 +97,7 @@ async fn monitor_and_operator_cannot_publish_where_they_must_not() {
     let (client, mut client_errors) = connect(&s, "client").await;
     assert!(refused(&client, &mut client_errors, "tes.cmd.0x6001.rotate").await);
     assert!(refused(&client, &mut client_errors, "tes.cmd.0x1001.rotate").await);
+    assert!(refused(&client, &mut client_errors, "tes.cmd.0x1001.revoke").await);
 }
 
 #[tokio::test]
