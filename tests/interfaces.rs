@@ -192,6 +192,20 @@ fn the_cli_works_beside_its_own_daemon() {
     }
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "owner-only");
+    // `tes health` (what a container healthcheck runs) says it is ready.
+    while run(args(tes(dir.path()), &["health"])).code != 0 {
+        assert!(std::time::Instant::now() < deadline, "never healthy");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let h = run(args(tes(dir.path()), &["health", "--json"]));
+    let h: Value = serde_json::from_str(h.stdout.trim()).unwrap();
+    assert_eq!(h["ready"], true);
+    assert!(h["checks"].to_string().contains("head seq"), "{h}");
+    // Another actor set is another daemon: not running here.
+    assert_eq!(
+        run(args(tes(dir.path()), &["health", "--actors", "supervisor"])).code,
+        1
+    );
     let r = run(args(t(), &["rotate"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let s: Value =
@@ -204,6 +218,11 @@ fn the_cli_works_beside_its_own_daemon() {
     assert_eq!(status["keyVersion"], "2");
     drop(daemon);
     assert!(!socket.exists(), "the socket goes with the daemon");
+    assert_eq!(
+        run(args(tes(dir.path()), &["health"])).code,
+        1,
+        "gone: not healthy"
+    );
     // Without a daemon the verbs run the actors themselves, as before.
     assert_eq!(run(args(t(), &["sign", "y"])).code, 0);
 }

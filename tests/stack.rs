@@ -97,7 +97,38 @@ fn the_compose_file_is_valid_and_every_service_has_a_process_twin() {
             )),
             "{actor} has no NATS password secret"
         );
+        assert!(
+            config.contains(&format!("TES_ACTORS: {actor}")),
+            "{actor}: TES_ACTORS tells the daemon and `tes health` which actors"
+        );
     }
+    // A healthcheck on every service, and the tes image checks itself.
+    let (code, all, err) = output(compose().args(["--profile", "s3", "config"]));
+    assert_eq!(code, 0, "{err}");
+    let services: Vec<&str> = all
+        .split("\nservices:\n")
+        .nth(1)
+        .unwrap_or("")
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.ends_with(':'))
+        .collect();
+    assert!(services.len() >= 9, "{services:?}");
+    let healthchecks = all.matches("healthcheck:").count();
+    assert!(
+        healthchecks >= services.len(),
+        "{healthchecks} healthchecks for {} services",
+        services.len()
+    );
+    assert!(
+        config.contains("      - tes\n      - health"),
+        "the tes services check themselves with `tes health`"
+    );
+    let dockerfile = std::fs::read_to_string(root().join("ops/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.starts_with("# syntax="),
+        "the syntax line comes first"
+    );
 }
 
 /// ops/stack.sh on its own directory and free ports.

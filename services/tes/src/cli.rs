@@ -361,6 +361,14 @@ pub enum Command {
     },
     /// Show key versions, their states, and the ledger head.
     Status,
+    /// Exit 0 if the daemon running these actors on this data directory is
+    /// ready (its bus connected, its ledger readable), 1 if not: for
+    /// container healthchecks.
+    Health {
+        /// The actors of the daemon to check (as its --actors).
+        #[arg(long, env = "TES_ACTORS", default_value = "all", value_parser = parse_actors)]
+        actors: ActorSet,
+    },
     /// Follow events as they happen, coloured by actor and kind (plain
     /// without a terminal or with NO_COLOR): on NATS every event on the
     /// bus, else the ledger's rows as they are appended.
@@ -597,6 +605,25 @@ impl ActorSet {
         alert: false,
         gateway: false,
     };
+
+    /// The set as `--actors` takes it: `all`, or `supervisor,version,…`.
+    pub fn slug(self) -> String {
+        if self == ActorSet::ALL {
+            return "all".to_string();
+        }
+        [
+            (self.supervisor, "supervisor"),
+            (self.version, "version"),
+            (self.monitoring, "monitoring"),
+            (self.telemetry, "telemetry"),
+            (self.alert, "alert"),
+            (self.gateway, "gateway"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect::<Vec<_>>()
+        .join(",")
+    }
 
     pub fn names(self) -> Vec<&'static str> {
         [

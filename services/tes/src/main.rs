@@ -15,7 +15,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Audit, Bundles, Cli, Command, Secret};
-use crate::commands::{audit, bundles, client, daemon, demo, init, observe, replay, secret, watch};
+use crate::commands::{
+    audit, bundles, client, daemon, demo, health, init, observe, replay, secret, watch,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -97,6 +99,7 @@ async fn run(cli: Cli) -> failure::Result<()> {
             run,
         } => client::bump(g, &run.run_options(), scope, entity, key_version).await,
         Command::Status => client::status(g, &cli::RunOptions::from_environment()).await,
+        Command::Health { actors } => health::run(g, actors),
         Command::Archive {
             version,
             dry_run,

@@ -10,6 +10,7 @@ use tes_bus::nats::redact;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{ActorSet, Global, HttpOptions, ObserveOptions, Role, RunOptions};
+use crate::commands::health;
 use crate::failure::{Failure, Result};
 use crate::runtime::{self, Actors, Transport};
 
@@ -69,6 +70,7 @@ pub async fn run(
     } else {
         None
     };
+    let reporter = report_health(global, which, role, &rt);
     tracing::info!(
         actors = %which.names().join(", "),
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },
@@ -88,10 +90,72 @@ pub async fn run(
         }
     }
     tracing::info!("stopping: finishing requests in flight");
+    reporter.abort();
+    let _ = std::fs::remove_file(health::report_path(&global.data_dir, which));
     if let Some(control) = control {
         control.stop();
     }
     rt.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Writes this daemon's readiness every [`health::EVERY`] for `tes health`:
+/// the bus connected (on NATS), and for the ledger writer its ledger
+/// readable at the head. A report that cannot be written is logged once.
+fn report_health(
+    global: &Global,
+    which: ActorSet,
+    role: Role,
+    rt: &Actors,
+) -> tokio::task::JoinHandle<()> {
+    let path = health::report_path(&global.data_dir, which);
+    let nats = rt.nats_client();
+    let ledger = (which.version && role == Role::Writer).then(|| rt.ledger_path.clone());
+    tokio::spawn(async move {
+        let mut warned = false;
+        let mut every = tokio::time::interval(health::EVERY);
+        loop {
+            every.tick().await;
+            let mut checks = Vec::new();
+            if let Some(client) = &nats {
+                let state = client.connection_state();
+                let ok = matches!(state, async_nats::connection::State::Connected);
+                checks.push((
+                    "nats".to_string(),
+                    if ok {
+                        "ok".to_string()
+                    } else {
+                        format!("{state:?}")
+                    },
+                ));
+            } else {
+                checks.push(("bus".to_string(), "ok (embedded)".to_string()));
+            }
+            if let Some(path) = &ledger {
+                let path = path.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    tes_ledger::Ledger::open_reader(&path)
+                        .map(|l| format!("ok (head seq {})", l.head().seq))
+                        .unwrap_or_else(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| e.to_string());
+                checks.push(("ledger".to_string(), found));
+            }
+            let report = health::Report {
+                pid: std::process::id(),
+                actors: which.slug(),
+                at: tes_proto::Timestamp::now(),
+                ready: checks.iter().all(|(_, found)| found.starts_with("ok")),
+                checks,
+            };
+            if let Err(error) = health::write(&path, &report) {
+                if !warned {
+                    tracing::warn!(path = %path.display(), %error, "cannot write the health report");
+                    warned = true;
+                }
+            }
+        }
+    })
 }

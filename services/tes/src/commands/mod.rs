@@ -5,6 +5,7 @@ pub mod bundles;
 pub mod client;
 pub mod daemon;
 pub mod demo;
+pub mod health;
 pub mod init;
 pub mod observe;
 pub mod replay;
