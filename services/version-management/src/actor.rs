@@ -87,12 +87,30 @@ struct Job {
 }
 
 struct Committed {
-    /// With their ledger seqs.
+    /// With their ledger seqs; empty when an outbox publishes them (it
+    /// reads them back from the ledger, so the queue holds no event bodies
+    /// however far the stream falls behind).
     events: Vec<(u64, Envelope<Event>)>,
     head: Head,
     /// The Merkle tree at `head` (its root is computed only for the
     /// checkpoints actually signed, at most one a second).
     tree: Frontier,
+    /// The batch changed the keys in force: checkpointed at once.
+    lifecycle: bool,
+}
+
+/// A change of the keys in force: what an attacker would most like to
+/// rewrite, so it is checkpointed at once.
+fn changes_keys(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::KeyRotate(_)
+            | Event::KeyRollback(_)
+            | Event::KeyRetired(_)
+            | Event::KeyRevoked(_)
+            | Event::GraceChanged(_)
+            | Event::KeyExpirySet(_)
+    )
 }
 
 /// Signs checkpoints and hands them to witnesses.
@@ -174,9 +192,10 @@ pub async fn start(
     };
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
     let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+    let keep_events = outbox.is_none();
     let engine = std::thread::Builder::new()
         .name("tes-0x6001-engine".into())
-        .spawn(move || engine_loop(engine, rx, committed_tx))
+        .spawn(move || engine_loop(engine, rx, committed_tx, keep_events))
         .expect("spawn engine thread");
     let handle = EngineHandle { tx };
     // One subscription, in the signers' queue group: a `sign` request goes
@@ -244,6 +263,7 @@ fn engine_loop(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Job>,
     committed: mpsc::UnboundedSender<Committed>,
+    keep_events: bool,
 ) -> Engine {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -257,10 +277,12 @@ fn engine_loop(
             jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
         let (outcomes, events) = engine.handle_batch(requests);
         if !events.is_empty() {
+            let lifecycle = events.iter().any(|(_, e)| changes_keys(&e.body));
             let _ = committed.send(Committed {
-                events,
+                events: if keep_events { events } else { Vec::new() },
                 head: engine.head(),
                 tree: engine.ledger().frontier().clone(),
+                lifecycle,
             });
         }
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -333,14 +355,14 @@ async fn publish_committed(
         }
     };
     if let Some((outbox, stream)) = &outbox {
-        drain(outbox, stream, config.wire).await;
+        while drain(outbox, stream, config.wire).await {}
     }
     loop {
         let batch = tokio::select! {
             batch = rx.recv() => batch,
             _ = retry.tick(), if outbox.is_some() => {
                 if let Some((outbox, stream)) = &outbox {
-                    drain(outbox, stream, config.wire).await;
+                    while drain(outbox, stream, config.wire).await && rx.is_empty() {}
                 }
                 continue;
             }
@@ -351,9 +373,20 @@ async fn publish_committed(
                 continue;
             }
         };
-        let Some(batch) = batch else { break };
+        let Some(mut batch) = batch else { break };
         match &outbox {
-            Some((outbox, stream)) => drain(outbox, stream, config.wire).await,
+            Some((outbox, stream)) => {
+                // The outbox reads the events from the ledger: what queued
+                // up meanwhile is only heads, folded into the newest.
+                while let Ok(next) = rx.try_recv() {
+                    batch = Committed {
+                        lifecycle: batch.lifecycle || next.lifecycle,
+                        ..next
+                    };
+                }
+                // Behind: go on sending until caught up or more queues up.
+                while drain(outbox, stream, config.wire).await && rx.is_empty() {}
+            }
             None => {
                 for (seq, event) in &batch.events {
                     if let Err(error) = publish_ledgered(&*bus, config.wire, *seq, event).await {
@@ -362,15 +395,7 @@ async fn publish_committed(
                 }
             }
         }
-        // A change of the keys in force is checkpointed at once: it is what
-        // an attacker would most like to rewrite.
-        let lifecycle = batch.events.iter().any(|(_, e)| {
-            matches!(
-                e.body,
-                Event::KeyRotate(_) | Event::KeyRollback(_) | Event::KeyRetired(_)
-            )
-        });
-        if lifecycle {
+        if batch.lifecycle {
             unsigned = None;
             checkpoint(batch.head, batch.tree).await;
         } else {
@@ -381,7 +406,7 @@ async fn publish_committed(
         checkpoint(head, tree).await;
     }
     if let Some((outbox, stream)) = &outbox {
-        drain(outbox, stream, config.wire).await;
+        while drain(outbox, stream, config.wire).await {}
     }
     drop(witness_tx);
     if let Some(task) = witness_task {
@@ -415,35 +440,47 @@ async fn feed_witnesses(
     }
 }
 
-/// Sends everything after the outbox cursor to the event stream, advancing
-/// the cursor as the stream confirms. A failure (NATS away) leaves the rest
-/// for the next try; a resend after a partial success is de-duplicated by
-/// the stream (`Nats-Msg-Id` = event id).
-async fn drain(outbox: &std::sync::Mutex<Outbox>, stream: &EventStream, ct: ContentType) {
+/// Chunks one drain sends before it returns, so that under sustained load
+/// the publisher still takes in (and folds) what queued up and signs its
+/// checkpoints; the rest goes on the next call.
+const DRAIN_CHUNKS: usize = 64;
+
+/// Sends what follows the outbox cursor to the event stream (up to
+/// [`DRAIN_CHUNKS`] chunks), advancing the cursor as the stream confirms. A
+/// failure (NATS away) leaves the rest for the next try; a resend after a
+/// partial success is de-duplicated by the stream (`Nats-Msg-Id` = event id).
+/// True when it stopped at the cap with more to send.
+async fn drain(outbox: &std::sync::Mutex<Outbox>, stream: &EventStream, ct: ContentType) -> bool {
     // SQLite calls are brief; the lock is never held across an await.
     let outbox = || outbox.lock().expect("outbox lock poisoned");
-    loop {
+    for _ in 0..DRAIN_CHUNKS {
         let read = {
             let guard = outbox();
             guard.cursor().and_then(|c| guard.after(c, OUTBOX_CHUNK))
         };
         let pending = match read {
             Ok(p) => p,
-            Err(error) => return tracing::error!(%error, "cannot read the outbox"),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the outbox");
+                return false;
+            }
         };
         if pending.is_empty() {
-            return;
+            return false;
         }
         let (stored, error) = stream.publish_all(ct, &pending).await;
         if stored > 0 {
             if let Err(error) = outbox().advance(pending[stored - 1].0) {
-                return tracing::error!(%error, "cannot advance the outbox cursor");
+                tracing::error!(%error, "cannot advance the outbox cursor");
+                return false;
             }
         }
         if let Some(error) = error {
-            return tracing::warn!(%error, behind = pending.len() - stored, "events not yet in the stream; will retry");
+            tracing::warn!(%error, behind = pending.len() - stored, "events not yet in the stream; will retry");
+            return false;
         }
     }
+    true
 }
 
 /// Says that signer `name` is alive and holds `held` (bus-only).
