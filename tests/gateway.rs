@@ -770,6 +770,46 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Revoke from the page: only with the version typed a second time.
+    let fill = |css: &'static str, value: &'static str| async move {
+        let field = client.find(Locator::Css(css)).await.map_err(e)?;
+        field.clear().await.map_err(e)?;
+        field.send_keys(value).await.map_err(e)
+    };
+    client
+        .find(Locator::Css("#revoke-box summary"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    fill("#revoke-version", "v1").await?;
+    fill("#revoke-reason", "leaked in a browser test").await?;
+    fill("#revoke-confirm", "v2").await?;
+    client
+        .find(Locator::Css("#revoke"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    let r = text_of("#result").await?;
+    if !r.contains("not sent") {
+        return Err(format!("a mistyped confirmation must stop it: {r:?}"));
+    }
+    fill("#revoke-confirm", "v1").await?;
+    client
+        .find(Locator::Css("#revoke"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    wait_text("#keys tbody tr[data-version=v1] .pill", "revoked").await?;
+    let r = text_of("#result").await?;
+    if !r.contains("v1 revoked") {
+        return Err(format!("the revocation's result: {r:?}"));
+    }
     // A phone's width: nothing wider than the screen.
     client.set_window_size(390, 844).await.map_err(e)?;
     let overflow = client
