@@ -226,3 +226,24 @@ fn the_cli_works_beside_its_own_daemon() {
     // Without a daemon the verbs run the actors themselves, as before.
     assert_eq!(run(args(t(), &["sign", "y"])).code, 0);
 }
+
+#[test]
+fn status_reads_from_the_newest_snapshot_and_agrees_with_a_full_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = || with_keys(tes(dir.path()));
+    for i in 0..4 {
+        let r = run(args(t(), &["sign", "--snapshot-every", "3", &format!("p{i}")]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let status = run(args(tes(dir.path()), &["status", "--json"]));
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let status: Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert!(status["fromSnapshot"].as_u64().unwrap() > 0, "{status}");
+    let replayed = run(args(tes(dir.path()), &["replay", "--json"]));
+    let replayed: Value = serde_json::from_str(replayed.stdout.trim()).unwrap();
+    for field in ["keyVersion", "headSeq", "headHash", "lastSigVersion", "entities"] {
+        assert_eq!(status[field], replayed[field], "{field}");
+    }
+    let words = run(args(tes(dir.path()), &["status"]));
+    assert!(words.stdout.contains("from the snapshot at seq"), "{}", words.stdout);
+}

@@ -4,7 +4,7 @@
 use tes_ledger::{Head, Ledger, LedgerError, VerifyError};
 use tes_proto::Timestamp;
 
-use crate::core::state::State;
+use crate::core::state::{decode_snapshot, State, STATE_SCHEMA};
 
 /// How far to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,38 @@ pub fn replay(ledger: &Ledger, until: Until) -> Result<Replayed, VerifyError> {
         head = ledger_head_at(ledger, last_hash_seq)?;
     }
     Ok(Replayed { state, head })
+}
+
+/// The state at the head for a quick look (`tes status`): from the newest
+/// snapshot that matches the chain and its digest, folding and verifying
+/// only the rows after it; from seq 1 when there is none. Returns the seq
+/// the verified fold started after (0: all of it). The rows before a
+/// snapshot are verified by `tes audit verify` and every writer's start,
+/// not by this.
+pub fn latest(ledger: &Ledger) -> Result<(Replayed, u64), VerifyError> {
+    let snapshot = ledger
+        .snapshots()?
+        .into_iter()
+        .filter(|s| s.schema == STATE_SCHEMA)
+        .find_map(|s| {
+            let state = decode_snapshot(&s.state)?;
+            let hash = tes_ledger::chain::from_hex(&s.hash)?;
+            Some((state, Head { seq: s.seq, hash }))
+        });
+    let Some((mut state, start)) = snapshot else {
+        return replay(ledger, Until::Head).map(|r| (r, 0));
+    };
+    let verified = tes_ledger::walk(ledger, start, u64::MAX, None, |_, event| {
+        state.apply_envelope(&event);
+        true
+    })?;
+    Ok((
+        Replayed {
+            state,
+            head: verified.head,
+        },
+        start.seq,
+    ))
 }
 
 fn ledger_head_at(ledger: &Ledger, seq: u64) -> Result<Head, LedgerError> {

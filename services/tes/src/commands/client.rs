@@ -289,15 +289,16 @@ pub async fn bump(
 /// writing: no lock, no key, no rotation comes from looking) with the keys
 /// this shell holds, as they are (none is generated).
 pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
+    let mut snapshot_seq = 0;
     let view = if global.nats.is_some() {
         send(global, run, ThreadId::VersionManagement, Status::default()).await?
     } else {
+        // A quick look: from the newest snapshot, the rows after it verified
+        // (the whole chain is `tes audit verify`'s and every writer start's).
         let ledger = crate::commands::replay::open(global)?;
-        let replayed = tes_version_management::replay::replay(
-            &ledger,
-            tes_version_management::replay::Until::Head,
-        )
-        .map_err(crate::commands::replay::verify_failure)?;
+        let (replayed, from) = tes_version_management::replay::latest(&ledger)
+            .map_err(crate::commands::replay::verify_failure)?;
+        snapshot_seq = from;
         let held = tes_keyring::Keyring::load(runtime::environment(), &global.key_store(), false)
             .map_err(Failure::input)?
             .held();
@@ -315,9 +316,18 @@ pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
                 .collect::<Vec<_>>()),
         )
     });
-    Printer { json: global.json }.emit(
-        describe(&view, &format!("Ledger holds {} events.", view.head_seq)),
-        &value,
-    );
+    let heading = if snapshot_seq > 0 {
+        format!(
+            "Ledger holds {} events (state from the snapshot at seq {snapshot_seq}, the {} after it verified; `tes audit verify` checks them all).",
+            view.head_seq,
+            view.head_seq - snapshot_seq
+        )
+    } else {
+        format!("Ledger holds {} events.", view.head_seq)
+    };
+    if let Some(o) = value.as_object_mut() {
+        o.insert("fromSnapshot".into(), json!(snapshot_seq));
+    }
+    Printer { json: global.json }.emit(describe(&view, &heading), &value);
     Ok(())
 }
