@@ -232,7 +232,10 @@ fn status_reads_from_the_newest_snapshot_and_agrees_with_a_full_replay() {
     let dir = tempfile::tempdir().unwrap();
     let t = || with_keys(tes(dir.path()));
     for i in 0..4 {
-        let r = run(args(t(), &["sign", "--snapshot-every", "3", &format!("p{i}")]));
+        let r = run(args(
+            t(),
+            &["sign", "--snapshot-every", "3", &format!("p{i}")],
+        ));
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
     let status = run(args(tes(dir.path()), &["status", "--json"]));
@@ -241,9 +244,19 @@ fn status_reads_from_the_newest_snapshot_and_agrees_with_a_full_replay() {
     assert!(status["fromSnapshot"].as_u64().unwrap() > 0, "{status}");
     let replayed = run(args(tes(dir.path()), &["replay", "--json"]));
     let replayed: Value = serde_json::from_str(replayed.stdout.trim()).unwrap();
-    for field in ["keyVersion", "headSeq", "headHash", "lastSigVersion", "entities"] {
+    for field in [
+        "keyVersion",
+        "headSeq",
+        "headHash",
+        "lastSigVersion",
+        "entities",
+    ] {
         assert_eq!(status[field], replayed[field], "{field}");
     }
     let words = run(args(tes(dir.path()), &["status"]));
-    assert!(words.stdout.contains("from the snapshot at seq"), "{}", words.stdout);
+    assert!(
+        words.stdout.contains("from the snapshot at seq"),
+        "{}",
+        words.stdout
+    );
 }
