@@ -1,0 +1,110 @@
+//! The soak row: a `tes daemon` (the real binary) on a real nats-server,
+//! signing at full rate for `TES_SOAK_SECS` (default 60; the issue's row is
+//! 300) from an outside-process client with 256 requests in flight; its
+//! resident memory is sampled after a warm-up and at the end
+//! (`cargo bench -p tes --bench soak`). Flat memory means the end is about
+//! the warm-up, however many signatures went by.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tes_bus::test_server::{binary, TestServer};
+
+const IN_FLIGHT: usize = 256;
+const WARM_UP: Duration = Duration::from_secs(10);
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    if Command::new(binary()).arg("--version").output().is_err() {
+        println!("(no nats-server found: the soak is skipped)");
+        return;
+    }
+    let secs: u64 = std::env::var("TES_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let server = TestServer::start();
+    server.ready(None).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_tes"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--nats", &url, "daemon", "--actors", "version"])
+        .env("VERSION_SIGNING_KEY", "soak-secret-0123456789abcdef0123")
+        .env("TES_LOG_DIR", dir.path().join("logs"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the tes binary");
+    let pid = daemon.id();
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .request("tes.cmd.0x6001.status", "{}".into())
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the daemon never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let signed = Arc::new(AtomicU64::new(0));
+    let loops: Vec<_> = (0..IN_FLIGHT)
+        .map(|w| {
+            let (client, stop, signed) = (client.clone(), stop.clone(), signed.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let body = format!(r#"{{"payload":"soak-{w}-{i}"}}"#);
+                    if let Ok(m) = client.request("tes.cmd.0x6001.sign", body.into()).await {
+                        if m.payload.starts_with(b"{\"ok\"") {
+                            signed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARM_UP).await;
+    let (warm_rss, warm_signed, warm_at) =
+        (rss_kib(pid), signed.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let (end_rss, end_signed) = (rss_kib(pid), signed.load(Ordering::Relaxed));
+    let rate = (end_signed - warm_signed) as f64 / warm_at.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        let _ = l.await;
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    println!(
+        "TES soak: the ledger writer on NATS, {IN_FLIGHT} in flight, {secs} s after a {} s warm-up\n",
+        WARM_UP.as_secs()
+    );
+    println!("| signatures | rate | RSS after warm-up | RSS at the end | growth per signature |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {end_signed} | {:.1} k/s | {:.1} MiB | {:.1} MiB | {:.1} B |",
+        rate / 1000.0,
+        warm_rss as f64 / 1024.0,
+        end_rss as f64 / 1024.0,
+        (end_rss as f64 - warm_rss as f64) * 1024.0 / (end_signed - warm_signed).max(1) as f64
+    );
+}
