@@ -260,3 +260,37 @@ fn status_reads_from_the_newest_snapshot_and_agrees_with_a_full_replay() {
         words.stdout
     );
 }
+
+#[test]
+fn health_follows_the_bus_of_a_daemon_on_nats() {
+    let mut server = tes_bus::test_server::TestServer::start();
+    block_on(server.ready(None));
+    let dir = tempfile::tempdir().unwrap();
+    let _daemon = Daemon::spawn(
+        args(tes(dir.path()), &["--nats", &server.url()]),
+        &["--actors", "supervisor"],
+    );
+    let health = || run(args(tes(dir.path()), &["health", "--actors", "supervisor"]));
+    let until = |code: i32, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let h = health();
+            if h.code == code {
+                return h;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {what}: {}{}",
+                h.stdout,
+                h.stderr
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    };
+    until(0, "ready");
+    server.kill();
+    let h = until(1, "unready with NATS gone");
+    assert!(h.stdout.contains("nats:"), "names the bus: {}", h.stdout);
+    server.restart();
+    until(0, "ready again after NATS came back");
+}
