@@ -4,6 +4,11 @@
 //! resident memory is sampled after a warm-up and at the end
 //! (`cargo bench -p tes --bench soak`). Flat memory means the end is about
 //! the warm-up, however many signatures went by.
+//!
+//! Halfway through it rotates (v1 → v2) and reports the longest gap between
+//! two consecutive replies (to any client) in the two seconds after the
+//! rotation, beside the longest gap in the two seconds before it: what a
+//! rotation costs the clients in stall.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +51,10 @@ async fn main() {
         .arg(dir.path())
         .args(["--nats", &url, "daemon", "--actors", "version"])
         .env("VERSION_SIGNING_KEY", "soak-secret-0123456789abcdef0123")
+        .env(
+            "VERSION_SIGNING_KEY_V2",
+            "soak-secret-v2-0123456789abcdef01",
+        )
         .env("TES_LOG_DIR", dir.path().join("logs"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -65,9 +74,12 @@ async fn main() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let signed = Arc::new(AtomicU64::new(0));
+    let origin = Instant::now();
+    let gaps = Arc::new(Gaps::default());
     let loops: Vec<_> = (0..IN_FLIGHT)
         .map(|w| {
-            let (client, stop, signed) = (client.clone(), stop.clone(), signed.clone());
+            let (client, stop, signed, gaps) =
+                (client.clone(), stop.clone(), signed.clone(), gaps.clone());
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -76,6 +88,7 @@ async fn main() {
                     if let Ok(m) = client.request("tes.cmd.0x6001.sign", body.into()).await {
                         if m.payload.starts_with(b"{\"ok\"") {
                             signed.fetch_add(1, Ordering::Relaxed);
+                            gaps.reply(origin.elapsed().as_micros() as u64);
                         }
                     }
                 }
@@ -85,7 +98,19 @@ async fn main() {
     tokio::time::sleep(WARM_UP).await;
     let (warm_rss, warm_signed, warm_at) =
         (rss_kib(pid), signed.load(Ordering::Relaxed), Instant::now());
-    tokio::time::sleep(Duration::from_secs(secs)).await;
+    tokio::time::sleep(Duration::from_secs(secs / 2)).await;
+    // Two seconds measured as they are, then the rotation and two more.
+    gaps.measure(Window::Before);
+    tokio::time::sleep(GAP_WINDOW).await;
+    gaps.measure(Window::After);
+    let rotated = client
+        .request("tes.cmd.0x6001.rotate", r#"{"requestedBy":"soak"}"#.into())
+        .await
+        .map(|m| m.payload.starts_with(b"{\"ok\""))
+        .unwrap_or(false);
+    tokio::time::sleep(GAP_WINDOW).await;
+    gaps.measure(Window::Off);
+    tokio::time::sleep(Duration::from_secs(secs - secs / 2)).await;
     let (end_rss, end_signed) = (rss_kib(pid), signed.load(Ordering::Relaxed));
     let rate = (end_signed - warm_signed) as f64 / warm_at.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -107,4 +132,48 @@ async fn main() {
         end_rss as f64 / 1024.0,
         (end_rss as f64 - warm_rss as f64) * 1024.0 / (end_signed - warm_signed).max(1) as f64
     );
+    println!(
+        "\n| rotation under load | longest gap between replies, 2 s after | 2 s before | goal |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| {} | {:.1} ms | {:.1} ms | ≤ 10 ms |",
+        if rotated { "v1 → v2" } else { "REFUSED" },
+        gaps.after.load(Ordering::Relaxed) as f64 / 1000.0,
+        gaps.before.load(Ordering::Relaxed) as f64 / 1000.0
+    );
+}
+
+const GAP_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy)]
+enum Window {
+    Off = 0,
+    Before = 1,
+    After = 2,
+}
+
+/// The longest time between two consecutive replies (µs), per window.
+#[derive(Default)]
+struct Gaps {
+    last: AtomicU64,
+    window: std::sync::atomic::AtomicU8,
+    before: AtomicU64,
+    after: AtomicU64,
+}
+
+impl Gaps {
+    fn measure(&self, w: Window) {
+        self.window.store(w as u8, Ordering::SeqCst);
+    }
+
+    fn reply(&self, now_us: u64) {
+        let prev = self.last.fetch_max(now_us, Ordering::SeqCst);
+        let gap = now_us.saturating_sub(prev);
+        match self.window.load(Ordering::Relaxed) {
+            1 => self.before.fetch_max(gap, Ordering::Relaxed),
+            2 => self.after.fetch_max(gap, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
 }
