@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
 use tes_keyring::Keyring;
 use tes_ledger::{Head, Ledger, LedgerError, VerifyError};
 use tes_proto::command::{Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, Verify};
@@ -491,21 +490,7 @@ impl Engine {
                     .iter()
                     .position(|e| matches!(e, Event::KeyRevoked(_)))
                     .expect("a revocation decides a key_revoked event");
-                let numbered: Vec<(u64, Envelope<Event>)> = decided
-                    .iter()
-                    .map(|e| {
-                        (
-                            0,
-                            Envelope::new(
-                                cmd.id,
-                                now,
-                                ThreadId::VersionManagement,
-                                Channel::Event,
-                                e.clone(),
-                            ),
-                        )
-                    })
-                    .collect();
+                let numbered = unnumbered(cmd.id, now, &decided);
                 let mut reply = outcome::revocation(cmd.id, &cmd.body, &numbered, false)
                     .map_err(ErrorReply::from)?;
                 decided.into_iter().for_each(|e| emit(state, e));
@@ -524,21 +509,7 @@ impl Engine {
                     requested_by: cmd.body.requested_by.clone(),
                 };
                 let decided = decide(state, &command, &ctx).map_err(ErrorReply::from)?;
-                let numbered: Vec<(u64, Envelope<Event>)> = decided
-                    .iter()
-                    .map(|e| {
-                        (
-                            0,
-                            Envelope::new(
-                                cmd.id,
-                                now,
-                                ThreadId::VersionManagement,
-                                Channel::Event,
-                                e.clone(),
-                            ),
-                        )
-                    })
-                    .collect();
+                let numbered = unnumbered(cmd.id, now, &decided);
                 let reply = outcome::grace(cmd.id, &cmd.body, &numbered, false)
                     .map_err(ErrorReply::from)?;
                 decided.into_iter().for_each(|e| emit(state, e));
@@ -724,40 +695,7 @@ impl Engine {
         };
         Ok(response)
     }
-}
 
-/// A replica's audit events for a command the ledger already holds
-/// events of (a retried sign one attempt already signed, by this or
-/// another signer): those events, so the replica hands out the original.
-fn applied_elsewhere(
-    ledger: &Ledger,
-    events: &[Envelope<Event>],
-) -> Result<Option<Vec<StoredEvent>>, ErrorReply> {
-    {
-        let Some(cause) = events.first().and_then(|e| e.causation_id) else {
-            return Ok(None);
-        };
-        if events
-            .first()
-            .is_some_and(|e| e.thread != ThreadId::VersionManagement)
-        {
-            return Ok(None);
-        }
-        let applied = ledger.events_caused_by(&cause).map_err(storage)?;
-        // The same record sent again (same event ids) is stored once, below.
-        if applied.is_empty() || applied.iter().any(|(_, e)| e.id == events[0].id) {
-            return Ok(None);
-        }
-        Ok(Some(
-            applied
-                .into_iter()
-                .map(|(seq, event)| StoredEvent { seq, event })
-                .collect(),
-        ))
-    }
-}
-
-impl Engine {
     pub fn status(&self) -> StatusReply {
         status_view(&self.state, &self.held, self.ledger.head())
     }
@@ -773,6 +711,35 @@ impl Engine {
             tracing::warn!(%error, "could not save a snapshot");
         }
     }
+}
+
+/// A replica's audit events for a command the ledger already holds
+/// events of (a retried sign one attempt already signed, by this or
+/// another signer): those events, so the replica hands out the original.
+fn applied_elsewhere(
+    ledger: &Ledger,
+    events: &[Envelope<Event>],
+) -> Result<Option<Vec<StoredEvent>>, ErrorReply> {
+    let Some(first) = events
+        .first()
+        .filter(|e| e.thread == ThreadId::VersionManagement)
+    else {
+        return Ok(None);
+    };
+    let Some(cause) = first.causation_id else {
+        return Ok(None);
+    };
+    let applied = ledger.events_caused_by(&cause).map_err(storage)?;
+    // The same record sent again (same event ids) is stored once, below.
+    if applied.is_empty() || applied.iter().any(|(_, e)| e.id == first.id) {
+        return Ok(None);
+    }
+    Ok(Some(
+        applied
+            .into_iter()
+            .map(|(seq, event)| StoredEvent { seq, event })
+            .collect(),
+    ))
 }
 
 /// Signs under every version of the plan; returns the signatures and their
@@ -792,13 +759,32 @@ pub(crate) fn sign_under(
                 .sign_hex(payload),
         })
         .collect();
-    let digest = tes_ledger::chain::to_hex(&Sha256::digest(payload).into());
+    let digest = outcome::sha256_hex(payload);
     let pairs: Vec<(KeyVersion, String)> = signatures
         .iter()
         .map(|s| (s.key_version, s.signature.clone()))
         .collect();
     let audit = signing::audit_events(plan, &pairs, &digest);
     (signatures, audit)
+}
+
+/// Events just decided, shaped as the ledger will hold them (their seqs
+/// come with the append), so a fresh reply and a retried one are built by
+/// the same [`outcome`] function.
+fn unnumbered(cause: MsgId, now: Timestamp, decided: &[Event]) -> Vec<(u64, Envelope<Event>)> {
+    decided
+        .iter()
+        .map(|e| {
+            let env = Envelope::new(
+                cause,
+                now,
+                ThreadId::VersionManagement,
+                Channel::Event,
+                e.clone(),
+            );
+            (0, env.caused_by_id(cause, None))
+        })
+        .collect()
 }
 
 fn storage(e: LedgerError) -> ErrorReply {

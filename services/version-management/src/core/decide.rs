@@ -369,14 +369,16 @@ fn revoke(
     if key.status == KeyStatus::Revoked {
         return Err(revoked(state, version));
     }
-    let revocation = Event::KeyRevoked(KeyRevoked {
-        version,
-        reason: reason.to_string(),
-        requested_by: requested_by.to_string(),
-        forced: false,
-    });
+    let revocation = |forced| {
+        Event::KeyRevoked(KeyRevoked {
+            version,
+            reason: reason.to_string(),
+            requested_by: requested_by.to_string(),
+            forced,
+        })
+    };
     if state.active != Some(version) {
-        return Ok(vec![revocation]);
+        return Ok(vec![revocation(false)]);
     }
     let successor = state
         .next_version()
@@ -393,14 +395,9 @@ fn revoke(
                 grace_until: Some(ctx.now),
                 expires_at: ctx.policy.key_ttl.map(|ttl| ctx.now.saturating_add(ttl)),
             }),
-            revocation,
+            revocation(false),
         ]),
-        None if force => Ok(vec![Event::KeyRevoked(KeyRevoked {
-            version,
-            reason: reason.to_string(),
-            requested_by: requested_by.to_string(),
-            forced: true,
-        })]),
+        None if force => Ok(vec![revocation(true)]),
         None => Err(Rejection::new(
             ErrorCode::NoNextVersion,
             format!(

@@ -74,8 +74,10 @@ fn same_pin(pin: Option<KeyVersion>, primary: &SignatureGenerated) -> bool {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// Lowercase hex SHA-256: what `payload_sha256` records of a signed payload.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    // The same form as the `payload_sha256` the signing path records.
+    tes_ledger::chain::to_hex(&Sha256::digest(bytes).into())
 }
 
 /// A retried `sign`: the same signatures and seq, if the payload and pin
