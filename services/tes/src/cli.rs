@@ -112,47 +112,6 @@ pub struct RunOptions {
     pub bundles: BundleOptions,
 }
 
-/// What a client verb needs when no daemon serves it and it runs the
-/// actors itself (the embedded default): the rotation policy and the wire.
-/// With `--nats` the daemon's own settings apply. Bundle settings come from
-/// their `TES_…` variables.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Without a daemon (the embedded actors' policy)")]
-pub struct ClientOptions {
-    /// How long the previous version keeps verifying after a rotation.
-    #[arg(long, env = "TES_GRACE", default_value = "24h", value_parser = parse_duration)]
-    pub grace: Duration,
-    /// Rotate an active version away after this long (e.g. 30d). Default: never.
-    #[arg(long, env = "TES_KEY_TTL", value_parser = parse_duration)]
-    pub key_ttl: Option<Duration>,
-    /// Do not add the verifying version's signature during a grace window.
-    #[arg(long, env = "TES_NO_DUAL_SIGN")]
-    pub no_dual_sign: bool,
-    /// Wire form of what this process publishes (json or binary).
-    #[arg(long, env = "TES_WIRE", value_enum, default_value_t = Wire::Json)]
-    pub wire: Wire,
-    /// Save a state snapshot every N events (0: never).
-    #[arg(long, env = "TES_SNAPSHOT_EVERY", default_value_t = 1000, hide = true)]
-    pub snapshot_every: u64,
-    #[command(flatten)]
-    pub bundles: BundleOptions,
-}
-
-impl ClientOptions {
-    /// The full run options: these, and the rest from the environment and
-    /// defaults (as a daemon given no flags would have them).
-    pub fn run_options(&self) -> RunOptions {
-        let mut run = RunOptions::from_environment();
-        run.grace = self.grace;
-        run.key_ttl = self.key_ttl;
-        run.no_dual_sign = self.no_dual_sign;
-        run.wire = self.wire;
-        run.snapshot_every = self.snapshot_every;
-        run.bundles = self.bundles.clone();
-        run
-    }
-}
-
 impl RunOptions {
     /// Run options from `TES_…` variables and defaults alone (no flags).
     pub fn from_environment() -> RunOptions {
@@ -278,16 +237,22 @@ pub enum Command {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(flatten)]
-        run: ClientOptions,
+        #[command(
+            flatten,
+            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
+        )]
+        run: RunOptions,
     },
     /// Roll back to the previous version while it still verifies.
     Rollback {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(flatten)]
-        run: ClientOptions,
+        #[command(
+            flatten,
+            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
+        )]
+        run: RunOptions,
     },
     /// Revoke a key version now (it leaked): from the revocation on it
     /// neither signs nor verifies, on every signer. Revoking the active
@@ -306,8 +271,11 @@ pub enum Command {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(flatten)]
-        run: ClientOptions,
+        #[command(
+            flatten,
+            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
+        )]
+        run: RunOptions,
     },
     /// Change a verifying version's grace window (its verify-until), on
     /// every signer. Through the Supervisor.
@@ -319,8 +287,11 @@ pub enum Command {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(flatten)]
-        run: ClientOptions,
+        #[command(
+            flatten,
+            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
+        )]
+        run: RunOptions,
     },
     /// Sign a payload (the exact bytes given; `-` reads stdin).
     Sign {
@@ -329,8 +300,11 @@ pub enum Command {
         /// Pin a key version, v1, v2, … (default: the active one).
         #[arg(long, value_name = "vN")]
         key_version: Option<KeyVersion>,
-        #[command(flatten)]
-        run: ClientOptions,
+        #[command(
+            flatten,
+            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
+        )]
+        run: RunOptions,
     },
     /// Verify a signature; exits 1 if it does not verify.
     Verify {
@@ -342,8 +316,11 @@ pub enum Command {
         /// The key version that made it (v1, v2, …).
         #[arg(long, value_name = "vN")]
         key_version: KeyVersion,
-        #[command(flatten)]
-        run: ClientOptions,
+        #[command(
+            flatten,
+            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
+        )]
+        run: RunOptions,
     },
     /// Bump a versioned entity and get its signed canonical manifest.
     Bump {
@@ -356,8 +333,11 @@ pub enum Command {
         /// Sign the manifest with this key version (default: the active one).
         #[arg(long, value_name = "vN")]
         key_version: Option<KeyVersion>,
-        #[command(flatten)]
-        run: ClientOptions,
+        #[command(
+            flatten,
+            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
+        )]
+        run: RunOptions,
     },
     /// Show key versions, their states, and the ledger head.
     Status,
@@ -606,37 +586,36 @@ impl ActorSet {
         gateway: false,
     };
 
+    /// Each actor: in this set or not, its `--actors` name, its name for people.
+    fn members(self) -> [(bool, &'static str, &'static str); 6] {
+        [
+            (self.supervisor, "supervisor", "Supervisor (0x1001)"),
+            (self.version, "version", "Version Management (0x6001)"),
+            (self.monitoring, "monitoring", "Monitoring (0x5000)"),
+            (self.telemetry, "telemetry", "Telemetry (0x5002)"),
+            (self.alert, "alert", "Alert (0x5003)"),
+            (self.gateway, "gateway", "HTTP gateway"),
+        ]
+    }
+
     /// The set as `--actors` takes it: `all`, or `supervisor,version,…`.
     pub fn slug(self) -> String {
         if self == ActorSet::ALL {
             return "all".to_string();
         }
-        [
-            (self.supervisor, "supervisor"),
-            (self.version, "version"),
-            (self.monitoring, "monitoring"),
-            (self.telemetry, "telemetry"),
-            (self.alert, "alert"),
-            (self.gateway, "gateway"),
-        ]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect::<Vec<_>>()
-        .join(",")
+        let names: Vec<&str> = self
+            .members()
+            .into_iter()
+            .filter_map(|(on, slug, _)| on.then_some(slug))
+            .collect();
+        names.join(",")
     }
 
     pub fn names(self) -> Vec<&'static str> {
-        [
-            (self.supervisor, "Supervisor (0x1001)"),
-            (self.version, "Version Management (0x6001)"),
-            (self.monitoring, "Monitoring (0x5000)"),
-            (self.telemetry, "Telemetry (0x5002)"),
-            (self.alert, "Alert (0x5003)"),
-            (self.gateway, "HTTP gateway"),
-        ]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect()
+        self.members()
+            .into_iter()
+            .filter_map(|(on, _, name)| on.then_some(name))
+            .collect()
     }
 }
 

@@ -64,40 +64,38 @@ async fn run(cli: Cli) -> failure::Result<()> {
             force,
             requested_by,
             run,
-        } => client::rotate(g, &run.run_options(), to, force, requested_by).await,
-        Command::Rollback { requested_by, run } => {
-            client::rollback(g, &run.run_options(), requested_by).await
-        }
+        } => client::rotate(g, &run, to, force, requested_by).await,
+        Command::Rollback { requested_by, run } => client::rollback(g, &run, requested_by).await,
         Command::Revoke {
             version,
             reason,
             force,
             requested_by,
             run,
-        } => client::revoke(g, &run.run_options(), version, reason, force, requested_by).await,
+        } => client::revoke(g, &run, version, reason, force, requested_by).await,
         Command::Grace {
             version,
             change,
             requested_by,
             run,
-        } => client::grace(g, &run.run_options(), version, change, requested_by).await,
+        } => client::grace(g, &run, version, change, requested_by).await,
         Command::Sign {
             payload,
             key_version,
             run,
-        } => client::sign(g, &run.run_options(), payload, key_version).await,
+        } => client::sign(g, &run, payload, key_version).await,
         Command::Verify {
             payload,
             signature,
             key_version,
             run,
-        } => client::verify(g, &run.run_options(), payload, signature, key_version).await,
+        } => client::verify(g, &run, payload, signature, key_version).await,
         Command::Bump {
             scope,
             entity,
             key_version,
             run,
-        } => client::bump(g, &run.run_options(), scope, entity, key_version).await,
+        } => client::bump(g, &run, scope, entity, key_version).await,
         Command::Status => client::status(g, &cli::RunOptions::from_environment()).await,
         Command::Health { actors } => health::run(g, actors),
         Command::Archive {
