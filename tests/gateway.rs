@@ -722,17 +722,20 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
+    let click = |css: &'static str| async move {
+        client
+            .find(Locator::Css(css))
+            .await
+            .map_err(e)?
+            .click()
+            .await
+            .map_err(e)
+    };
     client.goto(&format!("{base}/admin")).await.map_err(e)?;
     wait_text("#active", "v1").await?;
     wait_text("#feed-state", "live").await?;
     wait_text("#keys tbody tr[data-version=v2] .pill", "provisioned").await?;
-    client
-        .find(Locator::Css("#rotate"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    click("#rotate").await?;
     // Without a reload: the active version, the key states and the feed.
     wait_text("#active", "v2").await?;
     wait_text("#keys tbody tr[data-version=v1] .pill", "verifying").await?;
@@ -752,13 +755,7 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     // A second rotation has nothing to rotate to: the error is shown, not swallowed.
-    client
-        .find(Locator::Css("#rotate"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    click("#rotate").await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = text_of("#result").await?;
@@ -776,35 +773,17 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
         field.clear().await.map_err(e)?;
         field.send_keys(value).await.map_err(e)
     };
-    client
-        .find(Locator::Css("#revoke-box summary"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    click("#revoke-box summary").await?;
     fill("#revoke-version", "v1").await?;
     fill("#revoke-reason", "leaked in a browser test").await?;
     fill("#revoke-confirm", "v2").await?;
-    client
-        .find(Locator::Css("#revoke"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    click("#revoke").await?;
     let r = text_of("#result").await?;
     if !r.contains("not sent") {
         return Err(format!("a mistyped confirmation must stop it: {r:?}"));
     }
     fill("#revoke-confirm", "v1").await?;
-    client
-        .find(Locator::Css("#revoke"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    click("#revoke").await?;
     wait_text("#keys tbody tr[data-version=v1] .pill", "revoked").await?;
     let r = text_of("#result").await?;
     if !r.contains("v1 revoked") {

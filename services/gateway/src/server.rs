@@ -595,6 +595,17 @@ async fn rollback(
     }
 }
 
+/// A request body as JSON, or a 400 that shows the shape expected.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], like: &str) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(text(
+            StatusCode::BAD_REQUEST,
+            &format!("the body must be JSON like {like}: {e}"),
+            colour::REJECTED_ORANGE_RED,
+        ))
+    })
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RevokeBody {
@@ -616,17 +627,12 @@ async fn revoke(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let parsed: RevokeBody = match serde_json::from_slice(&body) {
+    let parsed: RevokeBody = match json_body(
+        &body,
+        r#"{"version": "v1", "reason": "leaked"} (and "force": true to revoke the active version with nothing to take over)"#,
+    ) {
         Ok(b) => b,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "the body must be JSON like {{\"version\": \"v1\", \"reason\": \"leaked\"}} (and \"force\": true to revoke the active version with nothing to take over): {e}"
-                ),
-                colour::REJECTED_ORANGE_RED,
-            )
-        }
+        Err(r) => return *r,
     };
     let command = Revoke {
         version: parsed.version,
@@ -665,13 +671,12 @@ async fn grace(
         Err(r) => return r,
     };
     let bad = |words: String| text(StatusCode::BAD_REQUEST, &words, colour::REJECTED_ORANGE_RED);
-    let parsed: GraceBody = match serde_json::from_slice(&body) {
+    let parsed: GraceBody = match json_body(
+        &body,
+        r#"{"version": "v1", "extend": "1h"} (or "until": RFC 3339, or "endNow": true)"#,
+    ) {
         Ok(b) => b,
-        Err(e) => {
-            return bad(format!(
-                "the body must be JSON like {{\"version\": \"v1\", \"extend\": \"1h\"}} (or \"until\": RFC 3339, or \"endNow\": true): {e}"
-            ))
-        }
+        Err(r) => return *r,
     };
     let extend_secs = match parsed.extend.as_deref().map(humantime::parse_duration) {
         None => None,
@@ -741,17 +746,9 @@ async fn bump(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         Ok(v) => v,
         Err(words) => return text(StatusCode::BAD_REQUEST, &words, colour::REJECTED_ORANGE_RED),
     };
-    let parsed: BumpBody = match serde_json::from_slice(&body) {
+    let parsed: BumpBody = match json_body(&body, r#"{"scope": "patch"} (patch, minor or major)"#) {
         Ok(b) => b,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                "the body must be JSON like {{\"scope\": \"patch\"}} (patch, minor or major): {e}"
-            ),
-                colour::REJECTED_ORANGE_RED,
-            )
-        }
+        Err(r) => return *r,
     };
     let command = Bump {
         entity: parsed
