@@ -475,3 +475,79 @@ fn watching(child: &mut std::process::Child) {
     rx.recv_timeout(Duration::from_secs(20))
         .expect("tes watch never started watching");
 }
+
+#[test]
+fn a_restored_ledger_gets_an_event_log_that_matches_it() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let log = data.join("logs/worker-events.log");
+    let sha = |p: &str| hex::encode(sha2::Sha256::digest(p.as_bytes()));
+    let logged = |p: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&sha(p))
+    };
+    assert_eq!(run(args(with_keys(tes(data)), &["init"])).code, 0);
+    sign(args(with_keys(tes(data)), &["sign", "before-the-backup"]));
+    let backup = data.join("backup.db");
+    rusqlite::Connection::open(data.join("ledger.db"))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+
+    // The daemon logs two signatures the restore will take away.
+    let daemon = Daemon::spawn(with_keys(tes(data)), &[]);
+    wait_until_ok(|| args(tes(data), &["health"]));
+    sign(args(tes(data), &["sign", "lost-1"]));
+    sign(args(tes(data), &["sign", "lost-2"]));
+    wait_for("the event log", || logged("lost-2"));
+    drop(daemon);
+
+    // Restore (RUNBOOK §9, without NATS), start again, sign.
+    std::fs::copy(&backup, data.join("ledger.db")).unwrap();
+    for f in ["ledger.db-wal", "ledger.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    let _daemon = Daemon::spawn(with_keys(tes(data)), &[]);
+    wait_until_ok(|| args(tes(data), &["health"]));
+    sign(args(tes(data), &["sign", "after-the-restore"]));
+    wait_for("the event log after the restore", || {
+        logged("after-the-restore")
+    });
+
+    // The old lines are kept aside; the log now is the ledger, line for line.
+    let aside: Vec<_> = std::fs::read_dir(data.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("discarded-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let old = std::fs::read_to_string(aside[0].join("worker-events.log")).unwrap();
+    assert!(old.contains(&sha("lost-2")));
+    assert!(!logged("lost-1") && !logged("lost-2"));
+    let lines = json_lines(&std::fs::read_to_string(&log).unwrap());
+    let ledger = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
+    let rows: Vec<(u64, String)> = ledger
+        .prepare("SELECT seq, id FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let logged_rows: Vec<(u64, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["seq"].as_u64().unwrap(),
+                l["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(logged_rows, rows, "one line per ledger event, the same ids");
+}

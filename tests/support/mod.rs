@@ -65,7 +65,7 @@ pub fn args(mut c: Command, a: &[&str]) -> Command {
     c
 }
 
-/// `tes secret put --version 2` with `secret` piped on stdin; must succeed.
+/// `tes secret put --key-version v2` with `secret` piped on stdin; must succeed.
 pub fn secret_put(c: Command, secret: &str) {
     secret_put_as(c, &["--version", "2"], secret)
 }

@@ -154,6 +154,81 @@ impl EventStream {
     }
 }
 
+/// What the stream holds of one ledger past a seq (see
+/// [`EventStream::ledger_tail`]).
+#[derive(Debug, Default)]
+pub struct LedgerTail {
+    /// The id of the event the stream holds at the seq asked from, if it
+    /// holds one: the caller compares it with its own row there.
+    pub at: Option<tes_proto::MsgId>,
+    /// The events after that seq, in ledger order, each once.
+    pub after: Vec<(u64, Envelope<Event>)>,
+}
+
+impl EventStream {
+    /// The events of ledger `ledger` (its identity, as in `Tes-Ledger`)
+    /// that the stream holds after ledger seq `after`. Read backwards from
+    /// the stream's end, one message at a time, until a message of that
+    /// ledger at or before `after`: cheap when the ledger is up to date
+    /// (one read), proportional to the gap after a restore.
+    pub async fn ledger_tail(&self, ledger: &str, after: u64) -> Result<LedgerTail, BusError> {
+        let stream = self
+            .js
+            .get_stream(subject::EVENTS_STREAM)
+            .await
+            .map_err(|e| transport(format!("stream {}: {e}", subject::EVENTS_STREAM)))?;
+        let state = stream.cached_info().state.clone();
+        let mut tail = LedgerTail::default();
+        let mut newer: Vec<(u64, Envelope<Event>)> = Vec::new();
+        let mut s = state.last_sequence;
+        while s >= state.first_sequence.max(1) {
+            let m = match stream.get_raw_message(s).await {
+                Ok(m) => m,
+                // A message that is gone (the stream's limits) leaves a hole.
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    s -= 1;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(transport(format!(
+                        "reading {}: {e}",
+                        subject::EVENTS_STREAM
+                    )))
+                }
+            };
+            s -= 1;
+            let header = |name| m.headers.get(name).map(|v| v.as_str());
+            let Some(seq) = header(LEDGER_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok()) else {
+                continue; // a bus-only event
+            };
+            if header(subject::LEDGER_ID_HEADER).is_some_and(|id| id != ledger) {
+                continue;
+            }
+            let event = ContentType::from_header(header(CONTENT_TYPE_HEADER))
+                .and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload))
+                .map_err(|e| {
+                    transport(format!(
+                        "{} message {} (ledger seq {seq}) does not decode: {e}",
+                        subject::EVENTS_STREAM,
+                        m.sequence
+                    ))
+                })?;
+            if seq <= after {
+                tail.at = (seq == after).then_some(event.id);
+                break;
+            }
+            newer.push((seq, event));
+        }
+        // Oldest first; a seq the stream holds twice (resent after the
+        // duplicate window) once.
+        newer.reverse();
+        newer.sort_by_key(|(seq, _)| *seq);
+        newer.dedup_by_key(|(seq, _)| *seq);
+        tail.after = newer;
+        Ok(tail)
+    }
+}
+
 async fn confirmed(
     pending: Vec<jetstream::context::PublishAckFuture>,
 ) -> (usize, Option<BusError>) {

@@ -31,6 +31,31 @@ pub enum Source {
     Stream(Box<EventStream>),
 }
 
+impl Source {
+    /// Whether the ledger holds event `id` at `seq`, when that can be told:
+    /// how a follower that keeps its place in a file (the event log) finds
+    /// that the ledger was restored from an older copy and its place is gone.
+    /// Only the ledger file can go back; `TES_EVENTS` cannot (a writer whose
+    /// ledger was restored takes back from it what it had published), so for
+    /// the stream, and for a ledger that cannot be read, the answer is `None`.
+    pub fn holds(&self, seq: u64, id: &str) -> Option<bool> {
+        match self {
+            Source::Ledger(path) => {
+                let ledger = tes_ledger::Ledger::open_reader(path).ok()?;
+                let mut found = None;
+                ledger
+                    .for_each_raw(seq, seq, |row| {
+                        found = Some(row.id.to_string());
+                        Ok::<_, tes_ledger::LedgerError>(false)
+                    })
+                    .ok()?;
+                Some(found.as_deref() == Some(id))
+            }
+            Source::Stream(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Item {
     /// A ledger event and its seq.

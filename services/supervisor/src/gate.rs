@@ -40,7 +40,7 @@ pub fn check_rotate(
                 ErrorCode::NoNextVersion,
                 format!(
                     "{next} key not configured: no key version after {active} is provisioned. \
-                     Provision one with `openssl rand -hex 32 | tes secret put --version {n}` or VERSION_SIGNING_KEY_V{n}",
+                     Provision one with `openssl rand -hex 32 | tes secret put --key-version v{n}` or VERSION_SIGNING_KEY_V{n}",
                     n = next.get()
                 ),
             )

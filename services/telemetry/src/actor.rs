@@ -89,13 +89,33 @@ pub async fn start(
     config: TelemetryConfig,
 ) -> Result<Telemetry, TelemetryError> {
     let path = config.log_dir.join(FILE_NAME);
+    let mut after = EventLog::last_entry(&path);
+    // A log that goes on past what the ledger holds, or holds another event
+    // at its last seq, belongs to a history the ledger no longer has (it was
+    // restored from a backup): set it aside and write the log again from the
+    // ledger, rather than skip the new events that take those seqs.
+    if let Some((seq, Some(id))) = &after {
+        if source.holds(*seq, id) == Some(false) {
+            let suffix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string();
+            let aside =
+                EventLog::set_aside(&path, &suffix).map_err(|error| TelemetryError::Log {
+                    path: path.display().to_string(),
+                    error,
+                })?;
+            tracing::warn!(seq, aside = %aside.display(), "the event log went past what the ledger holds (a restored ledger?): set it aside and writing it again from the ledger");
+            after = None;
+        }
+    }
+    let after = after.map_or(0, |(seq, _)| seq);
     let log = EventLog::open(&path, config.log_max_bytes, config.log_keep).map_err(|error| {
         TelemetryError::Log {
             path: path.display().to_string(),
             error,
         }
     })?;
-    let after = EventLog::last_seq(&path).unwrap_or(0);
     let shared = Arc::new(Shared {
         snapshot: Mutex::new(None),
         log,

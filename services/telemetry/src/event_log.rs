@@ -117,7 +117,36 @@ impl EventLog {
     /// The seq of the last line in the log at `path` (or in its newest
     /// rotated file), so a restarted Telemetry goes on after it.
     pub fn last_seq(path: &Path) -> Option<u64> {
-        last_seq_in(path).or_else(|| last_seq_in(&rotated(path, 1)))
+        EventLog::last_entry(path).map(|(seq, _)| seq)
+    }
+
+    /// The seq and event id of the last line (see [`EventLog::last_seq`]).
+    pub fn last_entry(path: &Path) -> Option<(u64, Option<String>)> {
+        last_entry_in(path).or_else(|| last_entry_in(&rotated(path, 1)))
+    }
+
+    /// Moves the log at `path` and its rotated files into the folder
+    /// `discarded-<suffix>` beside them (for a history the ledger no longer
+    /// holds: a restore). Returns that folder.
+    pub fn set_aside(path: &Path, suffix: &str) -> io::Result<PathBuf> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let aside = dir.join(format!("discarded-{suffix}"));
+        fs::create_dir_all(&aside)?;
+        let name = path.file_name().unwrap_or_default().to_owned();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let file = entry.file_name();
+            let is_ours = file == name
+                || file
+                    .to_str()
+                    .zip(name.to_str())
+                    .and_then(|(f, n)| f.strip_prefix(n)?.strip_prefix('.'))
+                    .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+            if is_ours {
+                fs::rename(entry.path(), aside.join(&file))?;
+            }
+        }
+        Ok(aside)
     }
 }
 
@@ -279,7 +308,7 @@ fn rotated(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn last_seq_in(path: &Path) -> Option<u64> {
+fn last_entry_in(path: &Path) -> Option<(u64, Option<String>)> {
     const TAIL: u64 = 64 * 1024;
     let mut file = File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
@@ -291,7 +320,13 @@ fn last_seq_in(path: &Path) -> Option<u64> {
     tail.lines().rev().find_map(|line| {
         let rest = line.split_once("\"seq\":")?.1;
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
+        let seq = digits.parse().ok()?;
+        // Ids are UUIDs: nothing to unescape.
+        let id = line
+            .split_once("\"id\":\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(id, _)| id.to_string());
+        Some((seq, id))
     })
 }
 

@@ -542,7 +542,7 @@ pub enum CheckpointArg {
 #[derive(Debug, Subcommand)]
 pub enum Secret {
     /// Store a version's secret, read from stdin:
-    /// `openssl rand -hex 32 | tes secret put --version 2`.
+    /// `openssl rand -hex 32 | tes secret put --key-version v2`.
     Put {
         /// The key version the secret is for (v2, or 2).
         #[arg(long = "key-version", visible_alias = "version", value_name = "vN")]

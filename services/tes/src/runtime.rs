@@ -17,6 +17,7 @@ use tes_proto::reply::StatusReply;
 use tes_proto::{CommandBody, ContentType, Fingerprint, KeyVersion, ThreadId};
 use tes_supervisor::actor::SupervisorConfig;
 use tes_version_management::actor::{self, ActorConfig, Running};
+use tes_version_management::catch_up;
 use tes_version_management::engine::system_clock;
 use tes_version_management::replica::{self, Replica, ReplicaConfig};
 use tes_version_management::{Engine, EngineConfig, Request};
@@ -592,6 +593,31 @@ async fn start_version(
     let env = environment();
     let fresh = !global.ledger_path().exists();
     let configured = configured_audit_key(&env, key_store)?;
+    // On NATS, one writer per deployment: the lease before anything is
+    // written. A ledger that is behind TES_EVENTS (restored from a backup)
+    // first takes back what the stream holds past its head, before the
+    // engine decides anything (a new key's provisioning, say) on top of it.
+    let mut lease = None;
+    if let (Some(client), Some(stream), false) = (&nats, &actor_config.event_stream, fresh) {
+        let path = global.ledger_path();
+        let mut ledger = tes_ledger::Ledger::open_writer(&path)
+            .map_err(Failure::input)
+            .map_err(|f| Failure {
+                error: f.error.context("cannot open Version Management"),
+                ..f
+            })?;
+        lease = Some(hold_lease(client.clone(), &ledger, &path).await?);
+        let taken = catch_up::from_stream(&mut ledger, stream, actor::OUTBOX)
+            .await
+            .map_err(Failure::check)?;
+        if taken > 0 {
+            tracing::warn!(
+                taken,
+                head = ledger.head().seq,
+                "the ledger was behind TES_EVENTS (restored from a backup?): took back the events the stream held past its head"
+            );
+        }
+    }
     // The ledger first: a file that is not one is refused before anything
     // (the bundle store's directory included) is made beside it.
     let (engine, held) = open_engine(global, run, key_store, &env, keys, None)?;
@@ -601,11 +627,9 @@ async fn start_version(
             .event_stream
             .map(|s| s.for_ledger(tes_ledger::chain::to_hex(&identity)));
     }
-    // On NATS, one writer per deployment: the lease before anything is served.
-    let lease = match nats {
-        Some(client) => Some(hold_lease(client, engine.ledger(), &global.ledger_path()).await?),
-        None => None,
-    };
+    if let (None, Some(client)) = (&lease, nats) {
+        lease = Some(hold_lease(client, engine.ledger(), &global.ledger_path()).await?);
+    }
     let store = match store_config {
         Some(config) => Some(tes_bundles::Store::new(&config).map_err(Failure::input)?),
         None => None,

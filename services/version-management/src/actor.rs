@@ -293,7 +293,7 @@ fn engine_loop(
 }
 
 /// The name of Version Management's cursor in the ledger's outbox table.
-const OUTBOX: &str = "TES_EVENTS";
+pub const OUTBOX: &str = "TES_EVENTS";
 /// Events sent to JetStream per round trip.
 const OUTBOX_CHUNK: usize = 256;
 

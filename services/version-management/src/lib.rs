@@ -4,6 +4,8 @@
 //! - [`core`]: the pure decider (state, evolve, decide, signing plans).
 //! - [`engine`]: the synchronous shell around it: ledger + keyring + state,
 //!   group commit.
+//! - [`catch_up`]: a writer whose ledger is behind `TES_EVENTS` (restored
+//!   from a backup) takes back the events it had published, before writing.
 //! - [`replay`]: rebuilding state from any ledger, to a seq or a time.
 //! - [`actor`]: the bus-facing side: `tes.cmd.0x6001.*` in, replies and
 //!   `tes.evt.0x6001.*` out.
@@ -11,6 +13,7 @@
 //!   `TES_EVENTS`, audit records written through the ledger writer.
 
 pub mod actor;
+pub mod catch_up;
 pub mod core;
 pub mod engine;
 pub mod replay;

@@ -174,3 +174,92 @@ async fn committed_events_reach_the_stream_in_order_exactly_once() {
     until_streamed(&watcher, &ledgered(dir.path())).await;
     drop(running.stop().await);
 }
+
+/// RUNBOOK §9 on NATS: a ledger restored from a backup takes back, from
+/// `TES_EVENTS`, the events it published after the backup — the same rows,
+/// so the same hashes — and one that was written to on its own after the
+/// backup (a fork) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_ledger_takes_back_what_the_stream_holds_and_a_forked_one_is_refused() {
+    use tes_version_management::catch_up::{self, CatchUpError};
+    let server = TestServer::start();
+    server.ready(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let mut e = engine(dir.path());
+    e.handle_batch((0..3).map(sign).collect());
+    drop(e);
+    let backup = dir.path().join("backup.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+
+    // After the backup: more signatures, published.
+    let bus = NatsBus::connect(&NatsConfig {
+        url: server.url(),
+        name: "catch-up-test".into(),
+        ..NatsConfig::default()
+    })
+    .await
+    .unwrap();
+    let stream = EventStream::ensure(bus.client().clone()).await.unwrap();
+    let config = ActorConfig {
+        event_stream: Some(stream.clone()),
+        ..ActorConfig::default()
+    };
+    let running = actor::start(engine(dir.path()), Arc::new(bus.clone()), config)
+        .await
+        .unwrap();
+    for i in 10..17 {
+        running.handle().call(sign(i)).await.unwrap();
+    }
+    until_streamed(bus.client(), &ledgered(dir.path())).await;
+    drop(running.stop().await);
+    let original = Ledger::open_reader(&path).unwrap();
+    let backed_up = Ledger::open_reader(&backup).unwrap().head().seq;
+    assert!(original.head().seq > backed_up);
+
+    // Restored: everything comes back, row for row.
+    let restored = dir.path().join("restored.db");
+    std::fs::copy(&backup, &restored).unwrap();
+    let mut ledger = Ledger::open_writer(&restored).unwrap();
+    let taken = catch_up::from_stream(&mut ledger, &stream, actor::OUTBOX)
+        .await
+        .unwrap();
+    assert_eq!(taken, original.head().seq - backed_up);
+    assert_eq!(
+        ledger.head(),
+        original.head(),
+        "the same chain, hash for hash"
+    );
+    let outbox = tes_ledger::Outbox::open(&restored, actor::OUTBOX).unwrap();
+    assert_eq!(
+        outbox.cursor().unwrap(),
+        original.head().seq,
+        "not sent again"
+    );
+    // Up to date: nothing more to take.
+    assert_eq!(
+        catch_up::from_stream(&mut ledger, &stream, actor::OUTBOX)
+            .await
+            .unwrap(),
+        0
+    );
+    drop(ledger);
+
+    // Restored, then written to without NATS: refused, naming the seq.
+    let forked = dir.path().join("forked");
+    std::fs::create_dir(&forked).unwrap();
+    std::fs::copy(&backup, forked.join("ledger.db")).unwrap();
+    let mut e = engine(&forked);
+    e.handle_batch(vec![sign(99)]);
+    drop(e);
+    let mut ledger = Ledger::open_writer(&forked.join("ledger.db")).unwrap();
+    let head = ledger.head();
+    match catch_up::from_stream(&mut ledger, &stream, actor::OUTBOX).await {
+        Err(CatchUpError::Forked { seq, .. }) => assert_eq!(seq, head.seq),
+        other => panic!("a fork must be refused: {other:?}"),
+    }
+    assert_eq!(ledger.head(), head, "nothing appended to a forked ledger");
+}

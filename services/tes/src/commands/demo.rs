@@ -251,7 +251,7 @@ async fn story(rt: &mut Actors, p: Printer) -> Result<()> {
 /// Shows the keys, and makes sure there is a version to rotate to: one from
 /// the environment (`VERSION_SIGNING_KEY_V2`) or, failing that, a fresh
 /// random one in the key store, exactly as
-/// `openssl rand -hex 32 | tes secret put --version N` would store it.
+/// `openssl rand -hex 32 | tes secret put --key-version vN` would store it.
 async fn keys(rt: &mut Actors, p: Printer) -> Result<()> {
     let status = rt.status().await?;
     if status.next.is_none() {
@@ -268,7 +268,7 @@ async fn keys(rt: &mut Actors, p: Printer) -> Result<()> {
             .map_err(Failure::input)?;
         rt.rekey().await?;
         p.say(format!(
-            "   (no {next} secret in the environment: generated one into the {}, as `openssl rand -hex 32 | tes secret put --version {}` would)",
+            "   (no {next} secret in the environment: generated one into the {}, as `openssl rand -hex 32 | tes secret put --key-version v{}` would)",
             rt.key_store().describe(),
             next.get()
         ));

@@ -17,7 +17,7 @@ pub fn put(global: &Global, version: KeyVersion, replace: bool) -> Result<()> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         return Err(Failure::input(anyhow!(
-            "pipe the secret on stdin, e.g. `openssl rand -hex 32 | tes secret put --version {}`",
+            "pipe the secret on stdin, e.g. `openssl rand -hex 32 | tes secret put --key-version v{}`",
             version.get()
         )));
     }

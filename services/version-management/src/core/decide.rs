@@ -200,7 +200,7 @@ fn provision(state: &State, ctx: &Context<'_>) -> Result<Vec<Event>, Rejection> 
                          (fingerprint {} recorded, {} given): refusing to re-key {version} silently; \
                          signatures made under the recorded material would stop verifying. \
                          Restore the original secret, or replace it on purpose with \
-                         `tes secret put --version {} --replace`",
+                         `tes secret put --key-version v{} --replace`",
                         k.fingerprint,
                         fingerprint,
                         version.get()
@@ -267,7 +267,7 @@ fn not_configured(after: KeyVersion) -> Rejection {
         ErrorCode::NoNextVersion,
         format!(
             "{next} key not configured: no key version after {after} is provisioned. \
-             Provision one with `openssl rand -hex 32 | tes secret put --version {n}` \
+             Provision one with `openssl rand -hex 32 | tes secret put --key-version v{n}` \
              or VERSION_SIGNING_KEY_V{n}",
             n = next.get()
         ),
@@ -403,7 +403,7 @@ fn revoke(
             format!(
                 "{version} is the active version and no version this signer holds can take over: \
                  revoking it would leave nothing to sign with. Provision {next} first \
-                 (`openssl rand -hex 32 | tes secret put --version {n}`), or pass --force to revoke \
+                 (`openssl rand -hex 32 | tes secret put --key-version v{n}`), or pass --force to revoke \
                  it anyway (signing then refuses until a new version is provisioned and rotated to)",
                 next = version.next(),
                 n = version.next().get()

@@ -37,7 +37,7 @@ fn missing(v: KeyVersion) -> Rejection {
     Rejection::new(
         ErrorCode::MissingKey,
         format!(
-            "{v} key not available on this signer [HSL:#FF0000]: set VERSION_SIGNING_KEY{} or add it with `tes secret put --version {}`",
+            "{v} key not available on this signer [HSL:#FF0000]: set VERSION_SIGNING_KEY{} or add it with `tes secret put --key-version v{}`",
             if v == KeyVersion::V1 { String::new() } else { format!("_V{}", v.get()) },
             v.get()
         ),
@@ -80,7 +80,7 @@ pub fn plan(
                 ErrorCode::RevokedVersion,
                 format!(
                     "nothing signs: the active version was revoked with no version to take over ({}). \
-                     Provision a new version (`openssl rand -hex 32 | tes secret put --version {n}`) \
+                     Provision a new version (`openssl rand -hex 32 | tes secret put --key-version v{n}`) \
                      and rotate to it (`tes rotate`)",
                     why.message,
                     n = v.next().get()

@@ -1,0 +1,104 @@
+//! A writer that starts behind `TES_EVENTS` takes back what it published.
+//!
+//! The ledger file is the truth, but on NATS every committed event was also
+//! stored in `TES_EVENTS` (the outbox publishes after commit). When the file
+//! is older than the stream — restored from a backup (RUNBOOK §9), or copied
+//! from a host that was lost — starting to write at once would give new
+//! events the seqs the stream already holds with other content: a fork, seen
+//! by every witness, and skipped by every follower (they drop a seq they
+//! have seen). So before anything is decided, the events the stream holds
+//! past the ledger's head are appended again, byte for byte the same rows
+//! (same ids, times and payloads, so the same hashes), and the chain goes on
+//! from where it really was.
+//!
+//! Refused, with the seq named, when the two disagree: the stream's event at
+//! the ledger's head is another one (this file went its own way after the
+//! backup), or the stream's seqs do not follow on from the head.
+
+use tes_bus::jetstream::EventStream;
+use tes_ledger::{Ledger, LedgerError, Outbox};
+
+/// How many events are appended per transaction.
+const BATCH: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error("reading TES_EVENTS to bring the ledger up to date: {0}")]
+    Stream(#[from] tes_bus::BusError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("the ledger and TES_EVENTS disagree at seq {seq}: the ledger holds event {ours}, the stream {theirs} — this file went its own way after the stream recorded that seq (a restored backup that was written to without NATS?); `tes audit verify` shows where, and a newer backup or the stream's writer is the one to keep")]
+    Forked {
+        seq: u64,
+        ours: String,
+        theirs: String,
+    },
+    #[error("TES_EVENTS does not follow on from the ledger's head: after seq {head} it holds seq {found} first; not writing on a ledger with a hole")]
+    Gap { head: u64, found: u64 },
+}
+
+/// Appends the events `stream` holds past `ledger`'s head and moves the
+/// outbox `cursor` past them (they are published already). Returns how many
+/// were taken back.
+pub async fn from_stream(
+    ledger: &mut Ledger,
+    stream: &EventStream,
+    cursor: &str,
+) -> Result<u64, CatchUpError> {
+    let Some(identity) = ledger.identity()? else {
+        return Ok(0); // a new ledger has nothing published yet
+    };
+    let head = ledger.head().seq;
+    let tail = stream
+        .ledger_tail(&tes_ledger::chain::to_hex(&identity), head)
+        .await?;
+    if let Some(theirs) = tail.at {
+        let ours = ledger
+            .events_from(head)?
+            .into_iter()
+            .next()
+            .map(|(_, e)| e.id);
+        if ours != Some(theirs) {
+            return Err(CatchUpError::Forked {
+                seq: head,
+                ours: ours.map_or("none".into(), |id| id.to_string()),
+                theirs: theirs.to_string(),
+            });
+        }
+    }
+    let mut taken = 0;
+    for chunk in tail.after.chunks(BATCH) {
+        let expected = ledger.head().seq + 1;
+        if chunk[0].0 != expected {
+            return Err(CatchUpError::Gap {
+                head: expected - 1,
+                found: chunk[0].0,
+            });
+        }
+        if let Some(w) = chunk.windows(2).find(|w| w[1].0 != w[0].0 + 1) {
+            return Err(CatchUpError::Gap {
+                head: w[0].0,
+                found: w[1].0,
+            });
+        }
+        // An id the ledger already holds is one it wrote after the backup
+        // under another seq: the same fork, seen from the other side. Looked
+        // for first, as `append` would skip it and shift every seq after.
+        for (seq, e) in chunk {
+            if let Some(at) = ledger.seq_of(&e.id)? {
+                return Err(CatchUpError::Forked {
+                    seq: *seq,
+                    ours: format!("{} (at seq {at})", e.id),
+                    theirs: e.id.to_string(),
+                });
+            }
+        }
+        let events: Vec<_> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        ledger.append(&events)?;
+        taken += chunk.len() as u64;
+    }
+    if taken > 0 {
+        Outbox::open(ledger.path(), cursor)?.advance(ledger.head().seq)?;
+    }
+    Ok(taken)
+}
