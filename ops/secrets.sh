@@ -4,17 +4,17 @@
 # password per user of ops/nats-server.conf, and the S3 secret of the
 # optional MinIO profile. An existing file is never overwritten.
 #
-# The directory is 0700 (only you); the files are 0644 because compose
-# bind-mounts them into containers that run as another user (tes, uid 10001),
-# which must be able to read them.
+# The directory is 0700 and the files 0600: only you. Compose bind-mounts
+# them into the containers as they are; the image's entrypoint
+# (ops/entrypoint.sh) reads them as root and hands copies to the tes user.
 set -euo pipefail
 dir=${1:-"$(dirname "$0")/secrets"}
 mkdir -p "$dir"
 chmod 700 "$dir"
 make() {
     [ -s "$dir/$1" ] && return
-    openssl rand -hex 32 > "$dir/$1"
-    chmod 644 "$dir/$1"
+    (umask 077 && openssl rand -hex 32 > "$dir/$1")
+    chmod 600 "$dir/$1"
 }
 make version_signing_key
 make version_signing_key_v2

@@ -1,0 +1,426 @@
+//! docker-compose.yml, run for real: the images ops/images.sh builds with no
+//! registry (from Debian's packages and PyPI, with the `tes` this test run
+//! built), the whole stack up with ops/compose.local-images.yml (NATS with
+//! ops/nats-server.conf, every actor in its own container as its own NATS
+//! user, the gateway, the `s3` profile on moto), driven from outside the
+//! containers — then faults across containers and `down`/`up` on the same
+//! volumes.
+//!
+//! A crash is the version container's main process killed with SIGKILL from
+//! the host (as the kernel's OOM killer would): `docker kill` counts as an
+//! operator's stop, after which Docker's restart policy does nothing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn sh(c: &mut Command) -> (i32, String, String) {
+    let o = c.output().expect("runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(c: &mut Command) -> String {
+    let (code, out, err) = sh(c);
+    assert_eq!(code, 0, "{c:?}\n{out}{err}");
+    out
+}
+
+/// One compose project: its own name, folder (secrets), ports and volumes;
+/// `down -v` on drop.
+struct Project {
+    name: String,
+    dir: tempfile::TempDir,
+    nats: u16,
+    http: u16,
+    metrics: u16,
+    s3: u16,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ops")).unwrap();
+        std::os::unix::fs::symlink(
+            root().join("ops/nats-server.conf"),
+            dir.path().join("ops/nats-server.conf"),
+        )
+        .unwrap();
+        ok(Command::new(root().join("ops/secrets.sh")).arg(dir.path().join("ops/secrets")));
+        Project {
+            name: format!("tes-it-{}", std::process::id()),
+            dir,
+            nats: free_port(),
+            http: free_port(),
+            metrics: free_port(),
+            s3: free_port(),
+        }
+    }
+
+    fn compose(&self) -> Command {
+        // The Compose tool this machine has: the docker plugin, or the
+        // standalone docker-compose.
+        let plugin = Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let mut c = if plugin {
+            let mut c = Command::new("docker");
+            c.arg("compose");
+            c
+        } else {
+            Command::new("docker-compose")
+        };
+        c.arg("-p")
+            .arg(&self.name)
+            .arg("--project-directory")
+            .arg(self.dir.path())
+            .arg("-f")
+            .arg(root().join("docker-compose.yml"))
+            .arg("-f")
+            .arg(root().join("ops/compose.local-images.yml"))
+            .args(["--profile", "s3"])
+            .env("TES_NATS_PORT", self.nats.to_string())
+            .env("TES_HTTP_PORT", self.http.to_string())
+            .env("TES_METRICS_PORT", self.metrics.to_string())
+            .env("TES_S3_PORT", self.s3.to_string())
+            .env("TES_BUNDLE_STORE", "s3://tes-bundles")
+            .env("TES_GRACE", "3s")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn compose_args(&self, a: &[&str]) -> Command {
+        let mut c = self.compose();
+        c.args(a);
+        c
+    }
+
+    fn secret(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("ops/secrets").join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The container of `service`.
+    fn container(&self, service: &str) -> String {
+        ok(&mut self.compose_args(&["ps", "-q", service]))
+            .trim()
+            .to_string()
+    }
+
+    /// Waits until every running service with a healthcheck is healthy.
+    fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ids = ok(&mut self.compose_args(&["ps", "-q"]));
+            let states: Vec<String> = ids
+                .lines()
+                .map(|id| {
+                    ok(Command::new("docker").args([
+                        "inspect",
+                        "-f",
+                        "{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+                        id,
+                    ]))
+                    .trim()
+                    .to_string()
+                })
+                .collect();
+            let waiting: Vec<&String> = states
+                .iter()
+                .filter(|s| s.contains(" running ") && !s.ends_with(" healthy"))
+                .collect();
+            if states.len() >= 8 && waiting.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let (_, logs, _) = sh(&mut self.compose_args(&["logs", "--tail", "20"]));
+                panic!("not healthy within {within:?}: {states:?}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `tes` on the host, as NATS user `user` of this stack.
+    fn tes_as(&self, user: &str) -> Command {
+        let mut c = tes(self.dir.path());
+        c.args(["--nats", &format!("nats://127.0.0.1:{}", self.nats)])
+            .env("TES_NATS_USER", user)
+            .env(
+                "TES_NATS_PASSWORD_FILE",
+                self.dir.path().join(format!("ops/secrets/nats_pw_{user}")),
+            );
+        c
+    }
+
+    /// Signs `payload` as the `client` user: (signature, key version, seq).
+    fn sign(&self, payload: &str) -> Option<(String, String, u64)> {
+        let r = run(args(self.tes_as("client"), &["--json", "sign", payload]));
+        if r.code != 0 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).ok()?;
+        Some((
+            v["signature"].as_str()?.to_string(),
+            v["keyVersion"].as_str()?.to_string(),
+            v["seq"].as_u64()?,
+        ))
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self
+            .compose_args(&["down", "-v", "--remove-orphans"])
+            .output();
+    }
+}
+
+fn head_seq(p: &Project) -> u64 {
+    let r = run(args(p.tes_as("operator"), &["--json", "status"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v["headSeq"].as_u64().unwrap()
+}
+
+fn openssl_hmac(secret: &str, payload: &str) -> String {
+    let out = ok(Command::new("sh").arg("-c").arg(format!(
+        "printf %s '{payload}' | openssl dgst -sha256 -hmac '{secret}'"
+    )));
+    out.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
+    // Images: built without a registry, cached between runs.
+    ok(Command::new(root().join("ops/images.sh")).env("TES_BIN", env!("CARGO_BIN_EXE_tes")));
+    let p = Project::new();
+    // Secrets are the owner's only; the containers still read them.
+    let mode = std::fs::metadata(p.dir.path().join("ops/secrets/version_signing_key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    ok(&mut p.compose_args(&["up", "-d", "--no-build"]));
+    p.wait_healthy(Duration::from_secs(120));
+
+    // Watch the bus as the read-only user.
+    let mut watch = p.tes_as("monitor");
+    let watch = watch
+        .args(["--json", "watch", "--kind", "key_rotate"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watch = Daemon(watch);
+
+    // A signature under v1, a rotation through the gateway, one under v2:
+    // both verify with openssl and the secrets the containers were given.
+    let (sig1, v, _) = p.sign("before-the-rotation").expect("signs as client");
+    assert_eq!(v, "v1");
+    assert_eq!(
+        sig1,
+        openssl_hmac(&p.secret("version_signing_key"), "before-the-rotation")
+    );
+    // A version bump: a bundle under bundle/v1/ in the s3 container.
+    let r = run(args(p.tes_as("client"), &["bump", "patch"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let base = format!("http://127.0.0.1:{}", p.http);
+    let rotate = format!(
+        r#"curl -s -X POST {base}/admin/rotate -H "Authorization: Bearer {}" -H "X-CSRF-Token: $(curl -s {base}/api/auth/csrf-token | jq -r .token)""#,
+        p.secret("admin_token")
+    );
+    let body = ok(Command::new("sh").arg("-c").arg(&rotate));
+    assert!(body.contains("Key rotation to V2 completed"), "{body}");
+    let (sig2, v, _) = p.sign("after-the-rotation").unwrap();
+    assert_eq!(v, "v2");
+    assert_eq!(
+        sig2,
+        openssl_hmac(&p.secret("version_signing_key_v2"), "after-the-rotation")
+    );
+
+    // /metrics from the telemetry container's published port.
+    wait_for("the rotation on /metrics", Duration::from_secs(20), || {
+        sh(Command::new("curl").args(["-s", &format!("http://127.0.0.1:{}/metrics", p.metrics)]))
+            .1
+            .contains("tes_rotations_total 1")
+    });
+    // The seed's rg line on the event log of the logs volume.
+    let log = p.dir.path().join("worker-events.log");
+    wait_for(
+        "a v2 signature in the event log",
+        Duration::from_secs(20),
+        || {
+            let _ = sh(Command::new("docker").args([
+                "cp",
+                &format!(
+                    "{}:/var/lib/tes/logs/worker-events.log",
+                    p.container("telemetry")
+                ),
+                log.to_str().unwrap(),
+            ]));
+            sh(Command::new("sh")
+                .arg("-c")
+                .arg(r#"rg '"keyVersion":\s*"v2"' worker-events.log | wc -l"#)
+                .current_dir(p.dir.path()))
+            .1
+            .trim()
+                == "1"
+        },
+    );
+    // The watcher saw the rotation.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut watch = watch;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(watch.0.id().to_string())
+        .status();
+    let mut seen = String::new();
+    std::io::Read::read_to_string(watch.0.stdout.as_mut().unwrap(), &mut seen).unwrap();
+    assert!(seen.contains("\"key_rotate\""), "tes watch: {seen}");
+
+    // v1 retires after its 3 s grace; its bundles move to archive/v1/ in
+    // the s3 container, STANDARD_IA, read back with boto3.
+    let list = format!(
+        "import boto3; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', aws_access_key_id='tes', aws_secret_access_key='x')\n\
+         for o in s3.list_objects_v2(Bucket='tes-bundles', Prefix='archive/v1/').get('Contents', []): print(o['Key'], o.get('StorageClass'))",
+        p.s3
+    );
+    wait_for(
+        "v1's bundle in the archive",
+        Duration::from_secs(60),
+        || {
+            let (_, out, _) = sh(Command::new(python()).args(["-c", &list]));
+            out.lines().any(|l| l.ends_with(" STANDARD_IA"))
+        },
+    );
+
+    // Faults. The version container crashes while clients sign: Docker
+    // restarts it, and every signature handed out is in the ledger.
+    let mut acknowledged = Vec::new();
+    let version_pid = ok(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &p.container("version"),
+    ]));
+    let (deadline, mut i, mut after_the_crash) = (Instant::now() + Duration::from_secs(90), 0, 0);
+    while after_the_crash < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "no signature within 90 s of the crash"
+        );
+        if i == 10 {
+            ok(Command::new("kill").args(["-KILL", version_pid.trim()]));
+        }
+        let payload = format!("around-the-crash-{i}");
+        match p.sign(&payload) {
+            Some(s) => {
+                after_the_crash += usize::from(i > 10);
+                acknowledged.push((payload, s));
+            }
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+        i += 1;
+    }
+    p.wait_healthy(Duration::from_secs(60));
+    wait_for("signing after the crash", Duration::from_secs(30), || {
+        p.sign("after-the-crash").is_some()
+    });
+    // The gateway cut off from the stack's network, then back: it heals.
+    let network = format!("{}_default", p.name.replace('-', ""));
+    let network = if ok(Command::new("docker").args(["network", "ls", "--format", "{{.Name}}"]))
+        .lines()
+        .any(|n| n == network)
+    {
+        network
+    } else {
+        format!("{}_default", p.name)
+    };
+    let gateway = p.container("gateway");
+    ok(Command::new("docker").args(["network", "disconnect", &network, &gateway]));
+    std::thread::sleep(Duration::from_secs(2));
+    ok(Command::new("docker").args([
+        "network", "connect", "--alias", "gateway", &network, &gateway,
+    ]));
+    // A restart of NATS: every actor reconnects.
+    ok(&mut p.compose_args(&["restart", "nats"]));
+    p.wait_healthy(Duration::from_secs(90));
+    wait_for(
+        "signing after the NATS restart",
+        Duration::from_secs(60),
+        || p.sign("after-the-nats-restart").is_some(),
+    );
+    wait_for(
+        "the gateway after its network came back",
+        Duration::from_secs(60),
+        || {
+            sh(Command::new("curl").args(["-sf", &format!("{base}/api/dev/version-ws/health")])).0
+                == 0
+        },
+    );
+    let head = head_seq(&p);
+
+    // Stopped cleanly: the ledger, copied out, holds every acknowledged
+    // signature at the seq its reply named.
+    ok(&mut p.compose_args(&["stop"]));
+    let copy = p.dir.path().join("data");
+    ok(Command::new("docker").args([
+        "cp",
+        &format!("{}:/var/lib/tes/data", p.container("version")),
+        copy.to_str().unwrap(),
+    ]));
+    let ledger = rusqlite::Connection::open(copy.join("ledger.db")).unwrap();
+    assert!(acknowledged.len() >= 20, "{} signed", acknowledged.len());
+    for (payload, (signature, _, seq)) in &acknowledged {
+        let stored: Vec<u8> = ledger
+            .query_row("SELECT payload FROM events WHERE seq = ?1", [seq], |r| {
+                Ok(r.get_ref(0)?.as_bytes()?.to_vec())
+            })
+            .unwrap_or_else(|e| panic!("{payload} (seq {seq}) not in the ledger: {e}"));
+        assert!(
+            stored
+                .windows(signature.len())
+                .any(|w| w == signature.as_bytes()),
+            "{payload}: seq {seq} does not hold its signature"
+        );
+    }
+
+    // down and up on the same volumes: the ledger is there and verifies.
+    ok(&mut p.compose_args(&["down"]));
+    ok(&mut p.compose_args(&["up", "-d", "--no-build"]));
+    p.wait_healthy(Duration::from_secs(120));
+    let verified = ok(&mut p.compose_args(&["exec", "-T", "version", "tes", "audit", "verify"]));
+    assert!(verified.contains("chain sound"), "{verified}");
+    let again = head_seq(&p);
+    assert!(
+        again >= head,
+        "the ledger after up ({again}) is behind the one before down ({head})"
+    );
+}
