@@ -219,9 +219,8 @@ impl EventStream {
             }
             newer.push((seq, event));
         }
-        // Oldest first; a seq the stream holds twice (resent after the
-        // duplicate window) once.
-        newer.reverse();
+        // Oldest first; a seq the stream holds twice (the same event, resent
+        // after the duplicate window) once.
         newer.sort_by_key(|(seq, _)| *seq);
         newer.dedup_by_key(|(seq, _)| *seq);
         tail.after = newer;

@@ -334,12 +334,12 @@ impl Actors {
         Ok(())
     }
 
-    /// The bus these actors are on (to watch their events).
     /// The NATS connection, when the actors run on NATS.
     pub fn nats_client(&self) -> Option<async_nats::Client> {
         self.nats.as_ref().map(|n| n.client().clone())
     }
 
+    /// The bus these actors are on (to watch their events).
     pub fn bus(&self) -> Arc<dyn Bus> {
         self.bus.clone()
     }

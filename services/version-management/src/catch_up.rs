@@ -11,9 +11,11 @@
 //! (same ids, times and payloads, so the same hashes), and the chain goes on
 //! from where it really was.
 //!
-//! Refused, with the seq named, when the two disagree: the stream's event at
-//! the ledger's head is another one (this file went its own way after the
-//! backup), or the stream's seqs do not follow on from the head.
+//! Refused, with the seq named and nothing appended, when the two disagree
+//! (the stream's event at the ledger's head is another one, or one of the
+//! stream's events is already in the file under another seq: this file went
+//! its own way after the backup), when the stream's seqs do not follow on
+//! from the head, or when the file does not verify.
 
 use tes_bus::jetstream::EventStream;
 use tes_ledger::{Ledger, LedgerError, Outbox};
@@ -27,6 +29,8 @@ pub enum CatchUpError {
     Stream(#[from] tes_bus::BusError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("the restored ledger does not verify, so nothing was taken back from TES_EVENTS onto it: {0}")]
+    Broken(#[from] tes_ledger::VerifyError),
     #[error("the ledger and TES_EVENTS disagree at seq {seq}: the ledger holds event {ours}, the stream {theirs} — this file went its own way after the stream recorded that seq (a restored backup that was written to without NATS?); `tes audit verify` shows where, and a newer backup or the stream's writer is the one to keep")]
     Forked {
         seq: u64,
@@ -66,39 +70,37 @@ pub async fn from_stream(
             });
         }
     }
-    let mut taken = 0;
-    for chunk in tail.after.chunks(BATCH) {
-        let expected = ledger.head().seq + 1;
-        if chunk[0].0 != expected {
+    if tail.after.is_empty() {
+        return Ok(0);
+    }
+    // Everything is checked before anything is appended, so a refusal
+    // leaves the file as it was: the stream's seqs follow on from the head,
+    // none of its events is already here under another seq (this file wrote
+    // it after the backup: the same fork, seen from the other side), and the
+    // file itself verifies (appending to a broken chain would bury the
+    // break under good rows).
+    let mut expected = head + 1;
+    for (seq, event) in &tail.after {
+        if *seq != expected {
             return Err(CatchUpError::Gap {
                 head: expected - 1,
-                found: chunk[0].0,
+                found: *seq,
             });
         }
-        if let Some(w) = chunk.windows(2).find(|w| w[1].0 != w[0].0 + 1) {
-            return Err(CatchUpError::Gap {
-                head: w[0].0,
-                found: w[1].0,
+        if let Some(at) = ledger.seq_of(&event.id)? {
+            return Err(CatchUpError::Forked {
+                seq: *seq,
+                ours: format!("{} (at seq {at})", event.id),
+                theirs: event.id.to_string(),
             });
         }
-        // An id the ledger already holds is one it wrote after the backup
-        // under another seq: the same fork, seen from the other side. Looked
-        // for first, as `append` would skip it and shift every seq after.
-        for (seq, e) in chunk {
-            if let Some(at) = ledger.seq_of(&e.id)? {
-                return Err(CatchUpError::Forked {
-                    seq: *seq,
-                    ours: format!("{} (at seq {at})", e.id),
-                    theirs: e.id.to_string(),
-                });
-            }
-        }
+        expected += 1;
+    }
+    tes_ledger::verify(ledger, None)?;
+    for chunk in tail.after.chunks(BATCH) {
         let events: Vec<_> = chunk.iter().map(|(_, e)| e.clone()).collect();
         ledger.append(&events)?;
-        taken += chunk.len() as u64;
     }
-    if taken > 0 {
-        Outbox::open(ledger.path(), cursor)?.advance(ledger.head().seq)?;
-    }
-    Ok(taken)
+    Outbox::open(ledger.path(), cursor)?.advance(ledger.head().seq)?;
+    Ok(tail.after.len() as u64)
 }

@@ -43,6 +43,16 @@ fn engine(dir: &std::path::Path) -> Engine {
     .unwrap()
 }
 
+async fn connect(server: &TestServer, name: &str) -> NatsBus {
+    NatsBus::connect(&NatsConfig {
+        url: server.url(),
+        name: name.into(),
+        ..NatsConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn sign(i: usize) -> Request {
     Request::Sign(Envelope::new(
         MsgId::generate(),
@@ -116,13 +126,7 @@ async fn committed_events_reach_the_stream_in_order_exactly_once() {
     e.handle_batch((0..5).map(sign).collect());
     drop(e);
 
-    let bus = NatsBus::connect(&NatsConfig {
-        url: server.url(),
-        name: "outbox-test".into(),
-        ..NatsConfig::default()
-    })
-    .await
-    .unwrap();
+    let bus = connect(&server, "outbox-test").await;
     let watcher = async_nats::connect(server.url()).await.unwrap();
     let path = dir.path().to_path_buf();
     let start = |bus: NatsBus| {
@@ -196,13 +200,7 @@ async fn a_restored_ledger_takes_back_what_the_stream_holds_and_a_forked_one_is_
         .unwrap();
 
     // After the backup: more signatures, published.
-    let bus = NatsBus::connect(&NatsConfig {
-        url: server.url(),
-        name: "catch-up-test".into(),
-        ..NatsConfig::default()
-    })
-    .await
-    .unwrap();
+    let bus = connect(&server, "catch-up-test").await;
     let stream = EventStream::ensure(bus.client().clone()).await.unwrap();
     let config = ActorConfig {
         event_stream: Some(stream.clone()),
@@ -262,4 +260,23 @@ async fn a_restored_ledger_takes_back_what_the_stream_holds_and_a_forked_one_is_
         other => panic!("a fork must be refused: {other:?}"),
     }
     assert_eq!(ledger.head(), head, "nothing appended to a forked ledger");
+    drop(ledger);
+
+    // A restored copy someone edited: refused before anything is appended.
+    let tampered = dir.path().join("tampered.db");
+    std::fs::copy(&backup, &tampered).unwrap();
+    rusqlite::Connection::open(&tampered)
+        .unwrap()
+        .execute_batch(
+            "DROP TRIGGER events_append_only_update;
+             UPDATE events SET ts = ts + 1 WHERE seq = 2;",
+        )
+        .unwrap();
+    let mut ledger = Ledger::open_writer(&tampered).unwrap();
+    let head = ledger.head();
+    match catch_up::from_stream(&mut ledger, &stream, actor::OUTBOX).await {
+        Err(CatchUpError::Broken(_)) => {}
+        other => panic!("a tampered ledger must be refused: {other:?}"),
+    }
+    assert_eq!(ledger.head(), head, "nothing appended to a tampered ledger");
 }
