@@ -79,8 +79,7 @@ pub async fn from_stream(
     // it after the backup: the same fork, seen from the other side), and the
     // file itself verifies (appending to a broken chain would bury the
     // break under good rows).
-    let mut expected = head + 1;
-    for (seq, event) in &tail.after {
+    for (expected, (seq, event)) in (head + 1..).zip(&tail.after) {
         if *seq != expected {
             return Err(CatchUpError::Gap {
                 head: expected - 1,
@@ -94,7 +93,6 @@ pub async fn from_stream(
                 theirs: event.id.to_string(),
             });
         }
-        expected += 1;
     }
     tes_ledger::verify(ledger, None)?;
     for chunk in tail.after.chunks(BATCH) {
