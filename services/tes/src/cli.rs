@@ -112,6 +112,10 @@ pub struct RunOptions {
     pub bundles: BundleOptions,
 }
 
+/// The heading of a client verb's own run options: they apply only when no
+/// daemon serves the verb and it runs the embedded actors itself.
+const WITHOUT_A_DAEMON: &str = "Without a daemon (the embedded actors' policy, wire and bundles)";
+
 impl RunOptions {
     /// Run options from `TES_…` variables and defaults alone (no flags).
     pub fn from_environment() -> RunOptions {
@@ -237,10 +241,7 @@ pub enum Command {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(
-            flatten,
-            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
-        )]
+        #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
     /// Roll back to the previous version while it still verifies.
@@ -248,10 +249,7 @@ pub enum Command {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(
-            flatten,
-            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
-        )]
+        #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
     /// Revoke a key version now (it leaked): from the revocation on it
@@ -271,10 +269,7 @@ pub enum Command {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(
-            flatten,
-            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
-        )]
+        #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
     /// Change a verifying version's grace window (its verify-until), on
@@ -287,10 +282,7 @@ pub enum Command {
         /// Who asks (recorded in the ledger).
         #[arg(long, default_value = "cli")]
         requested_by: String,
-        #[command(
-            flatten,
-            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
-        )]
+        #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
     /// Sign a payload (the exact bytes given; `-` reads stdin).
@@ -300,10 +292,7 @@ pub enum Command {
         /// Pin a key version, v1, v2, … (default: the active one).
         #[arg(long, value_name = "vN")]
         key_version: Option<KeyVersion>,
-        #[command(
-            flatten,
-            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
-        )]
+        #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
     /// Verify a signature; exits 1 if it does not verify.
@@ -316,10 +305,7 @@ pub enum Command {
         /// The key version that made it (v1, v2, …).
         #[arg(long, value_name = "vN")]
         key_version: KeyVersion,
-        #[command(
-            flatten,
-            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
-        )]
+        #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
     /// Bump a versioned entity and get its signed canonical manifest.
@@ -333,10 +319,7 @@ pub enum Command {
         /// Sign the manifest with this key version (default: the active one).
         #[arg(long, value_name = "vN")]
         key_version: Option<KeyVersion>,
-        #[command(
-            flatten,
-            next_help_heading = "Without a daemon (the embedded actors' policy, wire and bundles)"
-        )]
+        #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
     /// Show key versions, their states, and the ledger head.
