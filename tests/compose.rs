@@ -44,6 +44,8 @@ fn ok(c: &mut Command) -> String {
 /// `down -v` on drop.
 struct Project {
     name: String,
+    /// `docker compose` (the plugin) is there; else `docker-compose`.
+    plugin: bool,
     dir: tempfile::TempDir,
     nats: u16,
     http: u16,
@@ -63,6 +65,10 @@ impl Project {
         ok(Command::new(root().join("ops/secrets.sh")).arg(dir.path().join("ops/secrets")));
         Project {
             name: format!("tes-it-{}", std::process::id()),
+            plugin: Command::new("docker")
+                .args(["compose", "version"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
             dir,
             nats: free_port(),
             http: free_port(),
@@ -72,13 +78,7 @@ impl Project {
     }
 
     fn compose(&self) -> Command {
-        // The Compose tool this machine has: the docker plugin, or the
-        // standalone docker-compose.
-        let plugin = Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        let mut c = if plugin {
+        let mut c = if self.plugin {
             let mut c = Command::new("docker");
             c.arg("compose");
             c
@@ -354,16 +354,15 @@ fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
         p.sign("after-the-crash").is_some()
     });
     // The gateway cut off from the stack's network, then back: it heals.
-    let network = format!("{}_default", p.name.replace('-', ""));
-    let network = if ok(Command::new("docker").args(["network", "ls", "--format", "{{.Name}}"]))
-        .lines()
-        .any(|n| n == network)
-    {
-        network
-    } else {
-        format!("{}_default", p.name)
-    };
     let gateway = p.container("gateway");
+    let network = ok(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+        &gateway,
+    ]))
+    .trim()
+    .to_string();
     ok(Command::new("docker").args(["network", "disconnect", &network, &gateway]));
     std::thread::sleep(Duration::from_secs(2));
     ok(Command::new("docker").args([
