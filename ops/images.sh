@@ -39,6 +39,7 @@ fresh() { [ "$force" != --force ] && [ "$(label_of "$1")" = "$2" ]; }
 # The base: a minimal Debian from Debian's own packages.
 base_inputs=$(echo "debootstrap --variant=minbase --include=ca-certificates,wget $SUITE" | digest)
 if ! fresh "$BASE" "$base_inputs"; then
+    [ "$(id -u)" = 0 ] || { say "the base image needs debootstrap, which needs root: run ops/images.sh as root (or with sudo)"; exit 2; }
     command -v debootstrap >/dev/null || { say "installing debootstrap (apt-get)"; apt-get install -y -qq debootstrap >/dev/null; }
     rootfs=$work/rootfs-$SUITE
     rm -rf "$rootfs" && mkdir -p "$work"
