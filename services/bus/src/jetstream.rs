@@ -169,9 +169,17 @@ impl EventStream {
     /// The events of ledger `ledger` (its identity, as in `Tes-Ledger`)
     /// that the stream holds after ledger seq `after`. Read backwards from
     /// the stream's end, one message at a time, until a message of that
-    /// ledger at or before `after`: cheap when the ledger is up to date
-    /// (one read), proportional to the gap after a restore.
-    pub async fn ledger_tail(&self, ledger: &str, after: u64) -> Result<LedgerTail, BusError> {
+    /// ledger at or before `after`, or one stored before `not_before` (Unix
+    /// seconds: nothing after `after` can be older than the event at
+    /// `after`, so the walk never runs through another ledger's history):
+    /// cheap when the ledger is up to date (one read), proportional to the
+    /// gap after a restore.
+    pub async fn ledger_tail(
+        &self,
+        ledger: &str,
+        after: u64,
+        not_before: i64,
+    ) -> Result<LedgerTail, BusError> {
         let stream = self
             .js
             .get_stream(subject::EVENTS_STREAM)
@@ -197,6 +205,9 @@ impl EventStream {
                 }
             };
             s -= 1;
+            if m.time.unix_timestamp() < not_before {
+                break;
+            }
             let header = |name| m.headers.get(name).map(|v| v.as_str());
             let Some(seq) = header(LEDGER_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok()) else {
                 continue; // a bus-only event

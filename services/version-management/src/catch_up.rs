@@ -22,6 +22,8 @@ use tes_ledger::{Ledger, LedgerError, Outbox};
 
 /// How many events are appended per transaction.
 const BATCH: usize = 1024;
+/// How far the clocks of the writer and the NATS server may disagree.
+const CLOCK_MARGIN_SECS: i64 = 600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -53,22 +55,24 @@ pub async fn from_stream(
         return Ok(0); // a new ledger has nothing published yet
     };
     let head = ledger.head().seq;
+    let ours = ledger
+        .events_from(head)?
+        .into_iter()
+        .next()
+        .map(|(_, e)| e)
+        .expect("a ledger with an identity has a head row");
+    // Nothing published after the head is older than the head's event; the
+    // margin covers clocks that disagree (the writer's, the NATS server's).
+    let not_before = (ours.time.as_millis() / 1000) as i64 - CLOCK_MARGIN_SECS;
     let tail = stream
-        .ledger_tail(&tes_ledger::chain::to_hex(&identity), head)
+        .ledger_tail(&tes_ledger::chain::to_hex(&identity), head, not_before)
         .await?;
-    if let Some(theirs) = tail.at {
-        let ours = ledger
-            .events_from(head)?
-            .into_iter()
-            .next()
-            .map(|(_, e)| e.id);
-        if ours != Some(theirs) {
-            return Err(CatchUpError::Forked {
-                seq: head,
-                ours: ours.map_or("none".into(), |id| id.to_string()),
-                theirs: theirs.to_string(),
-            });
-        }
+    if let Some(theirs) = tail.at.filter(|theirs| *theirs != ours.id) {
+        return Err(CatchUpError::Forked {
+            seq: head,
+            ours: ours.id.to_string(),
+            theirs: theirs.to_string(),
+        });
     }
     if tail.after.is_empty() {
         return Ok(0);
