@@ -25,13 +25,17 @@ const BATCH: usize = 1024;
 /// How far the clocks of the writer and the NATS server may disagree.
 const CLOCK_MARGIN_SECS: i64 = 600;
 
+/// Why a writer did not catch up. `Stream` and `Broken` carry their cause
+/// as their source (printed after them, as `{:#}` prints a chain).
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
-    #[error("reading TES_EVENTS to bring the ledger up to date: {0}")]
+    #[error("reading TES_EVENTS to bring the ledger up to date")]
     Stream(#[from] tes_bus::BusError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("the restored ledger does not verify, so nothing was taken back from TES_EVENTS onto it: {0}")]
+    #[error(
+        "the restored ledger does not verify, so nothing was taken back from TES_EVENTS onto it"
+    )]
     Broken(#[from] tes_ledger::VerifyError),
     #[error("the ledger and TES_EVENTS disagree at seq {seq}: the ledger holds event {ours}, the stream {theirs} — this file went its own way after the stream recorded that seq (a restored backup that was written to without NATS?); `tes audit verify` shows where, and a newer backup or the stream's writer is the one to keep")]
     Forked {
