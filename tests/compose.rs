@@ -51,6 +51,10 @@ struct Project {
     http: u16,
     metrics: u16,
     s3: u16,
+    /// What the gateway trusts: loopback and this project's own network,
+    /// whose subnet Docker picks when it creates it (172.x or 192.168.x,
+    /// depending on what the host already routes).
+    proxy_ips: std::cell::RefCell<String>,
 }
 
 impl Project {
@@ -74,7 +78,30 @@ impl Project {
             http: free_port(),
             metrics: free_port(),
             s3: free_port(),
+            proxy_ips: std::cell::RefCell::new("127.0.0.1/32,::1/128".into()),
         }
+    }
+
+    /// Creates the project's network and containers without starting them,
+    /// then trusts the network's subnet: the host's requests to a published
+    /// port reach the gateway from that network's gateway address.
+    fn create_and_trust_the_network(&self) {
+        ok(&mut self.compose_args(&["up", "--no-start", "--no-build"]));
+        let subnets = ok(Command::new("docker").args([
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}},{{end}}",
+            &format!("{}_default", self.name),
+        ]));
+        let subnets = subnets.trim().trim_end_matches(',');
+        assert!(!subnets.is_empty(), "the project's network has no subnet");
+        *self.proxy_ips.borrow_mut() = format!("127.0.0.1/32,::1/128,{subnets}");
+    }
+
+    /// The last lines the gateway logged (for a failure message).
+    fn gateway_logs(&self) -> String {
+        sh(&mut self.compose_args(&["logs", "--tail", "30", "gateway"])).1
     }
 
     fn compose(&self) -> Command {
@@ -100,6 +127,7 @@ impl Project {
             .env("TES_S3_PORT", self.s3.to_string())
             .env("TES_BUNDLE_STORE", "s3://tes-bundles")
             .env("TES_GRACE", "3s")
+            .env("TES_PROXY_IPS", self.proxy_ips.borrow().as_str())
             .stdin(Stdio::null());
         c
     }
@@ -227,6 +255,7 @@ fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o600
     );
+    p.create_and_trust_the_network();
     ok(&mut p.compose_args(&["up", "-d", "--no-build"]));
     p.wait_healthy(Duration::from_secs(120));
 
@@ -257,7 +286,11 @@ fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
         p.secret("admin_token")
     );
     let body = ok(Command::new("sh").arg("-c").arg(&rotate));
-    assert!(body.contains("Key rotation to V2 completed"), "{body}");
+    assert!(
+        body.contains("Key rotation to V2 completed"),
+        "{body}\n{}",
+        p.gateway_logs()
+    );
     let (sig2, v, _) = p.sign("after-the-rotation").unwrap();
     assert_eq!(v, "v2");
     assert_eq!(
@@ -413,6 +446,7 @@ fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
 
     // down and up on the same volumes: the ledger is there and verifies.
     ok(&mut p.compose_args(&["down"]));
+    p.create_and_trust_the_network();
     ok(&mut p.compose_args(&["up", "-d", "--no-build"]));
     p.wait_healthy(Duration::from_secs(120));
     let verified = ok(&mut p.compose_args(&["exec", "-T", "version", "tes", "audit", "verify"]));
