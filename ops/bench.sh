@@ -87,4 +87,12 @@ print("\n| what | ours | baseline | ratio | goal | |")
 print("|---|---:|---|---:|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
+
+# Where the NATS rows' time goes: CPU per operation of each process, the
+# figure that says what bounds them (BENCHMARKS.md, "What bounds the NATS rows").
+split = [l.strip() for l in text.get("signing", "").splitlines() if "CPU per operation" in l]
+if split:
+    print("\nCPU per operation over NATS (nats-server, and the bench process: client + writer [+ replica]):")
+    for l in split:
+        print("  " + l)
 EOF

@@ -128,6 +128,11 @@ impl TestServer {
         self.child = spawn(self.port, &self.dir, self.config.as_deref(), &self.env);
     }
 
+    /// The server process's id (for benchmarks that read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -19,7 +19,10 @@ const MMAP_SIZE: i64 = 1 << 34;
 /// The on-disk format this build writes and reads (the `meta` table).
 pub const FORMAT_VERSION: u32 = 1;
 
-const SCHEMA: &str = r#"
+/// The ledger's tables, indexes and triggers, as a new file gets them
+/// (public so the benchmark's raw-SQLite baseline inserts into the same
+/// shape of table that we do).
+pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -389,6 +392,7 @@ impl Ledger {
     /// id is already stored with the same content is reported as a duplicate
     /// and not stored again; with other content, the whole batch is refused.
     pub fn append(&mut self, events: &[Envelope<Event>]) -> Result<Vec<Appended>, LedgerError> {
+        self.end_reads()?;
         let path = self.path.clone();
         let sql = |e| classify(&path, e);
         let tx = self
@@ -490,6 +494,32 @@ impl Ledger {
             self.frontier.push(hash);
         }
         Ok(out)
+    }
+
+    /// Starts one read transaction for the lookups a batch makes before it
+    /// appends ([`Ledger::caused_by`] per command): in WAL mode every read
+    /// outside a transaction takes and drops the shared-memory read lock
+    /// (`fcntl` system calls), which cost more than the lookups themselves.
+    /// Only this connection writes `events`, so the snapshot cannot go stale
+    /// before the append; [`Ledger::append`] ends it, or
+    /// [`Ledger::end_reads`] does. Idempotent.
+    pub fn begin_reads(&mut self) -> Result<(), LedgerError> {
+        if self.conn.is_autocommit() {
+            self.conn
+                .execute_batch("BEGIN DEFERRED")
+                .map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the read transaction [`Ledger::begin_reads`] started, if any.
+    pub fn end_reads(&mut self) -> Result<(), LedgerError> {
+        if !self.conn.is_autocommit() {
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(|e| self.sql(e))?;
+        }
+        Ok(())
     }
 
     /// The seq of event `id`, if it is in the ledger.

@@ -216,6 +216,12 @@ impl Engine {
         requests: Vec<Request>,
     ) -> (Vec<Outcome>, Vec<(u64, Envelope<Event>)>) {
         let now = (self.clock)();
+        // Each command's idempotency lookup reads the ledger: one read
+        // transaction for the whole batch rather than one per lookup. If it
+        // cannot start, each lookup starts its own, as without it.
+        if let Err(error) = self.ledger.begin_reads() {
+            tracing::warn!(%error, "no read transaction for this batch");
+        }
         let mut events: Vec<Envelope<Event>> = Vec::new();
         let mut decided: Vec<Result<Pending, ErrorReply>> = Vec::with_capacity(requests.len());
         let mut seen_ids = HashSet::new();
@@ -229,6 +235,9 @@ impl Engine {
             decided.push(result);
         }
         if events.is_empty() {
+            if let Err(error) = self.ledger.end_reads() {
+                tracing::warn!(%error, "could not end the batch's read transaction");
+            }
             return (
                 decided.into_iter().map(|d| d.map(|p| p.response)).collect(),
                 Vec::new(),
