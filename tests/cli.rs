@@ -943,6 +943,36 @@ fn a_signer_replica_process_shares_the_signing() {
         signers.contains("writer") && signers.iter().any(|s| s.starts_with("signer-")),
         "both signed: {signers:?}"
     );
+    // Batches go to either signer too; a replica records each item.
+    let mut batch_signers = std::collections::HashSet::new();
+    for b in 0..16 {
+        let mut c = args(
+            tes(client_dir.path()),
+            &["--nats", &url, "--json", "sign", "--batch"],
+        );
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input: String = (0..5).map(|i| format!("b-{b}-{i}\n")).collect();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(lines.len(), 5);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(
+                l["signature"],
+                outside_hmac(V1, &format!("b-{b}-{i}")).as_str()
+            );
+            batch_signers.insert(l["signer"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(
+        batch_signers.contains("writer") && batch_signers.iter().any(|s| s.starts_with("signer-")),
+        "both signed batches: {batch_signers:?}"
+    );
     assert!(
         !replica_dir.path().join("ledger.db").exists(),
         "a replica keeps no ledger"
@@ -957,7 +987,7 @@ fn a_signer_replica_process_shares_the_signing() {
         .unwrap();
     assert_eq!(
         v1["signatures"].as_u64(),
-        Some(24),
+        Some(24 + 16 * 5),
         "every signature, the replica's too, is in the ledger"
     );
 

@@ -1001,3 +1001,110 @@ fn revoke_and_grace_over_http_take_the_admin_checks_of_a_rotation() {
         .collect();
     assert_eq!(kinds, ["grace_changed", "key_revoked"]);
 }
+
+#[test]
+fn batches_over_http_sign_with_the_admin_checks_verify_openly_and_refuse_what_is_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, base) = embedded_gateway(dir.path(), &[("TES_ADMIN_TOKEN", ADMIN)]);
+    rt().block_on(async {
+        let items = serde_json::json!({"items": [
+            {"payload": "m1"}, {"payload": "m2", "keyVersion": "v9"}, {"payload": "m3"}
+        ]});
+        let sign = |csrf: Option<String>, key: &'static str, body: Value| {
+            let base = base.clone();
+            async move {
+                let mut r = http()
+                    .post(format!("{base}/api/sign/batch"))
+                    .header("Authorization", format!("Bearer {ADMIN}"))
+                    .header("Idempotency-Key", key)
+                    .header("Accept", "application/json")
+                    .json(&body);
+                if let Some(t) = csrf {
+                    r = r.header("X-CSRF-Token", t);
+                }
+                let r = r.send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.text().await.unwrap())
+            }
+        };
+        const KEY: &str = "0192a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b";
+        // Signing hands out signatures: the admin checks apply.
+        let (status, body) = sign(None, KEY, items.clone()).await;
+        assert_eq!(status, 403, "{body}");
+
+        let (status, body) = sign(Some(token(&base).await), KEY, items.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        let first: Value = serde_json::from_str(&body).unwrap();
+        let results = first["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3);
+        assert_eq!(
+            results[0]["ok"]["signature"],
+            outside_hmac(V1, "m1").as_str()
+        );
+        assert_eq!(results[1]["err"]["code"], "unknown_version");
+        assert_eq!(
+            results[2]["ok"]["signature"],
+            outside_hmac(V1, "m3").as_str()
+        );
+
+        // The same Idempotency-Key again: the same signatures and seqs,
+        // marked replayed; nothing signed twice.
+        let (status, body) = sign(Some(token(&base).await), KEY, items.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        let again: Value = serde_json::from_str(&body).unwrap();
+        for i in [0, 2] {
+            assert_eq!(again["results"][i]["ok"]["seq"], results[i]["ok"]["seq"]);
+            assert_eq!(again["results"][i]["ok"]["replayed"], true);
+        }
+
+        // Too many items, or too many bytes: 413, and nothing is signed.
+        let many: Vec<Value> = (0..1001)
+            .map(|i| serde_json::json!({"payload": format!("p{i}")}))
+            .collect();
+        let (status, body) = sign(
+            Some(token(&base).await),
+            "0192a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6c",
+            serde_json::json!({"items": many}),
+        )
+        .await;
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("at most 1000 items"), "{body}");
+        let big = "x".repeat(1100 * 1024);
+        let (status, _) = sign(
+            Some(token(&base).await),
+            "0192a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6d",
+            serde_json::json!({"items": [{"payload": big}]}),
+        )
+        .await;
+        assert_eq!(status, 413);
+
+        // Verifying hands out nothing: no admin checks; one result each.
+        let r = http()
+            .post(format!("{base}/api/verify/batch"))
+            .json(&serde_json::json!({"items": [
+                {"payload": "m1", "signature": results[0]["ok"]["signature"], "keyVersion": "v1"},
+                {"payload": "m1", "signature": "00".repeat(32), "keyVersion": "v1"}
+            ]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["results"][0]["ok"]["valid"], true, "{v}");
+        assert_eq!(v["results"][1]["ok"]["valid"], false, "{v}");
+    });
+    // Two signatures (m1, m3) in the ledger, each its own event, none twice.
+    let ledger = rusqlite::Connection::open_with_flags(
+        dir.path().join("ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let signed: u64 = ledger
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'signature_generated'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(signed, 2);
+}

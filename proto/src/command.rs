@@ -14,8 +14,8 @@ use crate::event::Event;
 use crate::key_version::KeyVersion;
 use crate::metrics::MetricsSnapshot;
 use crate::reply::{
-    AlertsReply, BumpReply, GraceReply, RecordReply, RevokeReply, RotationReply, SignReply,
-    StatusReply, VerifyReply,
+    AlertsReply, BumpReply, GraceReply, RecordReply, RevokeReply, RotationReply, SignBatchReply,
+    SignReply, StatusReply, VerifyBatchReply, VerifyReply,
 };
 use crate::subject::verb;
 use crate::thread::ThreadId;
@@ -118,6 +118,46 @@ pub struct Verify {
 impl CommandBody for Verify {
     const VERB: &'static str = verb::VERIFY;
     type Reply = VerifyReply;
+}
+
+/// The most items one batch may hold: a batch of 1000 signatures is about
+/// 0.3 MB of reply, well inside NATS's default 1 MB message limit.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// Many payloads signed in one request (Vault Transit's `batch_input`).
+/// Each item is a [`Sign`] of its own: its own signature, its own
+/// `signature_generated` audit record (caused by the item's id,
+/// [`crate::MsgId::item`] of the batch's id), its own error if it fails;
+/// all of them durable before the reply. A retried batch (same envelope
+/// id) gets the same results back.
+///
+/// Its own verb rather than a second shape on `sign`: postcard bodies do
+/// not say which shape they are, and a permission can allow one without
+/// the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignBatch {
+    /// 1 to [`MAX_BATCH_ITEMS`] items, answered in this order.
+    pub items: Vec<Sign>,
+}
+
+impl CommandBody for SignBatch {
+    const VERB: &'static str = verb::SIGN_BATCH;
+    type Reply = SignBatchReply;
+}
+
+/// Many signatures checked in one request; each item is a [`Verify`] of
+/// its own, recorded as its own `signature_verified` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyBatch {
+    /// 1 to [`MAX_BATCH_ITEMS`] items, answered in this order.
+    pub items: Vec<Verify>,
+}
+
+impl CommandBody for VerifyBatch {
+    const VERB: &'static str = verb::VERIFY_BATCH;
+    type Reply = VerifyBatchReply;
 }
 
 /// A semver bump of a versioned entity (the seed's `/api/dev/bump-version`).

@@ -21,6 +21,13 @@ impl MsgId {
         MsgId(uuid::Uuid::now_v7())
     }
 
+    /// The id of item `index` of batch `batch`: the same for the same
+    /// batch and index (UUID v5), so a retried batch's items are the
+    /// commands the ledger already holds. Pure.
+    pub fn item(batch: MsgId, index: u32) -> MsgId {
+        MsgId(uuid::Uuid::new_v5(&batch.0, &index.to_be_bytes()))
+    }
+
     pub fn parse(s: &str) -> Result<MsgId, uuid::Error> {
         uuid::Uuid::parse_str(s).map(MsgId)
     }

@@ -108,6 +108,21 @@ pub struct VersionedSignature {
     pub signature: String,
 }
 
+/// One result per item of a [`crate::command::SignBatch`], in its order:
+/// `{"ok": {…}}` or `{"err": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignBatchReply {
+    pub results: Vec<Reply<SignReply>>,
+}
+
+/// One result per item of a [`crate::command::VerifyBatch`], in its order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyBatchReply {
+    pub results: Vec<Reply<VerifyReply>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignReply {

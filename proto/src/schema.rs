@@ -7,7 +7,7 @@ use schemars::{schema_for, JsonSchema};
 
 use crate::command::{
     AlertNotice, AlertsQuery, Archive, Bump, CommandBody, Grace, MetricsQuery, Record, Revoke,
-    Rollback, Rotate, Sign, Status, Verify,
+    Rollback, Rotate, Sign, SignBatch, Status, Verify, VerifyBatch,
 };
 use crate::envelope::Envelope;
 use crate::event::{self, Event};
@@ -20,6 +20,8 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     command::<Rollback>(&mut out);
     command::<Sign>(&mut out);
     command::<Verify>(&mut out);
+    command::<SignBatch>(&mut out);
+    command::<VerifyBatch>(&mut out);
     command::<Bump>(&mut out);
     command::<Status>(&mut out);
     command::<Record>(&mut out);

@@ -122,6 +122,10 @@ pub mod verb {
     pub const REVOKE: &str = "revoke";
     /// Change a verifying version's grace window (`tes.cmd.0x1001.grace`).
     pub const GRACE: &str = "grace";
+    /// Many payloads signed in one request (`tes.cmd.0x6001.sign_batch`).
+    pub const SIGN_BATCH: &str = "sign_batch";
+    /// Many signatures checked in one request (`tes.cmd.0x6001.verify_batch`).
+    pub const VERIFY_BATCH: &str = "verify_batch";
 }
 
 /// `tes.cmd.<thread>.<verb>`

@@ -98,6 +98,13 @@ async fn monitor_and_operator_cannot_publish_where_they_must_not() {
     assert!(refused(&client, &mut client_errors, "tes.cmd.0x6001.rotate").await);
     assert!(refused(&client, &mut client_errors, "tes.cmd.0x1001.rotate").await);
     assert!(refused(&client, &mut client_errors, "tes.cmd.0x1001.revoke").await);
+    // Batches of signatures and verifications are a client's to send.
+    for subject in ["tes.cmd.0x6001.sign_batch", "tes.cmd.0x6001.verify_batch"] {
+        assert!(
+            !refused(&client, &mut client_errors, subject).await,
+            "client may publish {subject}"
+        );
+    }
 }
 
 #[tokio::test]

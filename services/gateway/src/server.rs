@@ -29,11 +29,14 @@ use tes_bus::typed::{self, publish_rejected, CallError};
 use tes_bus::{Bus, BusError, NatsBus};
 use tes_keyring::Secret;
 use tes_proto::command::{
-    AlertsQuery, Bump, Grace, MetricsQuery, Revoke, Rollback, Rotate, Scope, Status,
+    AlertsQuery, Bump, Grace, MetricsQuery, Revoke, Rollback, Rotate, Scope, SignBatch, Status,
+    VerifyBatch, MAX_BATCH_ITEMS,
 };
 use tes_proto::reply::{RotationReply, StatusReply};
 use tes_proto::thread::colour;
-use tes_proto::{CommandBody, ContentType, ErrorCode, ErrorReply, KeyVersion, ThreadId, Timestamp};
+use tes_proto::{
+    CommandBody, ContentType, ErrorCode, ErrorReply, KeyVersion, MsgId, ThreadId, Timestamp,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -44,6 +47,9 @@ use crate::trust::Trusted;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3002";
 /// The largest body a request may carry.
 pub const BODY_LIMIT: usize = 16 * 1024;
+/// The largest body of a batch (`/api/sign/batch`, `/api/verify/batch`):
+/// up to [`MAX_BATCH_ITEMS`] items of about 1 KiB each.
+pub const BATCH_BODY_LIMIT: usize = 1024 * 1024;
 
 pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const KEY_VERSION_HEADER: &str = "x-key-version";
@@ -164,6 +170,14 @@ pub async fn start(
         .route("/admin/revoke", post(revoke))
         .route("/admin/grace", post(grace))
         .route("/api/dev/bump-version", post(bump).get(bump_preview))
+        .route(
+            "/api/sign/batch",
+            post(sign_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
+        .route(
+            "/api/verify/batch",
+            post(verify_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
         .route("/api/dev/version-ws", get(crate::ws::version_ws))
         .route("/api/dev/version-ws/health", get(health))
         .route("/api/metrics", get(metrics_json))
@@ -758,6 +772,119 @@ async fn bump(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> R
         key_version,
     };
     match call(&app, ThreadId::VersionManagement, command).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(e) => from_call(e),
+    }
+}
+
+/// The batch's id: an `Idempotency-Key` header (a UUID) makes a retried
+/// batch get the same results back; without one, each request is new.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<MsgId>, Box<Response>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| MsgId::parse(v.trim()).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Box::new(text(
+                    StatusCode::BAD_REQUEST,
+                    "Idempotency-Key must be a UUID",
+                    colour::REJECTED_ORANGE_RED,
+                ))
+            }),
+    }
+}
+
+/// A batch's item count, checked before anything is sent.
+fn batch_size_ok(n: usize) -> Result<(), Box<Response>> {
+    if n == 0 {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "the batch holds no items",
+            colour::REJECTED_ORANGE_RED,
+        )));
+    }
+    if n > MAX_BATCH_ITEMS {
+        return Err(Box::new(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a batch holds at most {MAX_BATCH_ITEMS} items; this one {n}"),
+            colour::REJECTED_ORANGE_RED,
+        )));
+    }
+    Ok(())
+}
+
+/// Sends a batch to Version Management under `id` (fresh when `None`).
+async fn call_batch<C: CommandBody>(
+    app: &App,
+    id: Option<MsgId>,
+    body: C,
+) -> Result<C::Reply, CallError> {
+    let thread = ThreadId::VersionManagement;
+    let mut envelope = typed::command(thread, body);
+    if let Some(id) = id {
+        envelope.id = id;
+    }
+    typed::call::<C>(
+        &*app.bus,
+        thread,
+        app.config.wire,
+        &envelope,
+        app.config.timeout,
+    )
+    .await
+}
+
+/// `POST /api/sign/batch {"items": [{"payload": "…", "keyVersion": "v2"}, …]}`:
+/// signing hands out signatures, so it takes the admin checks of a
+/// rotation (trusted address, admin token, CSRF token). One result per
+/// item, in order; an item that fails fails alone.
+async fn sign_batch(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = admin_guard(&app, "POST /api/sign/batch", peer, &headers).await {
+        return r;
+    }
+    let id = match idempotency_key(&headers) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let batch: SignBatch = match json_body(&body, r#"{"items": [{"payload": "…"}]}"#) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Err(r) = batch_size_ok(batch.items.len()) {
+        return *r;
+    }
+    match call_batch(&app, id, batch).await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(e) => from_call(e),
+    }
+}
+
+/// `POST /api/verify/batch {"items": [{"payload", "signature", "keyVersion"}, …]}`:
+/// open like the bump (verifying hands out nothing), limited per client.
+async fn verify_batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let id = match idempotency_key(&headers) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let batch: VerifyBatch = match json_body(
+        &body,
+        r#"{"items": [{"payload": "…", "signature": "…", "keyVersion": "v1"}]}"#,
+    ) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Err(r) = batch_size_ok(batch.items.len()) {
+        return *r;
+    }
+    match call_batch(&app, id, batch).await {
         Ok(reply) => Json(reply).into_response(),
         Err(e) => from_call(e),
     }

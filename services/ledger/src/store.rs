@@ -515,9 +515,7 @@ impl Ledger {
     /// Ends the read transaction [`Ledger::begin_reads`] started, if any.
     pub fn end_reads(&mut self) -> Result<(), LedgerError> {
         if !self.conn.is_autocommit() {
-            self.conn
-                .execute_batch("COMMIT")
-                .map_err(|e| self.sql(e))?;
+            self.conn.execute_batch("COMMIT").map_err(|e| self.sql(e))?;
         }
         Ok(())
     }

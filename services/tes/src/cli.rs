@@ -285,26 +285,42 @@ pub enum Command {
         #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
-    /// Sign a payload (the exact bytes given; `-` reads stdin).
+    /// Sign a payload (the exact bytes given; `-` reads stdin), or with
+    /// `--batch` every payload on stdin.
     Sign {
         /// The exact bytes to sign (`-` reads stdin).
-        payload: String,
+        #[arg(required_unless_present = "batch")]
+        payload: Option<String>,
+        /// Sign many: one payload per line of stdin (or a JSON array of
+        /// strings, or of {"payload", "keyVersion"} objects), sent in
+        /// batches of up to 1000; prints one line per payload, in order
+        /// (with --json, one JSON object each). Exits 1 if any item failed.
+        #[arg(long, conflicts_with = "payload")]
+        batch: bool,
         /// Pin a key version, v1, v2, … (default: the active one).
         #[arg(long, value_name = "vN")]
         key_version: Option<KeyVersion>,
         #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },
-    /// Verify a signature; exits 1 if it does not verify.
+    /// Verify a signature; exits 1 if it does not verify. With `--batch`,
+    /// every signature on stdin.
     Verify {
         /// The exact payload that was signed (`-` reads stdin).
-        payload: String,
+        #[arg(required_unless_present = "batch")]
+        payload: Option<String>,
         /// The signature: 64 hex characters.
-        #[arg(value_parser = parse_signature)]
-        signature: String,
+        #[arg(value_parser = parse_signature, required_unless_present = "batch")]
+        signature: Option<String>,
+        /// Verify many: one JSON object per line of stdin, {"payload",
+        /// "signature", "keyVersion"} (what `tes sign --batch --json`
+        /// prints), or a JSON array of them; prints one line per item, in
+        /// order. Exits 1 if any does not verify.
+        #[arg(long, conflicts_with_all = ["payload", "signature"])]
+        batch: bool,
         /// The key version that made it (v1, v2, …).
-        #[arg(long, value_name = "vN")]
-        key_version: KeyVersion,
+        #[arg(long, value_name = "vN", required_unless_present = "batch")]
+        key_version: Option<KeyVersion>,
         #[command(flatten, next_help_heading = WITHOUT_A_DAEMON)]
         run: RunOptions,
     },

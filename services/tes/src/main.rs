@@ -80,16 +80,35 @@ async fn run(cli: Cli) -> failure::Result<()> {
             run,
         } => client::grace(g, &run, version, change, requested_by).await,
         Command::Sign {
+            batch: true,
+            key_version,
+            run,
+            ..
+        } => client::sign_batch(g, &run, key_version).await,
+        Command::Sign {
             payload,
             key_version,
             run,
-        } => client::sign(g, &run, payload, key_version).await,
+            ..
+        } => client::sign(g, &run, payload.unwrap_or_default(), key_version).await,
+        Command::Verify {
+            batch: true, run, ..
+        } => client::verify_batch(g, &run).await,
         Command::Verify {
             payload,
             signature,
             key_version,
             run,
-        } => client::verify(g, &run, payload, signature, key_version).await,
+            ..
+        } => {
+            // clap requires all three without --batch.
+            let (Some(payload), Some(signature), Some(key_version)) =
+                (payload, signature, key_version)
+            else {
+                unreachable!("clap requires payload, signature and --key-version without --batch")
+            };
+            client::verify(g, &run, payload, signature, key_version).await
+        }
         Command::Bump {
             scope,
             entity,

@@ -21,7 +21,7 @@ use sha2::Sha256;
 use tes_bus::typed::{self, call};
 use tes_bus::{Bus, InProcessBus, Message};
 use tes_keyring::{KeyStore, Keyring, Secret, SigningKey};
-use tes_proto::command::Sign;
+use tes_proto::command::{Sign, SignBatch};
 use tes_proto::{Channel, ContentType, Envelope, KeyVersion, MsgId, ThreadId, Timestamp};
 use tes_version_management::actor::{self, ActorConfig};
 use tes_version_management::core::Policy;
@@ -91,7 +91,10 @@ fn row(name: &str, ours: f64, baseline_name: &str, baseline: f64) {
 /// `cargo bench --bench signing -- engine` runs the sections whose name
 /// holds one of the words given (keyring, engine, bus, nats); none: all.
 fn main() {
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     println!("TES signing benchmarks (best of several rounds; ratio = ours / baseline)\n");
     if wanted("keyring") {
@@ -450,6 +453,26 @@ async fn nats_sign_vs_echo() {
     );
     println!("  echo: {echo_cpu}\n  writer alone: {alone_cpu}");
 
+    // One client, one request at a time: single signs against batches
+    // (each item its own audit record, all durable before the reply).
+    let single = {
+        let client = client.clone();
+        drive(1, 2000, move || sign_once(client.clone())).await
+    };
+    for size in [100usize, 1000] {
+        let client = client.clone();
+        let batches = drive(1, 200_000 / size / 10, move || {
+            sign_batch_once(client.clone(), size)
+        })
+        .await;
+        row(
+            &format!("NATS: batch of {size}, one client"),
+            batches * size as f64,
+            "single signs, one client, 1 in flight",
+            single,
+        );
+    }
+
     let replica_bus = connect("replica").await;
     let replica_config = ReplicaConfig {
         name: "bench-replica".into(),
@@ -491,6 +514,34 @@ async fn sign_once(bus: Arc<dyn Bus>) {
     )
     .await
     .unwrap();
+}
+
+/// Signs `size` manifests in one `sign_batch` request.
+async fn sign_batch_once(bus: Arc<dyn Bus>, size: usize) {
+    let c = typed::command(
+        ThreadId::VersionManagement,
+        SignBatch {
+            items: (0..size)
+                .map(|i| Sign {
+                    payload: format!("{{\"manifest\":{i}}}"),
+                    key_version: None,
+                })
+                .collect(),
+        },
+    );
+    let reply = call::<SignBatch>(
+        &*bus,
+        ThreadId::VersionManagement,
+        ContentType::Binary,
+        &c,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(reply
+        .results
+        .iter()
+        .all(|r| matches!(r, tes_proto::Reply::Ok(_))));
 }
 
 /// The baseline: request/reply through `client` to a bare echo served on

@@ -16,10 +16,11 @@ use tes_bus::{Bus, Message};
 use tes_ledger::merkle::Frontier;
 use tes_ledger::{Head, Outbox};
 use tes_proto::command::{
-    Archive, Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, Status, Verify,
+    Archive, Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, SignBatch, Status, Verify,
+    VerifyBatch, MAX_BATCH_ITEMS,
 };
 use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
-use tes_proto::reply::ArchiveReply;
+use tes_proto::reply::{ArchiveReply, SignBatchReply, SignReply, VerifyBatchReply, VerifyReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -81,9 +82,33 @@ impl Default for ActorConfig {
     }
 }
 
-struct Job {
-    request: Request,
-    reply: oneshot::Sender<Outcome>,
+/// Work for the engine thread: one request, or a client's batch whose
+/// items go into the same engine batch (one transaction) and come back
+/// together.
+enum Job {
+    One {
+        request: Request,
+        reply: oneshot::Sender<Outcome>,
+    },
+    Many {
+        requests: Vec<Request>,
+        reply: oneshot::Sender<Vec<Outcome>>,
+    },
+}
+
+impl Job {
+    fn len(&self) -> usize {
+        match self {
+            Job::One { .. } => 1,
+            Job::Many { requests, .. } => requests.len(),
+        }
+    }
+}
+
+/// Where the outcomes of one job go once its batch has committed.
+enum Waiting {
+    One(oneshot::Sender<Outcome>),
+    Many(usize, oneshot::Sender<Vec<Outcome>>),
 }
 
 struct Committed {
@@ -136,10 +161,28 @@ impl EngineHandle {
             )
         };
         self.tx
-            .send(Job { request, reply })
+            .send(Job::One { request, reply })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Hands `requests` to the engine together: they are decided in order
+    /// in one engine batch, committed in one transaction, and answered one
+    /// outcome each, in order.
+    pub async fn call_many(&self, requests: Vec<Request>) -> Result<Vec<Outcome>, ErrorReply> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || {
+            ErrorReply::new(
+                ErrorCode::Unavailable,
+                "Version Management is shutting down",
+            )
+        };
+        self.tx
+            .send(Job::Many { requests, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
     }
 }
 
@@ -266,15 +309,34 @@ fn engine_loop(
     keep_events: bool,
 ) -> Engine {
     while let Some(first) = rx.blocking_recv() {
+        let mut size = first.len();
         let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+        while size < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => {
+                    size += job.len();
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
+        let mut requests = Vec::with_capacity(size);
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::One { request, reply } => {
+                    requests.push(request);
+                    replies.push(Waiting::One(reply));
+                }
+                Job::Many {
+                    requests: many,
+                    reply,
+                } => {
+                    replies.push(Waiting::Many(many.len(), reply));
+                    requests.extend(many);
+                }
+            }
+        }
         let (outcomes, events) = engine.handle_batch(requests);
         if !events.is_empty() {
             let lifecycle = events.iter().any(|(_, e)| changes_keys(&e.body));
@@ -285,8 +347,19 @@ fn engine_loop(
                 lifecycle,
             });
         }
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            let _ = reply.send(outcome);
+        // One outcome per request, in order: each job takes its own.
+        let mut outcomes = outcomes.into_iter();
+        for waiting in replies {
+            match waiting {
+                Waiting::One(reply) => {
+                    if let Some(outcome) = outcomes.next() {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Waiting::Many(n, reply) => {
+                    let _ = reply.send(outcomes.by_ref().take(n).collect());
+                }
+            }
         }
     }
     engine
@@ -528,6 +601,36 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, me
             })
             .await
         }
+        Some(verb::SIGN_BATCH) => {
+            serve_batch::<SignBatch, Sign, SignReply>(
+                bus,
+                engine,
+                message,
+                |b| b.items,
+                Request::Sign,
+                |r| match r {
+                    Response::Sign(s) => Some(s),
+                    _ => None,
+                },
+                |results| SignBatchReply { results },
+            )
+            .await
+        }
+        Some(verb::VERIFY_BATCH) => {
+            serve_batch::<VerifyBatch, Verify, VerifyReply>(
+                bus,
+                engine,
+                message,
+                |b| b.items,
+                Request::Verify,
+                |r| match r {
+                    Response::Verify(v) => Some(v),
+                    _ => None,
+                },
+                |results| VerifyBatchReply { results },
+            )
+            .await
+        }
         Some(verb::BUMP) => {
             serve_as::<Bump>(bus, engine, message, Request::Bump, |r| match r {
                 Response::Bump(b) => Some(b),
@@ -586,7 +689,7 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, me
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
-                format!("unknown command subject {:?} (verbs: rotate, rollback, revoke, grace, sign, verify, bump, status, archive)", message.subject),
+                format!("unknown command subject {:?} (verbs: rotate, rollback, revoke, grace, sign, verify, sign_batch, verify_batch, bump, status, archive)", message.subject),
             );
             refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
         }
@@ -621,6 +724,92 @@ async fn serve_archive(bus: &dyn Bus, archiver: &ArchiverSlot, message: &Message
             }
         }
         Err(error) => refuse::<ArchiveReply>(bus, THREAD, message, ct, error).await,
+    }
+}
+
+/// The items of batch `id` as commands of their own: item `i` has id
+/// [`MsgId::item`]`(id, i)` (the same on a retry) and is correlated with
+/// the batch, so its audit events point back to it.
+pub(crate) fn item_commands<I>(
+    id: MsgId,
+    time: Timestamp,
+    correlation: Option<MsgId>,
+    items: Vec<I>,
+) -> Vec<Envelope<I>> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let mut item = Envelope::new(
+                MsgId::item(id, i as u32),
+                time,
+                THREAD,
+                Channel::Command,
+                body,
+            );
+            item.correlation_id = Some(correlation.unwrap_or(id));
+            item
+        })
+        .collect()
+}
+
+/// A batch: each item becomes a command of its own (id [`MsgId::item`] of
+/// the batch's, correlated with the batch), all handed to the engine
+/// together; one result per item, in order. Only a batch that cannot be
+/// read, is empty or is too large is refused as a whole.
+#[allow(clippy::too_many_arguments)]
+async fn serve_batch<B: CommandBody, I, R>(
+    bus: &dyn Bus,
+    engine: &EngineHandle,
+    message: &Message,
+    items: fn(B) -> Vec<I>,
+    wrap: fn(Envelope<I>) -> Request,
+    unwrap: fn(Response) -> Option<R>,
+    reply: fn(Vec<Reply<R>>) -> B::Reply,
+) {
+    let (ct, envelope) = match decode_command::<B>(message, THREAD) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let error = ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("{} command refused: {e}", B::VERB),
+            );
+            return refuse::<B::Reply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    let (id, time, correlation) = (envelope.id, envelope.time, envelope.correlation_id);
+    let items = items(envelope.body);
+    if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
+        let error = ErrorReply::new(
+            ErrorCode::Malformed,
+            format!(
+                "{} refused: a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {}",
+                B::VERB,
+                items.len()
+            ),
+        );
+        return refuse::<B::Reply>(bus, THREAD, message, ct, error).await;
+    }
+    let requests = item_commands(id, time, correlation, items)
+        .into_iter()
+        .map(wrap)
+        .collect();
+    match engine.call_many(requests).await {
+        Ok(outcomes) => {
+            let results = outcomes
+                .into_iter()
+                .map(|o| {
+                    Reply::from(o.map(|r| {
+                        unwrap(r)
+                            .expect("the engine answers each request with its own response type")
+                    }))
+                })
+                .collect();
+            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply(results))).await {
+                tracing::warn!(%error, "could not send reply");
+            }
+        }
+        Err(error) => refuse::<B::Reply>(bus, THREAD, message, ct, error).await,
     }
 }
 

@@ -16,8 +16,8 @@ use tes_bus::jetstream::{EventStream, Followed};
 use tes_bus::typed::{self, call, decode_command, refuse, respond};
 use tes_bus::{Bus, BusError, Message};
 use tes_keyring::Keyring;
-use tes_proto::command::{Record, Sign};
-use tes_proto::reply::{RecordReply, SignReply};
+use tes_proto::command::{Record, Sign, SignBatch, MAX_BATCH_ITEMS};
+use tes_proto::reply::{RecordReply, SignBatchReply, SignReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, ContentType, Envelope, ErrorCode, ErrorReply, Fingerprint, KeyVersion, MsgId, Reply,
@@ -132,15 +132,78 @@ pub async fn start(
             Some(subject::SIGNERS_QUEUE),
         )
         .await?;
-    let server = tokio::spawn(async move {
-        while let Some(message) = signs.next().await {
+    let mut batches = bus
+        .subscribe(
+            &subject::command(THREAD, verb::SIGN_BATCH),
+            Some(subject::SIGNERS_QUEUE),
+        )
+        .await?;
+    let server = {
+        let (bus, shared) = (bus.clone(), shared.clone());
+        tokio::spawn(async move {
+            while let Some(message) = signs.next().await {
+                let (bus, shared) = (bus.clone(), shared.clone());
+                tokio::spawn(async move { serve(&*bus, &shared, &message).await });
+            }
+        })
+    };
+    let batch_server = tokio::spawn(async move {
+        while let Some(message) = batches.next().await {
             let (bus, shared) = (bus.clone(), shared.clone());
-            tokio::spawn(async move { serve(&*bus, &shared, &message).await });
+            tokio::spawn(async move { serve_batch(bus, shared, &message).await });
         }
     });
     Ok(Replica {
-        tasks: vec![follower, heartbeat, server],
+        tasks: vec![follower, heartbeat, server, batch_server],
     })
+}
+
+/// A batch on a replica: each item signed and recorded as a single `sign`
+/// is (its own id, its own record, its own retry), all at once; one
+/// result per item, in order.
+async fn serve_batch(bus: Arc<dyn Bus>, shared: Arc<Shared>, message: &Message) {
+    let (ct, command) = match decode_command::<SignBatch>(message, THREAD) {
+        Ok(d) => d,
+        Err(e) => {
+            let error = ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("sign_batch command refused: {e}"),
+            );
+            return refuse::<SignBatchReply>(&*bus, THREAD, message, ContentType::Json, error)
+                .await;
+        }
+    };
+    let n = command.body.items.len();
+    if n == 0 || n > MAX_BATCH_ITEMS {
+        let error = ErrorReply::new(
+            ErrorCode::Malformed,
+            format!("sign_batch refused: a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {n}"),
+        );
+        return refuse::<SignBatchReply>(&*bus, THREAD, message, ct, error).await;
+    }
+    let items = crate::actor::item_commands(
+        command.id,
+        command.time,
+        command.correlation_id,
+        command.body.items,
+    );
+    let tasks: Vec<_> = items
+        .into_iter()
+        .map(|item| {
+            let (bus, shared) = (bus.clone(), shared.clone());
+            tokio::spawn(async move { sign(&*bus, &shared, &item).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(Reply::from(task.await.unwrap_or_else(|e| {
+            Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                format!("the signer stopped before this item was signed ({e})"),
+            ))
+        })));
+    }
+    let _ = respond(&*bus, message, ct, &Reply::Ok(SignBatchReply { results })).await;
 }
 
 async fn serve(bus: &dyn Bus, shared: &Shared, message: &Message) {

@@ -10,7 +10,10 @@ use serde_json::json;
 use tes_bus::control::{self, ControlBus};
 use tes_bus::jetstream::CommandStream;
 use tes_bus::typed;
-use tes_proto::command::{Bump, Grace, Revoke, Rollback, Rotate, Scope, Sign, Status, Verify};
+use tes_proto::command::{
+    Bump, Grace, Revoke, Rollback, Rotate, Scope, Sign, SignBatch, Status, Verify, VerifyBatch,
+    MAX_BATCH_ITEMS,
+};
 use tes_proto::{CommandBody, KeyVersion, ThreadId};
 
 use crate::cli::{Global, GraceArgs, RunOptions};
@@ -216,6 +219,157 @@ pub async fn sign(
         words += &format!("\n(fell back from {from}: its material is missing on this signer)");
     }
     Printer { json: global.json }.emit(words, &reply);
+    Ok(())
+}
+
+/// Everything on stdin, for `--batch`.
+fn stdin_all() -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| Failure::input(anyhow!("cannot read stdin: {e}")))?;
+    Ok(s)
+}
+
+/// `--batch` input: a JSON array of items, or one item per line (`line`
+/// turns a line into an item; blank lines are skipped).
+fn batch_items<T: serde::de::DeserializeOwned>(
+    input: &str,
+    line: impl Fn(&str) -> Result<T>,
+) -> Result<Vec<T>> {
+    let items = if input.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<T>>(input)
+            .map_err(|e| Failure::input(anyhow!("stdin is not a JSON array of items: {e}")))?
+    } else {
+        input
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| line(l).map_err(|e| Failure::input(anyhow!("line {}: {e}", n + 1))))
+            .collect::<Result<Vec<T>>>()?
+    };
+    if items.is_empty() {
+        return Err(Failure::input(anyhow!("stdin holds nothing to send")));
+    }
+    Ok(items)
+}
+
+/// One line per result: the reply itself, or `{"index", "error"}`.
+fn print_results<T: serde::Serialize>(
+    json: bool,
+    first: usize,
+    results: Vec<tes_proto::Reply<T>>,
+    words: impl Fn(&T) -> String,
+) -> usize {
+    let printer = Printer { json };
+    let mut failed = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            tes_proto::Reply::Ok(reply) => printer.emit(words(&reply), &reply),
+            tes_proto::Reply::Err(error) => {
+                failed += 1;
+                printer.emit(
+                    format!("item {}: {}", first + i, error.message),
+                    &json!({ "index": first + i, "error": error }),
+                );
+            }
+        }
+    }
+    failed
+}
+
+/// A sign item as a JSON array element: a bare string or a [`Sign`].
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum SignItem {
+    Payload(String),
+    Item(Sign),
+}
+
+pub async fn sign_batch(
+    global: &Global,
+    run: &RunOptions,
+    key_version: Option<KeyVersion>,
+) -> Result<()> {
+    let items = batch_items(&stdin_all()?, |l| Ok(SignItem::Payload(l.to_string())))?;
+    let items: Vec<Sign> = items
+        .into_iter()
+        .map(|i| match i {
+            SignItem::Payload(payload) => Sign {
+                payload,
+                key_version,
+            },
+            SignItem::Item(mut s) => {
+                s.key_version = s.key_version.or(key_version);
+                s
+            }
+        })
+        .collect();
+    let mut failed = 0;
+    for (n, chunk) in items.chunks(MAX_BATCH_ITEMS).enumerate() {
+        let body = SignBatch {
+            items: chunk.to_vec(),
+        };
+        let reply = send(global, run, ThreadId::VersionManagement, body).await?;
+        failed += print_results(global.json, n * MAX_BATCH_ITEMS, reply.results, |r| {
+            format!("{}  {}", r.key_version, r.signature)
+        });
+    }
+    if failed > 0 {
+        return Err(Failure::check(anyhow!(
+            "{failed} of {} payloads were not signed",
+            items.len()
+        )));
+    }
+    Ok(())
+}
+
+pub async fn verify_batch(global: &Global, run: &RunOptions) -> Result<()> {
+    let items: Vec<Verify> = batch_items(&stdin_all()?, |l| {
+        // What `tes sign --batch --json` prints carries more fields than
+        // an item needs: take the three.
+        let v: serde_json::Value = serde_json::from_str(l)
+            .map_err(|e| Failure::input(anyhow!("not a JSON object: {e}")))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| Failure::input(anyhow!("no \"{k}\" string")))
+        };
+        Ok(Verify {
+            payload: field("payload")?,
+            signature: field("signature")?,
+            key_version: field("keyVersion")?
+                .parse()
+                .map_err(|e| Failure::input(anyhow!("keyVersion: {e}")))?,
+        })
+    })?;
+    let (mut failed, mut invalid) = (0, 0);
+    for (n, chunk) in items.chunks(MAX_BATCH_ITEMS).enumerate() {
+        let body = VerifyBatch {
+            items: chunk.to_vec(),
+        };
+        let reply = send(global, run, ThreadId::VersionManagement, body).await?;
+        invalid += reply
+            .results
+            .iter()
+            .filter(|r| matches!(r, tes_proto::Reply::Ok(v) if !v.valid))
+            .count();
+        failed += print_results(global.json, n * MAX_BATCH_ITEMS, reply.results, |r| {
+            if r.valid {
+                format!("valid ({})", r.key_version)
+            } else {
+                format!("INVALID under {}", r.key_version)
+            }
+        });
+    }
+    if failed + invalid > 0 {
+        return Err(Failure::check(anyhow!(
+            "{} of {} signatures do not verify",
+            failed + invalid,
+            items.len()
+        )));
+    }
     Ok(())
 }
 
