@@ -404,6 +404,7 @@ async fn nats_sign_vs_echo() {
         )
         .await
         .unwrap();
+        warm_up(&client).await;
         let client = client.clone();
         let (rate, cpu) = cpu_split(
             server.pid(),
@@ -435,6 +436,7 @@ async fn nats_sign_vs_echo() {
     )
     .await
     .unwrap();
+    warm_up(&client).await;
     let sign = {
         let client = client.clone();
         move || sign_once(client.clone())
@@ -494,6 +496,34 @@ async fn nats_sign_vs_echo() {
     println!("  writer + replica: {replica_cpu}");
     replica.stop().await;
     drop(writer.stop().await);
+}
+
+/// Waits until a signer answers on `bus` (its subscription reached the
+/// server), so no timed run starts before there is anyone to ask.
+async fn warm_up(bus: &Arc<dyn Bus>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = typed::command(
+            ThreadId::VersionManagement,
+            Sign {
+                payload: "warm-up".into(),
+                key_version: None,
+            },
+        );
+        let answered = call::<Sign>(
+            &**bus,
+            ThreadId::VersionManagement,
+            ContentType::Binary,
+            &c,
+            Duration::from_secs(10),
+        )
+        .await;
+        match answered {
+            Ok(_) => return,
+            Err(e) if Instant::now() > deadline => panic!("no signer answers: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// Signs one manifest through `bus`, as a client does.
