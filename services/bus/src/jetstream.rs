@@ -44,7 +44,25 @@ fn transport(e: impl std::fmt::Display) -> BusError {
 
 /// Opens the stream `config` names, or creates it: on files, with
 /// de-duplication, and never deleted from or purged through the API.
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), BusError> {
+/// How many copies a stream or bucket tes makes keeps: one per server of
+/// the cluster the client is connected to, up to three (JetStream's R3:
+/// it goes on with one server down); one on a lone server. Read from the
+/// server's INFO (its cluster name and the client URLs of its members), so
+/// no flag says "cluster mode". A stream keeps the replicas it was made
+/// with (nobody may update one).
+pub fn replicas(client: &async_nats::Client) -> usize {
+    let info = client.server_info();
+    match info.cluster {
+        Some(name) if !name.is_empty() => info.connect_urls.len().clamp(1, 3),
+        _ => 1,
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+    config: stream::Config,
+) -> Result<(), BusError> {
     let name = config.name.clone();
     let wanted = config.subjects.clone();
     let mut stream = js
@@ -53,6 +71,7 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
             storage: stream::StorageType::File,
             deny_delete: true,
             deny_purge: true,
+            num_replicas: replicas,
             ..config
         })
         .await
@@ -85,11 +104,13 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
 impl EventStream {
     /// Creates `TES_EVENTS` if it does not exist yet.
     pub async fn ensure(client: async_nats::Client) -> Result<EventStream, BusError> {
+        let copies = replicas(&client);
         let js = jetstream::new(client);
         // History is never erased through the API (nor by anyone's NATS
         // rights: ops/nats-server.conf denies it too).
         ensure_stream(
             &js,
+            copies,
             stream::Config {
                 name: subject::EVENTS_STREAM.to_string(),
                 subjects: subject::durable_events(),
@@ -395,9 +416,11 @@ impl std::fmt::Debug for CheckpointStream {
 impl CheckpointStream {
     /// Creates `TES_CHECKPOINTS` if it does not exist yet (the writer).
     pub async fn ensure(client: async_nats::Client) -> Result<CheckpointStream, BusError> {
+        let copies = replicas(&client);
         let js = jetstream::new(client);
         ensure_stream(
             &js,
+            copies,
             stream::Config {
                 name: subject::CHECKPOINTS_STREAM.to_string(),
                 subjects: vec![subject::checkpoints()],
@@ -478,9 +501,11 @@ impl CommandStream {
 
     /// Creates `TES_COMMANDS` if it does not exist yet.
     pub async fn ensure(client: async_nats::Client) -> Result<CommandStream, BusError> {
+        let copies = replicas(&client);
         let js = jetstream::new(client);
         ensure_stream(
             &js,
+            copies,
             stream::Config {
                 name: subject::COMMANDS_STREAM.to_string(),
                 subjects: subject::durable_commands(),
@@ -631,6 +656,7 @@ pub async fn tes_bucket(
     client: async_nats::Client,
 ) -> Result<async_nats::jetstream::kv::Store, BusError> {
     use async_nats::jetstream::kv;
+    let copies = replicas(&client);
     let js = jetstream::new(client);
     if let Ok(store) = js.get_key_value(subject::kv::BUCKET).await {
         return Ok(store);
@@ -642,6 +668,7 @@ pub async fn tes_bucket(
                 "TES: rotation-signal (rotate|rollback), the Supervisor's cursor, the writer lease"
                     .to_string(),
             history: 16,
+            num_replicas: copies,
             ..Default::default()
         })
         .await;

@@ -70,9 +70,26 @@ impl NatsBus {
                     }
                 }
             });
-        // async-nats 0.51 parses `user:password@` in a URL but never sends
-        // it: take the credentials out and pass them explicitly.
-        let (url, from_url) = split_credentials(&config.url);
+        // A cluster is given as its members' URLs, comma-separated; the
+        // client connects to one and fails over to the others (and to the
+        // members the servers announce). async-nats 0.51 parses
+        // `user:password@` in a URL but never sends it: take the
+        // credentials out and pass them explicitly.
+        let mut servers = Vec::new();
+        let mut from_url = None;
+        for one in config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            let (url, credentials) = split_credentials(one);
+            let addr: async_nats::ServerAddr = url
+                .parse()
+                .map_err(|e| BusError::Transport(format!("bad NATS URL {}: {e}", redact(one))))?;
+            servers.push(addr);
+            from_url = from_url.or(credentials);
+        }
         let credentials = match (&config.user, &config.password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => from_url,
@@ -80,7 +97,7 @@ impl NatsBus {
         if let Some((user, password)) = credentials {
             options = options.user_and_password(user, password);
         }
-        let client = options.connect(url.as_str()).await.map_err(|e| {
+        let client = options.connect(servers).await.map_err(|e| {
             BusError::Transport(format!(
                 "cannot connect to NATS at {}: {e}",
                 redact(&config.url)
@@ -163,7 +180,14 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// A URL fit for logs: without the password.
-pub fn redact(url: &str) -> String {
+pub fn redact(urls: &str) -> String {
+    urls.split(',')
+        .map(redact_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -316,6 +340,10 @@ mod tests {
         assert_eq!(
             super::redact("nats://127.0.0.1:4222"),
             "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            super::redact("nats://a:pw@h1:4222,nats://a:pw@h2:4222"),
+            "nats://a:***@h1:4222,nats://a:***@h2:4222"
         );
     }
 }

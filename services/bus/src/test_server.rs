@@ -34,6 +34,8 @@ pub struct TestServer {
     dir: PathBuf,
     config: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// More command-line arguments (a cluster member's name and routes).
+    args: Vec<String>,
 }
 
 /// Where the server binary is.
@@ -70,6 +72,15 @@ impl TestServer {
     /// As [`TestServer::start_with_config`], with environment variables for
     /// the server process (the config's `$VAR` references).
     pub fn start_with(config: Option<&str>, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_on(free_port(), config, env, Vec::new())
+    }
+
+    fn start_on(
+        port: u16,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        args: Vec<String>,
+    ) -> TestServer {
         let dir = std::env::temp_dir().join(format!(
             "tes-nats-{}-{}",
             std::process::id(),
@@ -85,14 +96,14 @@ impl TestServer {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let port = free_port();
-        let child = spawn(port, &dir, config.as_deref(), &env);
+        let child = spawn(port, &dir, config.as_deref(), &env, &args);
         TestServer {
             child,
             port,
             dir,
             config,
             env,
+            args,
         }
     }
 
@@ -125,7 +136,13 @@ impl TestServer {
     /// [`kill`]: TestServer::kill
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.port, &self.dir, self.config.as_deref(), &self.env);
+        self.child = spawn(
+            self.port,
+            &self.dir,
+            self.config.as_deref(),
+            &self.env,
+            &self.args,
+        );
     }
 
     /// The server process's id (for benchmarks that read its CPU time).
@@ -171,12 +188,14 @@ fn spawn(
     dir: &std::path::Path,
     config: Option<&std::path::Path>,
     env: &[(String, String)],
+    args: &[String],
 ) -> Child {
     let mut cmd = Command::new(binary());
     if let Some(path) = config {
         cmd.arg("-c").arg(path);
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.args(args);
     cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir.join("store"))
         .stdout(Stdio::null())
@@ -193,5 +212,80 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three (or `n`) `nats-server` processes with routes between them on
+/// loopback ports: one JetStream cluster, in which a stream can keep three
+/// replicas and lose one server. Each member is a [`TestServer`] (killed
+/// and restarted on its own port and store); all stop on drop.
+pub struct TestCluster {
+    pub servers: Vec<TestServer>,
+}
+
+impl TestCluster {
+    pub fn start(n: usize) -> TestCluster {
+        let name = format!("tes-test-{}", uuid::Uuid::now_v7().simple());
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let route_urls = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let servers = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| {
+                let args = vec![
+                    "--server_name".to_string(),
+                    format!("n{}", i + 1),
+                    "--cluster_name".to_string(),
+                    name.clone(),
+                    "--cluster".to_string(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".to_string(),
+                    route_urls.clone(),
+                ];
+                TestServer::start_on(free_port(), None, &[], args)
+            })
+            .collect();
+        TestCluster { servers }
+    }
+
+    /// Every member's client URL, comma-separated (what a client given
+    /// the whole cluster connects with).
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(TestServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every member takes clients and the cluster has elected
+    /// its JetStream meta leader (a stream can be made).
+    pub async fn ready(&self) {
+        for s in &self.servers {
+            s.ready(None).await;
+        }
+        let client = async_nats::connect(self.servers[0].url())
+            .await
+            .expect("connect to the cluster");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = client
+                .request("$JS.API.INFO", "".into())
+                .await
+                .ok()
+                .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok());
+            if answer.is_some_and(|v| v.get("error").is_none()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster elected no JetStream leader within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -71,6 +71,7 @@ fn key_of(token: &str) -> String {
 impl Csrf {
     /// The NATS store (creates the bucket if needed).
     pub async fn on_nats(client: async_nats::Client, ttl: Duration) -> Result<Csrf, StoreError> {
+        let copies = tes_bus::jetstream::replicas(&client);
         let js = jetstream::new(client);
         let store = match js.get_key_value(BUCKET).await {
             Ok(s) => s,
@@ -80,6 +81,7 @@ impl Csrf {
                     history: 1,
                     // Spent and expired entries go away on their own.
                     max_age: ttl + Duration::from_secs(60),
+                    num_replicas: copies,
                     ..Default::default()
                 })
                 .await

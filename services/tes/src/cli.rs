@@ -38,7 +38,8 @@ pub struct Global {
     pub key_store: Option<String>,
     /// A NATS server (2.10+). The daemon serves on it; every other verb
     /// (but `demo`, always embedded) becomes a client of a daemon there.
-    /// Credentials may be in the URL (nats://user:password@host:4222).
+    /// Credentials may be in the URL (nats://user:password@host:4222). A
+    /// cluster: its members' URLs, comma-separated.
     #[arg(long, global = true, env = "TES_NATS_URL", value_name = "URL")]
     pub nats: Option<String>,
     /// The NATS user (ops/nats-server.conf has one per actor); its password
