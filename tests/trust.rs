@@ -8,6 +8,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use support::*;
 use tes_ledger::Ledger;
@@ -395,26 +396,19 @@ fn reads_create_nothing_and_keys_are_never_made_behind_the_operators_back() {
 }
 
 #[test]
-fn a_second_writer_on_the_same_nats_is_refused_and_the_first_keeps_signing() {
+fn a_second_writer_stands_by_follows_the_first_and_takes_over_when_it_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let first = tmp.path().join("first");
     let nats = NatsDaemon::start(&first);
     let sign = |payload: &str| run(args(nats.client(&first), &["sign", payload, "--json"]));
     assert_eq!(sign("before").code, 0);
 
-    // Another data dir (another ledger), same NATS: refused, naming the holder.
+    // Another data dir, same NATS: it does not write; it stands by,
+    // following TES_EVENTS into a ledger of its own.
     let second = tmp.path().join("second");
-    let r = run(args(
-        with_keys(tes(&second)),
-        &["--nats", &nats.url, "daemon", "--actors", "version"],
-    ));
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("ledger lease"), "{}", r.stderr);
-    let first_ledger = std::fs::canonicalize(first.join("ledger.db")).unwrap();
-    assert!(
-        r.stderr.contains(&first_ledger.display().to_string()),
-        "names the holder: {}",
-        r.stderr
+    let mut standby = Daemon::spawn(
+        with_keys(args(tes(&second), &["--nats", &nats.url])),
+        &["--actors", "version"],
     );
 
     // The first writer signs on, and its seqs go on from its own ledger.
@@ -474,6 +468,66 @@ fn a_second_writer_on_the_same_nats_is_refused_and_the_first_keeps_signing() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(v["seq"].as_u64(), Some(seqs[0]), "{v}");
+
+    // The standby kept waiting, and its ledger is the first's, row for row.
+    assert!(
+        standby.0.try_wait().unwrap().is_none(),
+        "the standby writer exited"
+    );
+    let first_head = Ledger::open_reader(&first.join("ledger.db"))
+        .unwrap()
+        .head();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Ledger::open_reader(&second.join("ledger.db"))
+        .map(|l| l.head())
+        .ok()
+        != Some(first_head)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby's ledger never reached the writer's head {first_head:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The writer stops (its lease given up): the standby takes over, and
+    // signing goes on from the same chain.
+    let _ = Command::new("kill")
+        .args(["-TERM", &nats.daemon.0.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let taken_over = loop {
+        let r = run(args(
+            tes(&first),
+            &["--nats", &nats.url, "sign", "after-the-takeover", "--json"],
+        ));
+        if r.code == 0 {
+            break serde_json::from_str::<serde_json::Value>(r.stdout.trim()).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody signs 20 s after the writer stopped: {}",
+            r.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(
+        taken_over["seq"].as_u64().unwrap() > first_head.seq,
+        "{taken_over}"
+    );
+    assert_eq!(
+        taken_over["signature"],
+        outside_hmac(V1, "after-the-takeover").as_str()
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &standby.0.id().to_string()])
+        .status();
+    let _ = standby.0.wait();
+    let r = run(args(tes(&second), &["audit", "verify"]));
+    assert_eq!(
+        r.code, 0,
+        "the new writer's ledger verifies: {}{}",
+        r.stdout, r.stderr
+    );
 }
 
 #[test]

@@ -143,6 +143,22 @@ impl Lease {
         ))
     }
 
+    /// The lease as it stands, if someone holds it and it has not lapsed
+    /// (reads only).
+    pub async fn live(client: async_nats::Client) -> Result<Option<LeaseValue>, LeaseError> {
+        let store = crate::jetstream::tes_bucket(client)
+            .await
+            .map_err(|e| LeaseError::Nats(e.to_string()))?;
+        let entry = store
+            .entry(WRITER_LEASE)
+            .await
+            .map_err(|e| LeaseError::Nats(e.to_string()))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| serde_json::from_slice::<LeaseValue>(&e.value).ok())
+            .filter(|v| v.expires_at > now_ms()))
+    }
+
     pub fn value(&self) -> &LeaseValue {
         &self.value
     }

@@ -598,6 +598,34 @@ async fn start_version(
     // first takes back what the stream holds past its head, before the
     // engine decides anything (a new key's provisioning, say) on top of it.
     let mut lease = None;
+    let mut fresh = fresh;
+    // Another writer holds the lease: stand by, following TES_EVENTS into
+    // this ledger, and take over when its lease lapses.
+    if let (Some(client), Some(stream)) = (&nats, &actor_config.event_stream) {
+        let path = global.ledger_path();
+        let holder = lease_holder(&path);
+        let live = tes_bus::lease::Lease::live(client.clone())
+            .await
+            .map_err(Failure::check)?;
+        if let Some(other) = live.filter(|v| v.holder != holder) {
+            tracing::info!(writer = %other.holder, ledger = %path.display(), "another writer holds the writer lease: standing by, following TES_EVENTS into this ledger");
+            let ledger = tes_ledger::Ledger::open_writer(&path).map_err(Failure::input)?;
+            let (ledger, keeper) = tes_version_management::standby::follow_until_leader(
+                ledger,
+                stream,
+                actor::OUTBOX,
+                |identity| try_lease(client.clone(), identity.unwrap_or_default(), holder.clone()),
+            )
+            .await
+            .map_err(Failure::check)?;
+            tracing::warn!(
+                head = ledger.head().seq,
+                "the writer lease lapsed: this standby takes over as the writer"
+            );
+            fresh = ledger.head().seq == 0;
+            lease = Some(keeper);
+        }
+    }
     if let (Some(client), Some(stream), false) = (&nats, &actor_config.event_stream, fresh) {
         let path = global.ledger_path();
         let mut ledger = tes_ledger::Ledger::open_writer(&path)
@@ -606,7 +634,9 @@ async fn start_version(
                 error: f.error.context("cannot open Version Management"),
                 ..f
             })?;
-        lease = Some(hold_lease(client.clone(), &ledger, &path).await?);
+        if lease.is_none() {
+            lease = Some(hold_lease(client.clone(), &ledger, &path).await?);
+        }
         let taken = catch_up::from_stream(&mut ledger, stream, actor::OUTBOX)
             .await
             .map_err(Failure::check)?;
@@ -729,23 +759,53 @@ async fn hold_lease(
     ledger: &tes_ledger::Ledger,
     path: &std::path::Path,
 ) -> Result<LeaseKeeper> {
-    use tes_bus::lease::{Lease, LeaseError, RENEW_EVERY};
+    use tes_bus::lease::{Lease, LeaseError};
     let identity = ledger
         .identity()
         .map_err(Failure::check)?
         .map(|h| tes_ledger::chain::to_hex(&h))
         .unwrap_or_default();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let holder = format!("{host}:{}", file.display());
-    let mut lease = Lease::acquire(client, &identity, &holder)
+    let holder = lease_holder(path);
+    let lease = Lease::acquire(client, &identity, &holder)
         .await
         .map_err(|e| match e {
             LeaseError::Held { .. } => Failure::input(e),
             other => Failure::check(other),
         })?;
+    Ok(keep_lease(lease))
+}
+
+/// Who holds a lease: `host:ledger file`.
+fn lease_holder(path: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("{host}:{}", file.display())
+}
+
+/// A standby's try at the lease: kept when taken, `None` while another
+/// writer holds it (or NATS did not answer: tried again).
+async fn try_lease(
+    client: async_nats::Client,
+    identity: String,
+    holder: String,
+) -> Option<LeaseKeeper> {
+    use tes_bus::lease::{Lease, LeaseError};
+    match Lease::acquire(client, &identity, &holder).await {
+        Ok(lease) => Some(keep_lease(lease)),
+        Err(LeaseError::Held { .. }) => None,
+        Err(error) => {
+            tracing::warn!(%error, "standby: the writer lease could not be read; trying again");
+            None
+        }
+    }
+}
+
+/// Renews `lease` in the background until stopped.
+fn keep_lease(mut lease: tes_bus::lease::Lease) -> LeaseKeeper {
+    use tes_bus::lease::{LeaseError, RENEW_EVERY};
+    let (identity, holder) = (lease.value().ledger.clone(), lease.value().holder.clone());
     tracing::info!(ledger = %&identity[..16.min(identity.len())], %holder, "holding the writer lease");
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -768,7 +828,7 @@ async fn hold_lease(
             }
         }
     });
-    Ok(LeaseKeeper { stop, task })
+    LeaseKeeper { stop, task }
 }
 
 /// The name a generated audit key gets: the checkpoints' origin, unique to

@@ -18,5 +18,6 @@ pub mod core;
 pub mod engine;
 pub mod replay;
 pub mod replica;
+pub mod standby;
 
 pub use engine::{Engine, EngineConfig, EngineError, Request, Response};

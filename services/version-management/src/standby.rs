@@ -1,0 +1,91 @@
+//! A second writer on a deployment whose lease another holds waits as a
+//! standby instead of exiting: it follows `TES_EVENTS` into a ledger of its
+//! own (the same rows, so the same hash chain, Merkle tree and checkpoints;
+//! `tes audit verify` passes on it) and, once the holder's lease lapses,
+//! takes the lease and hands its ledger back to become the writer, from
+//! the last event the stream stored.
+//!
+//! What this does not cover yet (issue 17): the writer acknowledges a
+//! signature once its own SQLite commit is durable, before the stream has
+//! it, so events a lost writer committed but never published are not in
+//! the standby's ledger.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tes_bus::jetstream::{EventStream, Followed};
+use tes_ledger::{Ledger, LedgerError, Outbox};
+use tes_proto::ThreadId;
+
+/// How often a caught-up standby tries the lease.
+pub const TRY_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    #[error("following TES_EVENTS as a standby writer")]
+    Stream(#[from] tes_bus::BusError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("TES_EVENTS ended while this standby followed it")]
+    Ended,
+    #[error(
+        "TES_EVENTS holds ledger seq {found} after seq {head}: not following a ledger with a hole"
+    )]
+    Gap { head: u64, found: u64 },
+    #[error("this standby's ledger holds another event at seq {seq} than TES_EVENTS ({theirs}): it went its own way; give the standby an empty data directory")]
+    Forked { seq: u64, theirs: String },
+}
+
+/// Follows the stream into `ledger` until `try_lead` (called every
+/// [`TRY_EVERY`] once caught up, with the ledger as it is) returns the
+/// lease; then moves the outbox `cursor` past what was followed (it is in
+/// the stream already) and returns the ledger and the lease.
+pub async fn follow_until_leader<L, F, Fut>(
+    mut ledger: Ledger,
+    stream: &EventStream,
+    cursor: &str,
+    mut try_lead: F,
+) -> Result<(Ledger, L), StandbyError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Option<L>>,
+{
+    let registered = stream.registered_ledger().await;
+    let mut events = stream
+        .follow_ledger(&[ThreadId::VersionManagement, ThreadId::Alert], registered)
+        .await?;
+    let mut tick = tokio::time::interval(TRY_EVERY);
+    let mut caught_up = false;
+    loop {
+        tokio::select! {
+            followed = events.recv() => match followed.ok_or(StandbyError::Ended)? {
+                Followed::Event { ledger_seq: Some(seq), event } => {
+                    let head = ledger.head().seq;
+                    if seq <= head {
+                        // Seen already (this file followed it before a restart).
+                        if ledger.seq_of(&event.id)? != Some(seq) {
+                            return Err(StandbyError::Forked { seq, theirs: event.id.to_string() });
+                        }
+                        continue;
+                    }
+                    if seq != head + 1 {
+                        return Err(StandbyError::Gap { head, found: seq });
+                    }
+                    ledger.append(&[*event])?;
+                }
+                Followed::Event { ledger_seq: None, .. } => {}
+                Followed::CaughtUp => {
+                    caught_up = true;
+                    tracing::info!(head = ledger.head().seq, "standby writer caught up with TES_EVENTS; waiting for the writer lease");
+                }
+            },
+            _ = tick.tick(), if caught_up => {
+                let identity = ledger.identity()?.map(|h| tes_ledger::chain::to_hex(&h));
+                if let Some(lease) = try_lead(identity).await {
+                    Outbox::open(ledger.path(), cursor)?.advance(ledger.head().seq)?;
+                    return Ok((ledger, lease));
+                }
+            }
+        }
+    }
+}
