@@ -1,8 +1,8 @@
 //! The daemon on a three-server NATS cluster (JetStream R3): given the
 //! cluster as one comma-separated URL, it signs, loses one server of three
 //! (kill -9) and signs on, and every event of its ledger ends up in the
-//! replicated `TES_EVENTS` stream. The first piece of the high-availability
-//! work; the standby writer and its failover are not here yet.
+//! replicated `TES_EVENTS` stream; and a standby writer that takes over
+//! from a writer killed with SIGKILL, with every acknowledged signature.
 
 mod support;
 
@@ -92,4 +92,78 @@ fn a_daemon_on_a_three_server_cluster_signs_on_with_one_server_down() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Two writers on the cluster: one leads, the other stands by following
+/// the stream. The leader is killed with SIGKILL (its lease left to lapse):
+/// the standby takes over within the lease's time to live and a few
+/// seconds, and its ledger holds every signature the leader acknowledged
+/// (on a cluster a reply waits until the stream's quorum has its events).
+#[test]
+fn the_standby_takes_over_from_a_killed_writer_with_every_acknowledged_signature() {
+    let cluster = TestCluster::start(3);
+    block_on(cluster.ready());
+    let url = cluster.url();
+    let (a, b, client) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut leader = Daemon::spawn(
+        with_keys(args(tes(a.path()), &["--nats", &url])),
+        &["--actors", "version"],
+    );
+    wait_until_ok(|| args(tes(client.path()), &["--nats", &url, "status"]));
+    let _standby = Daemon::spawn(
+        with_keys(args(tes(b.path()), &["--nats", &url])),
+        &["--actors", "version"],
+    );
+
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        let payload = format!("led-{i}");
+        acknowledged.push((
+            payload.clone(),
+            sign(client.path(), &url, &payload).unwrap(),
+        ));
+    }
+    leader.0.kill().unwrap(); // SIGKILL: the lease is not given up
+    leader.0.wait().unwrap();
+    let killed = Instant::now();
+    let resumed = loop {
+        if let Some(s) = sign(client.path(), &url, "after-the-failover") {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < tes_bus::lease::LEASE_TTL + Duration::from_secs(15),
+            "no writer signs {:?} after the leader was killed",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("signing resumed {:?} after the kill", killed.elapsed());
+    acknowledged.push(("after-the-failover".into(), resumed));
+
+    // Every acknowledged signature is in the new writer's ledger, at the
+    // seq its reply named, exactly once.
+    let ledger = rusqlite::Connection::open_with_flags(
+        b.path().join("ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    for (payload, s) in &acknowledged {
+        let sig = s["signature"].as_str().unwrap();
+        assert_eq!(sig, outside_hmac(V1, payload));
+        let seqs: Vec<u64> = ledger
+            .prepare("SELECT seq FROM events WHERE kind = 'signature_generated' AND instr(payload, ?1) > 0")
+            .unwrap()
+            .query_map([sig], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(seqs, vec![s["seq"].as_u64().unwrap()], "{payload}");
+    }
+    drop(ledger);
+    let r = run(args(tes(b.path()), &["audit", "verify"]));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }

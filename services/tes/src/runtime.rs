@@ -204,10 +204,18 @@ impl Actors {
                         ),
                     ),
                 };
+                // On a cluster (a stream with more than one copy) a reply
+                // waits until the stream's quorum stores its events too, so
+                // a standby that takes over has every acknowledged one.
+                let ack_after_stream = match &transport {
+                    Transport::Nats(nats) => tes_bus::jetstream::replicas(nats.client()) > 1,
+                    Transport::Embedded => false,
+                };
                 let config = ActorConfig {
                     wire,
                     event_stream,
                     checkpoint_stream,
+                    ack_after_stream,
                     ..ActorConfig::default()
                 };
                 // Archiving on its own belongs to the daemon; a one-shot

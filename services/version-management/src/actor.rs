@@ -26,7 +26,7 @@ use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
     Timestamp,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, Outcome, Request, Response, WRITER};
@@ -58,7 +58,18 @@ pub struct ActorConfig {
     /// has started (it needs this actor's engine handle first). Empty:
     /// bundles are off and the verb is refused.
     pub archiver: ArchiverSlot,
+    /// With an event stream: answer a request only once the events its
+    /// batch committed are stored in the stream too (by its quorum, on a
+    /// cluster), not as soon as the ledger has them. What lets a standby
+    /// writer take over with every acknowledged signature: on by default
+    /// where the stream keeps more than one copy. While the stream does not
+    /// answer, replies wait (and, [`MAX_HELD`] batches on, so does signing).
+    pub ack_after_stream: bool,
 }
+
+/// Committed batches whose replies may wait for the stream at once; the
+/// engine stops taking work past this (backpressure, not memory).
+pub const MAX_HELD: usize = 64;
 
 /// Runs archive passes for the `archive` verb (the bundle worker).
 #[async_trait::async_trait]
@@ -78,6 +89,7 @@ impl Default for ActorConfig {
             checkpoint_stream: None,
             event_stream: None,
             archiver: ArchiverSlot::default(),
+            ack_after_stream: false,
         }
     }
 }
@@ -109,6 +121,58 @@ impl Job {
 enum Waiting {
     One(oneshot::Sender<Outcome>),
     Many(usize, oneshot::Sender<Vec<Outcome>>),
+}
+
+/// One outcome per request, in order: each job takes its own.
+fn answer(replies: Vec<Waiting>, outcomes: Vec<Outcome>) {
+    let mut outcomes = outcomes.into_iter();
+    for waiting in replies {
+        match waiting {
+            Waiting::One(reply) => {
+                if let Some(outcome) = outcomes.next() {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Waiting::Many(n, reply) => {
+                let _ = reply.send(outcomes.by_ref().take(n).collect());
+            }
+        }
+    }
+}
+
+/// A committed batch's replies, waiting until the stream holds its events
+/// up to ledger seq `upto`.
+struct Held {
+    upto: u64,
+    replies: Vec<Waiting>,
+    outcomes: Vec<Outcome>,
+}
+
+/// Answers held batches in order as the outbox confirms their events in
+/// the stream. If the publisher ends first (shutdown with the stream
+/// away), the events stay committed and are published at the next start;
+/// the clients hear so and a retry (same id) gets the original outcome.
+async fn release_when_stored(mut held: mpsc::Receiver<Held>, mut stored: watch::Receiver<u64>) {
+    while let Some(h) = held.recv().await {
+        if stored.wait_for(|seq| *seq >= h.upto).await.is_ok() {
+            answer(h.replies, h.outcomes);
+            continue;
+        }
+        let unconfirmed = ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!(
+                "committed at ledger seq {} but not yet stored in {}: retry with the same id for the original outcome",
+                h.upto,
+                subject::EVENTS_STREAM
+            ),
+        );
+        let outcomes = h
+            .outcomes
+            .iter()
+            .map(|_| Err(unconfirmed.clone()))
+            .collect();
+        answer(h.replies, outcomes);
+    }
 }
 
 struct Committed {
@@ -236,9 +300,27 @@ pub async fn start(
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
     let (committed_tx, committed_rx) = mpsc::unbounded_channel();
     let keep_events = outbox.is_none();
+    // How far the stream has confirmed (the outbox cursor), for replies
+    // that wait for it.
+    let cursor = match &outbox {
+        Some((o, _)) => o
+            .lock()
+            .expect("outbox lock poisoned")
+            .cursor()
+            .map_err(|e| tes_bus::BusError::Transport(e.to_string()))?,
+        None => 0,
+    };
+    let (stored_tx, stored_rx) = watch::channel(cursor);
+    let hold = if config.ack_after_stream && outbox.is_some() {
+        let (hold_tx, hold_rx) = mpsc::channel::<Held>(MAX_HELD);
+        tokio::spawn(release_when_stored(hold_rx, stored_rx));
+        Some(hold_tx)
+    } else {
+        None
+    };
     let engine = std::thread::Builder::new()
         .name("tes-0x6001-engine".into())
-        .spawn(move || engine_loop(engine, rx, committed_tx, keep_events))
+        .spawn(move || engine_loop(engine, rx, committed_tx, keep_events, hold))
         .expect("spawn engine thread");
     let handle = EngineHandle { tx };
     // One subscription, in the signers' queue group: a `sign` request goes
@@ -293,7 +375,13 @@ pub async fn start(
             }
         })
     };
-    let publisher = tokio::spawn(publish_committed(bus, committed_rx, config, outbox));
+    let publisher = tokio::spawn(publish_committed(
+        bus,
+        committed_rx,
+        config,
+        outbox,
+        stored_tx,
+    ));
     Ok(Running {
         handle,
         tasks: vec![listener, ticker, heartbeat],
@@ -307,6 +395,7 @@ fn engine_loop(
     mut rx: mpsc::Receiver<Job>,
     committed: mpsc::UnboundedSender<Committed>,
     keep_events: bool,
+    hold: Option<mpsc::Sender<Held>>,
 ) -> Engine {
     while let Some(first) = rx.blocking_recv() {
         let mut size = first.len();
@@ -338,7 +427,8 @@ fn engine_loop(
             }
         }
         let (outcomes, events) = engine.handle_batch(requests);
-        if !events.is_empty() {
+        let appended = !events.is_empty();
+        if appended {
             let lifecycle = events.iter().any(|(_, e)| changes_keys(&e.body));
             let _ = committed.send(Committed {
                 events: if keep_events { events } else { Vec::new() },
@@ -347,19 +437,19 @@ fn engine_loop(
                 lifecycle,
             });
         }
-        // One outcome per request, in order: each job takes its own.
-        let mut outcomes = outcomes.into_iter();
-        for waiting in replies {
-            match waiting {
-                Waiting::One(reply) => {
-                    if let Some(outcome) = outcomes.next() {
-                        let _ = reply.send(outcome);
-                    }
-                }
-                Waiting::Many(n, reply) => {
-                    let _ = reply.send(outcomes.by_ref().take(n).collect());
+        match &hold {
+            Some(hold) if appended => {
+                let held = Held {
+                    upto: engine.head().seq,
+                    replies,
+                    outcomes,
+                };
+                // Blocks while MAX_HELD batches wait for the stream.
+                if let Err(mpsc::error::SendError(h)) = hold.blocking_send(held) {
+                    answer(h.replies, h.outcomes);
                 }
             }
+            _ => answer(replies, outcomes),
         }
     }
     engine
@@ -378,6 +468,7 @@ async fn publish_committed(
     mut rx: mpsc::UnboundedReceiver<Committed>,
     config: ActorConfig,
     outbox: Option<(std::sync::Mutex<Outbox>, EventStream)>,
+    stored: watch::Sender<u64>,
 ) {
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -428,14 +519,14 @@ async fn publish_committed(
         }
     };
     if let Some((outbox, stream)) = &outbox {
-        while drain(outbox, stream, config.wire).await {}
+        while drain(outbox, stream, config.wire, &stored).await {}
     }
     loop {
         let batch = tokio::select! {
             batch = rx.recv() => batch,
             _ = retry.tick(), if outbox.is_some() => {
                 if let Some((outbox, stream)) = &outbox {
-                    while drain(outbox, stream, config.wire).await && rx.is_empty() {}
+                    while drain(outbox, stream, config.wire, &stored).await && rx.is_empty() {}
                 }
                 continue;
             }
@@ -458,7 +549,7 @@ async fn publish_committed(
                     };
                 }
                 // Behind: go on sending until caught up or more queues up.
-                while drain(outbox, stream, config.wire).await && rx.is_empty() {}
+                while drain(outbox, stream, config.wire, &stored).await && rx.is_empty() {}
             }
             None => {
                 for (seq, event) in &batch.events {
@@ -479,7 +570,7 @@ async fn publish_committed(
         checkpoint(head, tree).await;
     }
     if let Some((outbox, stream)) = &outbox {
-        while drain(outbox, stream, config.wire).await {}
+        while drain(outbox, stream, config.wire, &stored).await {}
     }
     drop(witness_tx);
     if let Some(task) = witness_task {
@@ -523,7 +614,12 @@ const DRAIN_CHUNKS: usize = 64;
 /// failure (NATS away) leaves the rest for the next try; a resend after a
 /// partial success is de-duplicated by the stream (`Nats-Msg-Id` = event id).
 /// True when it stopped at the cap with more to send.
-async fn drain(outbox: &std::sync::Mutex<Outbox>, stream: &EventStream, ct: ContentType) -> bool {
+async fn drain(
+    outbox: &std::sync::Mutex<Outbox>,
+    stream: &EventStream,
+    ct: ContentType,
+    confirmed: &watch::Sender<u64>,
+) -> bool {
     // SQLite calls are brief; the lock is never held across an await.
     let outbox = || outbox.lock().expect("outbox lock poisoned");
     for _ in 0..DRAIN_CHUNKS {
@@ -547,6 +643,7 @@ async fn drain(outbox: &std::sync::Mutex<Outbox>, stream: &EventStream, ct: Cont
                 tracing::error!(%error, "cannot advance the outbox cursor");
                 return false;
             }
+            confirmed.send_replace(pending[stored - 1].0);
         }
         if let Some(error) = error {
             tracing::warn!(%error, behind = pending.len() - stored, "events not yet in the stream; will retry");

@@ -280,3 +280,46 @@ async fn a_restored_ledger_takes_back_what_the_stream_holds_and_a_forked_one_is_
     }
     assert_eq!(ledger.head(), head, "nothing appended to a tampered ledger");
 }
+
+/// On a cluster a reply waits for the stream (`ack_after_stream`): when a
+/// signature comes back its event is in `TES_EVENTS` already; with the
+/// stream away the reply waits (nothing acknowledged that a standby would
+/// not have), and comes once the stream is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_after_stream_a_reply_waits_until_the_stream_holds_its_events() {
+    let mut server = TestServer::start();
+    server.ready(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = connect(&server, "ack-after-stream").await;
+    let stream = EventStream::ensure(bus.client().clone()).await.unwrap();
+    let config = ActorConfig {
+        event_stream: Some(stream),
+        ack_after_stream: true,
+        ..ActorConfig::default()
+    };
+    let running = actor::start(engine(dir.path()), Arc::new(bus), config)
+        .await
+        .unwrap();
+    let watcher = async_nats::connect(server.url()).await.unwrap();
+    for i in 0..5 {
+        running.handle().call(sign(i)).await.unwrap();
+        // Acknowledged: in the stream already, not merely on its way.
+        assert_eq!(streamed(&watcher).await, ledgered(dir.path()));
+    }
+
+    server.kill();
+    let handle = running.handle();
+    let waiting = tokio::spawn(async move { handle.call(sign(99)).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a signature was acknowledged while the stream could not store it"
+    );
+    server.restart();
+    let reply = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the reply comes once the stream is back")
+        .unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    drop(running.stop().await);
+}
