@@ -167,3 +167,35 @@ fn the_standby_takes_over_from_a_killed_writer_with_every_acknowledged_signature
     let r = run(args(tes(b.path()), &["audit", "verify"]));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
+
+/// A writer on a cluster cut off from every server stops before its lease
+/// can lapse (so it never writes on after a standby took over); on a lone
+/// server it would wait for NATS instead (tests/cli.rs kills NATS under it).
+#[test]
+fn a_writer_cut_off_from_the_cluster_stops_before_its_lease_lapses() {
+    let mut cluster = TestCluster::start(3);
+    block_on(cluster.ready());
+    let url = cluster.url();
+    let (dir, client) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut writer = Daemon::spawn(
+        with_keys(args(tes(dir.path()), &["--nats", &url])),
+        &["--actors", "version"],
+    );
+    wait_until_ok(|| args(tes(client.path()), &["--nats", &url, "status"]));
+    for s in &mut cluster.servers {
+        s.kill();
+    }
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(status) = writer.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            cut.elapsed() < tes_bus::lease::LEASE_TTL,
+            "the writer was still running {:?} after losing the cluster",
+            cut.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(1));
+}

@@ -774,13 +774,14 @@ async fn hold_lease(
         .map(|h| tes_ledger::chain::to_hex(&h))
         .unwrap_or_default();
     let holder = lease_holder(path);
+    let fence = tes_bus::jetstream::replicas(&client) > 1;
     let lease = Lease::acquire(client, &identity, &holder)
         .await
         .map_err(|e| match e {
             LeaseError::Held { .. } => Failure::input(e),
             other => Failure::check(other),
         })?;
-    Ok(keep_lease(lease))
+    Ok(keep_lease(lease, fence))
 }
 
 /// Who holds a lease: `host:ledger file`.
@@ -800,8 +801,9 @@ async fn try_lease(
     holder: String,
 ) -> Option<LeaseKeeper> {
     use tes_bus::lease::{Lease, LeaseError};
+    let fence = tes_bus::jetstream::replicas(&client) > 1;
     match Lease::acquire(client, &identity, &holder).await {
-        Ok(lease) => Some(keep_lease(lease)),
+        Ok(lease) => Some(keep_lease(lease, fence)),
         Err(LeaseError::Held { .. }) => None,
         Err(error) => {
             tracing::warn!(%error, "standby: the writer lease could not be read; trying again");
@@ -811,7 +813,13 @@ async fn try_lease(
 }
 
 /// Renews `lease` in the background until stopped.
-fn keep_lease(mut lease: tes_bus::lease::Lease) -> LeaseKeeper {
+///
+/// `fence` (on a cluster, where a standby takes over a lapsed lease): a
+/// writer that has not renewed for [`FENCE_AFTER`] stops, before its lease
+/// can lapse, so it never publishes after a standby has taken over. On a
+/// lone server a NATS outage only pauses renewal (signing waits for the
+/// ledger, never for NATS; nobody stands by to take over).
+fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
     use tes_bus::lease::{LeaseError, RENEW_EVERY};
     let (identity, holder) = (lease.value().ledger.clone(), lease.value().holder.clone());
     tracing::info!(ledger = %&identity[..16.min(identity.len())], %holder, "holding the writer lease");
@@ -819,6 +827,7 @@ fn keep_lease(mut lease: tes_bus::lease::Lease) -> LeaseKeeper {
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.tick().await;
+        let mut renewed = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = &mut stopped => {
@@ -826,9 +835,13 @@ fn keep_lease(mut lease: tes_bus::lease::Lease) -> LeaseKeeper {
                     return;
                 }
                 _ = tick.tick() => match lease.renew().await {
-                    Ok(()) => {}
+                    Ok(()) => renewed = std::time::Instant::now(),
                     Err(e @ LeaseError::Lost(_)) => {
                         tracing::error!(error = %e, "stopping at once: another writer holds the ledger lease");
+                        std::process::exit(1);
+                    }
+                    Err(e) if fence && renewed.elapsed() >= FENCE_AFTER => {
+                        tracing::error!(error = %e, "stopping: the writer lease could not be renewed for {:?} and may lapse, after which a standby takes over; this writer must not write on", renewed.elapsed());
                         std::process::exit(1);
                     }
                     Err(e) => tracing::warn!(error = %e, "the writer lease could not be renewed; trying again"),
@@ -838,6 +851,12 @@ fn keep_lease(mut lease: tes_bus::lease::Lease) -> LeaseKeeper {
     });
     LeaseKeeper { stop, task }
 }
+
+/// How long a writer on a cluster goes on without renewing its lease: two
+/// renewals short of its time to live.
+const FENCE_AFTER: std::time::Duration = std::time::Duration::from_secs(
+    tes_bus::lease::LEASE_TTL.as_secs() - 2 * tes_bus::lease::RENEW_EVERY.as_secs(),
+);
 
 /// The name a generated audit key gets: the checkpoints' origin, unique to
 /// this ledger (its genesis hash).
