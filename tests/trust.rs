@@ -489,6 +489,68 @@ fn a_second_writer_stands_by_follows_the_first_and_takes_over_when_it_stops() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // `tes status` names the writer and the standby, and how far behind
+    // the standby is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = run(args(nats.client(&first), &["--json", "status"]));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        let holder = v["writer"]["holder"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(holder.ends_with("first/ledger.db"), "{v}");
+        let standbys = v["standbys"].as_array().cloned().unwrap_or_default();
+        if standbys.len() == 1 && standbys[0]["lag"] == 0 {
+            assert!(
+                standbys[0]["holder"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("second/ledger.db"),
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed the standby caught up: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // The gateway's health endpoint says the same.
+    let port = free_port();
+    let mut gateway = args(tes(&tmp.path().join("gw")), &["--nats", &nats.url]);
+    gateway.env("TES_HTTP_ADDR", format!("127.0.0.1:{port}"));
+    let _gateway = Daemon::spawn(gateway, &["--actors", "gateway"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                &format!("http://127.0.0.1:{port}/api/dev/version-ws/health"),
+            ])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+            if v["standbys"].as_array().is_some_and(|s| s.len() == 1) {
+                assert!(
+                    v["writer"]["holder"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("first/ledger.db"),
+                    "{v}"
+                );
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the health endpoint never listed the standby: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     // The writer stops (its lease given up): the standby takes over, and
     // signing goes on from the same chain.
     let _ = Command::new("kill")

@@ -93,6 +93,9 @@ pub mod kv {
     /// The ledger writer's lease: which ledger (its genesis hash) is
     /// written, by whom, until when. One writer per deployment.
     pub const WRITER_LEASE: &str = "writer-lease";
+    /// Standby writers announce themselves under `standby.<id>` (their
+    /// holder name and how far they followed), every few seconds.
+    pub const STANDBY_PREFIX: &str = "standby.";
     pub const ROTATE: &str = "rotate";
     pub const ROLLBACK: &str = "rollback";
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
-use tes_proto::subject::kv::{BUCKET, WRITER_LEASE};
+use tes_proto::subject::kv::{BUCKET, STANDBY_PREFIX, WRITER_LEASE};
 
 /// How long a lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -194,4 +194,96 @@ impl Lease {
         let bytes = serde_json::to_vec(&value).expect("plain data").into();
         let _ = self.store.update(WRITER_LEASE, bytes, self.revision).await;
     }
+}
+
+/// What a standby writer says of itself (KV `standby.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StandbyValue {
+    /// `host:path of its ledger file`, as a lease would name it.
+    pub holder: String,
+    /// The last ledger seq it has followed into its own ledger.
+    pub head_seq: u64,
+    /// Unix milliseconds of this announcement.
+    pub at: u64,
+}
+
+/// How long a standby's announcement counts as live.
+pub const STANDBY_LIVENESS: Duration = Duration::from_secs(6);
+
+/// The KV key of standby `holder` (a holder names a path; keys may not
+/// hold every character a path does).
+fn standby_key(holder: &str) -> String {
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, holder.as_bytes());
+    format!("{STANDBY_PREFIX}{}", id.simple())
+}
+
+/// A standby says it is there and how far it has followed.
+pub async fn announce_standby(
+    client: async_nats::Client,
+    holder: &str,
+    head_seq: u64,
+) -> Result<(), LeaseError> {
+    let store = crate::jetstream::tes_bucket(client)
+        .await
+        .map_err(|e| LeaseError::Nats(e.to_string()))?;
+    let value = StandbyValue {
+        holder: holder.to_string(),
+        head_seq,
+        at: now_ms(),
+    };
+    store
+        .put(
+            standby_key(holder),
+            serde_json::to_vec(&value).expect("plain data").into(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| LeaseError::Nats(e.to_string()))
+}
+
+/// A standby that became the writer stops announcing itself as one.
+pub async fn retire_standby(client: async_nats::Client, holder: &str) {
+    if let Ok(store) = crate::jetstream::tes_bucket(client).await {
+        let _ = store.purge(standby_key(holder)).await;
+    }
+}
+
+/// Who writes and who stands by, as the bucket says (reads only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    /// The live lease, if any.
+    pub writer: Option<LeaseValue>,
+    /// Standbys heard from within [`STANDBY_LIVENESS`].
+    pub standbys: Vec<StandbyValue>,
+}
+
+pub async fn deployment(client: async_nats::Client) -> Result<Deployment, LeaseError> {
+    use futures_util::StreamExt;
+    let writer = Lease::live(client.clone()).await?;
+    let store = crate::jetstream::tes_bucket(client)
+        .await
+        .map_err(|e| LeaseError::Nats(e.to_string()))?;
+    let mut keys = store
+        .keys()
+        .await
+        .map_err(|e| LeaseError::Nats(e.to_string()))?;
+    let mut standbys = Vec::new();
+    let now = now_ms();
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if !key.starts_with(STANDBY_PREFIX) {
+            continue;
+        }
+        if let Ok(Some(bytes)) = store.get(&key).await {
+            if let Ok(v) = serde_json::from_slice::<StandbyValue>(&bytes) {
+                if now.saturating_sub(v.at) <= STANDBY_LIVENESS.as_millis() as u64 {
+                    standbys.push(v);
+                }
+            }
+        }
+    }
+    standbys.sort_by(|a, b| a.holder.cmp(&b.holder));
+    Ok(Deployment { writer, standbys })
 }

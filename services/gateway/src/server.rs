@@ -920,7 +920,30 @@ pub(crate) fn health_body(s: &StatusReply, app: &App) -> serde_json::Value {
 
 async fn health(State(app): State<Arc<App>>) -> Response {
     match call(&app, ThreadId::VersionManagement, Status::default()).await {
-        Ok(s) => Json(health_body(&s, &app)).into_response(),
+        Ok(s) => {
+            let mut body = health_body(&s, &app);
+            // On NATS: the writer (lease holder) and the standbys, each
+            // with how far behind the writer's head it is.
+            if let Some((_, nats)) = &app.config.durable {
+                let asked = tes_bus::lease::deployment(nats.client().clone());
+                if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(500), asked).await {
+                    body["writer"] = json!(d.writer.map(|w| json!({
+                        "holder": w.holder,
+                        "leaseExpiresAt": w.expires_at,
+                    })));
+                    body["standbys"] = json!(d
+                        .standbys
+                        .iter()
+                        .map(|b| json!({
+                            "holder": b.holder,
+                            "headSeq": b.head_seq,
+                            "lag": s.head_seq.saturating_sub(b.head_seq),
+                        }))
+                        .collect::<Vec<_>>());
+                }
+            }
+            Json(body).into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({

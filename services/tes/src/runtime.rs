@@ -622,7 +622,7 @@ async fn start_version(
                 ledger,
                 stream,
                 actor::OUTBOX,
-                |identity| try_lease(client.clone(), identity.unwrap_or_default(), holder.clone()),
+                |progress| try_lease(client.clone(), progress, holder.clone()),
             )
             .await
             .map_err(Failure::check)?;
@@ -793,17 +793,31 @@ fn lease_holder(path: &std::path::Path) -> String {
     format!("{host}:{}", file.display())
 }
 
-/// A standby's try at the lease: kept when taken, `None` while another
-/// writer holds it (or NATS did not answer: tried again).
+/// A standby's turn: it says where it is (`tes status` and the health
+/// endpoint list it) and, once caught up, tries the lease: kept when
+/// taken, `None` while another writer holds it (or NATS did not answer:
+/// tried again).
 async fn try_lease(
     client: async_nats::Client,
-    identity: String,
+    progress: tes_version_management::standby::Progress,
     holder: String,
 ) -> Option<LeaseKeeper> {
     use tes_bus::lease::{Lease, LeaseError};
+    if let Err(error) =
+        tes_bus::lease::announce_standby(client.clone(), &holder, progress.head_seq).await
+    {
+        tracing::warn!(%error, "standby: could not announce itself");
+    }
+    if !progress.caught_up {
+        return None;
+    }
     let fence = tes_bus::jetstream::replicas(&client) > 1;
-    match Lease::acquire(client, &identity, &holder).await {
-        Ok(lease) => Some(keep_lease(lease, fence)),
+    let identity = progress.identity.unwrap_or_default();
+    match Lease::acquire(client.clone(), &identity, &holder).await {
+        Ok(lease) => {
+            tes_bus::lease::retire_standby(client, &holder).await;
+            Some(keep_lease(lease, fence))
+        }
         Err(LeaseError::Held { .. }) => None,
         Err(error) => {
             tracing::warn!(%error, "standby: the writer lease could not be read; trying again");

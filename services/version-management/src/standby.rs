@@ -36,10 +36,23 @@ pub enum StandbyError {
     Forked { seq: u64, theirs: String },
 }
 
+/// Where a standby is, each [`TRY_EVERY`]: what its caller announces, and
+/// whether it may try the lease yet.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The ledger's identity (hex hash of seq 1), once it has one.
+    pub identity: Option<String>,
+    /// The last seq followed into the ledger.
+    pub head_seq: u64,
+    /// Everything the stream held at the start has been followed.
+    pub caught_up: bool,
+}
+
 /// Follows the stream into `ledger` until `try_lead` (called every
-/// [`TRY_EVERY`] once caught up, with the ledger as it is) returns the
-/// lease; then moves the outbox `cursor` past what was followed (it is in
-/// the stream already) and returns the ledger and the lease.
+/// [`TRY_EVERY`] with the [`Progress`]; it should try the lease only once
+/// caught up) returns the lease; then moves the outbox `cursor` past what
+/// was followed (it is in the stream already) and returns the ledger and
+/// the lease.
 pub async fn follow_until_leader<L, F, Fut>(
     mut ledger: Ledger,
     stream: &EventStream,
@@ -47,7 +60,7 @@ pub async fn follow_until_leader<L, F, Fut>(
     mut try_lead: F,
 ) -> Result<(Ledger, L), StandbyError>
 where
-    F: FnMut(Option<String>) -> Fut,
+    F: FnMut(Progress) -> Fut,
     Fut: Future<Output = Option<L>>,
 {
     let registered = stream.registered_ledger().await;
@@ -79,9 +92,13 @@ where
                     tracing::info!(head = ledger.head().seq, "standby writer caught up with TES_EVENTS; waiting for the writer lease");
                 }
             },
-            _ = tick.tick(), if caught_up => {
-                let identity = ledger.identity()?.map(|h| tes_ledger::chain::to_hex(&h));
-                if let Some(lease) = try_lead(identity).await {
+            _ = tick.tick() => {
+                let progress = Progress {
+                    identity: ledger.identity()?.map(|h| tes_ledger::chain::to_hex(&h)),
+                    head_seq: ledger.head().seq,
+                    caught_up,
+                };
+                if let Some(lease) = try_lead(progress).await {
                     Outbox::open(ledger.path(), cursor)?.advance(ledger.head().seq)?;
                     return Ok((ledger, lease));
                 }

@@ -482,6 +482,52 @@ pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
     if let Some(o) = value.as_object_mut() {
         o.insert("fromSnapshot".into(), json!(snapshot_seq));
     }
-    Printer { json: global.json }.emit(describe(&view, &heading), &value);
+    let mut words = describe(&view, &heading);
+    // On NATS: who writes and who stands by (from the KV bucket; a user
+    // not allowed to read it sees the status without them).
+    if let Some(bus) = runtime::nats(global, "tes-cli").await? {
+        if let Ok(d) = tes_bus::lease::deployment(bus.client().clone()).await {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if let Some(w) = &d.writer {
+                words += &format!(
+                    "\nWriter: {} (lease good for {:.1} s more)",
+                    w.holder,
+                    w.expires_at.saturating_sub(now) as f64 / 1000.0
+                );
+            }
+            for s in &d.standbys {
+                words += &format!(
+                    "\nStandby: {} at seq {} ({} behind)",
+                    s.holder,
+                    s.head_seq,
+                    view.head_seq.saturating_sub(s.head_seq)
+                );
+            }
+            if let Some(o) = value.as_object_mut() {
+                o.insert(
+                    "writer".into(),
+                    json!(d.writer.as_ref().map(|w| json!({
+                        "holder": w.holder,
+                        "leaseExpiresAt": w.expires_at,
+                    }))),
+                );
+                o.insert(
+                    "standbys".into(),
+                    json!(d
+                        .standbys
+                        .iter()
+                        .map(|s| json!({
+                            "holder": s.holder,
+                            "headSeq": s.head_seq,
+                            "lag": view.head_seq.saturating_sub(s.head_seq),
+                        }))
+                        .collect::<Vec<_>>()),
+                );
+            }
+        }
+    }
+    Printer { json: global.json }.emit(words, &value);
     Ok(())
 }
