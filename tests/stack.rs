@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -138,6 +138,7 @@ struct Stack {
     http: u16,
     metrics: u16,
     monitor: u16,
+    routes: u16,
 }
 
 impl Stack {
@@ -148,13 +149,19 @@ impl Stack {
             http: free_port(),
             metrics: free_port(),
             monitor: free_port(),
+            routes: free_port(),
         }
     }
 
     fn run(&self, verb: &str) -> (i32, String, String) {
+        self.run_args(&[verb])
+    }
+
+    fn run_args(&self, a: &[&str]) -> (i32, String, String) {
         output(
             Command::new(root().join("ops/stack.sh"))
-                .arg(verb)
+                .args(a)
+                .env("TES_STACK_ROUTE_PORT", self.routes.to_string())
                 .env("TES_BIN", env!("CARGO_BIN_EXE_tes"))
                 .env("TES_STACK_DIR", self.dir.path())
                 .env("TES_STACK_NATS_PORT", self.nats.to_string())
@@ -264,4 +271,63 @@ fn the_stack_comes_up_rotates_through_the_gateway_and_goes_down_clean() {
             assert!(!text.contains(value.trim()), "{secret} in {f:?}");
         }
     }
+}
+
+#[test]
+fn the_cluster_stack_fails_over_to_its_standby_writer() {
+    let stack = Stack::new();
+    let d = stack.dir.path().to_path_buf();
+    let (code, out, err) = stack.run_args(&["up", "--cluster"]);
+    assert_eq!(code, 0, "up --cluster: {out}{err}");
+    let (code, out, _) = stack.run("status");
+    assert_eq!(code, 0, "{out}");
+    for s in ["nats2", "nats3", "version2"] {
+        assert!(out.contains(&format!("{s:<11} running")), "{s}: {out}");
+    }
+    let url = (0..3)
+        .map(|i| format!("nats://127.0.0.1:{}", stack.nats + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    let as_user = |user: &str| {
+        let mut c = tes(&d.join("data"));
+        c.args(["--nats", &url]).env("TES_NATS_USER", user).env(
+            "TES_NATS_PASSWORD_FILE",
+            d.join(format!("secrets/nats_pw_{user}")),
+        );
+        c
+    };
+    let sign = |payload: &str| {
+        let r = run(args(as_user("client"), &["--json", "sign", payload]));
+        (r.code == 0).then(|| serde_json::from_str::<serde_json::Value>(r.stdout.trim()).unwrap())
+    };
+    let before = sign("before-the-failover").expect("signs on the cluster");
+    // The standby is listed, caught up.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, out, _) = stack.run("status");
+        if out.contains("Standby:") && out.contains("(0 behind)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no standby in status: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The writer's host is lost (SIGKILL): the standby takes over.
+    let pid = std::fs::read_to_string(d.join("pids/version.pid")).unwrap();
+    output(Command::new("kill").args(["-KILL", pid.trim()]));
+    let killed = Instant::now();
+    let after = loop {
+        if let Some(s) = sign("after-the-failover") {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "nothing signs 30 s after the writer was killed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(after["seq"].as_u64() > before["seq"].as_u64(), "{after}");
+    let (code, out, err) = stack.run("down");
+    assert_eq!(code, 0, "down: {out}{err}");
+    let r = run(args(tes(&d.join("data2")), &["audit", "verify"]));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
