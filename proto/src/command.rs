@@ -14,8 +14,8 @@ use crate::event::Event;
 use crate::key_version::KeyVersion;
 use crate::metrics::MetricsSnapshot;
 use crate::reply::{
-    AlertsReply, BumpReply, GraceReply, RecordReply, RevokeReply, RotationReply, SignBatchReply,
-    SignReply, StatusReply, VerifyBatchReply, VerifyReply,
+    AlertsReply, BumpReply, GraceReply, RecordReply, Reply, RevokeReply, RotationReply,
+    SignBatchReply, SignReply, StatusReply, VerifyBatchReply, VerifyReply,
 };
 use crate::subject::verb;
 use crate::thread::ThreadId;
@@ -146,6 +146,41 @@ impl CommandBody for SignBatch {
     type Reply = SignBatchReply;
 }
 
+/// A command made of items that are commands of their own
+/// ([`SignBatch`], [`VerifyBatch`]): what every side (actor, replica,
+/// gateway, CLI) needs to take one apart and answer it.
+pub trait BatchCommand: CommandBody {
+    type Item: CommandBody;
+    fn items(&self) -> &[Self::Item];
+    fn into_items(self) -> Vec<Self::Item>;
+    /// The reply: one result per item, in order.
+    fn reply(results: Vec<Reply<<Self::Item as CommandBody>::Reply>>) -> Self::Reply;
+
+    /// Why this batch is refused as a whole, if it is: empty or too large.
+    fn refusal(&self) -> Option<String> {
+        let n = self.items().len();
+        (n == 0 || n > MAX_BATCH_ITEMS).then(|| {
+            format!(
+                "{} refused: a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {n}",
+                Self::VERB
+            )
+        })
+    }
+}
+
+impl BatchCommand for SignBatch {
+    type Item = Sign;
+    fn items(&self) -> &[Sign] {
+        &self.items
+    }
+    fn into_items(self) -> Vec<Sign> {
+        self.items
+    }
+    fn reply(results: Vec<Reply<SignReply>>) -> SignBatchReply {
+        SignBatchReply { results }
+    }
+}
+
 /// Many signatures checked in one request; each item is a [`Verify`] of
 /// its own, recorded as its own `signature_verified` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -158,6 +193,19 @@ pub struct VerifyBatch {
 impl CommandBody for VerifyBatch {
     const VERB: &'static str = verb::VERIFY_BATCH;
     type Reply = VerifyBatchReply;
+}
+
+impl BatchCommand for VerifyBatch {
+    type Item = Verify;
+    fn items(&self) -> &[Verify] {
+        &self.items
+    }
+    fn into_items(self) -> Vec<Verify> {
+        self.items
+    }
+    fn reply(results: Vec<Reply<VerifyReply>>) -> VerifyBatchReply {
+        VerifyBatchReply { results }
+    }
 }
 
 /// A semver bump of a versioned entity (the seed's `/api/dev/bump-version`).

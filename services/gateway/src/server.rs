@@ -29,8 +29,8 @@ use tes_bus::typed::{self, publish_rejected, CallError};
 use tes_bus::{Bus, BusError, NatsBus};
 use tes_keyring::Secret;
 use tes_proto::command::{
-    AlertsQuery, Bump, Grace, MetricsQuery, Revoke, Rollback, Rotate, Scope, SignBatch, Status,
-    VerifyBatch, MAX_BATCH_ITEMS,
+    AlertsQuery, BatchCommand, Bump, Grace, MetricsQuery, Revoke, Rollback, Rotate, Scope,
+    SignBatch, Status, VerifyBatch, MAX_BATCH_ITEMS,
 };
 use tes_proto::reply::{RotationReply, StatusReply};
 use tes_proto::thread::colour;
@@ -816,25 +816,44 @@ fn batch_size_ok(n: usize) -> Result<(), Box<Response>> {
     Ok(())
 }
 
-/// Sends a batch to Version Management under `id` (fresh when `None`).
-async fn call_batch<C: CommandBody>(
+/// A batch from its HTTP request to Version Management and back: the
+/// `Idempotency-Key` as the batch's id (fresh without one), the JSON body
+/// (`like` shows its shape in a refusal), the item count checked before
+/// anything is sent.
+async fn send_batch<B: BatchCommand>(
     app: &App,
-    id: Option<MsgId>,
-    body: C,
-) -> Result<C::Reply, CallError> {
+    headers: &HeaderMap,
+    body: &[u8],
+    like: &str,
+) -> Response {
+    let id = match idempotency_key(headers) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let batch: B = match json_body(body, like) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Err(r) = batch_size_ok(batch.items().len()) {
+        return *r;
+    }
     let thread = ThreadId::VersionManagement;
-    let mut envelope = typed::command(thread, body);
+    let mut envelope = typed::command(thread, batch);
     if let Some(id) = id {
         envelope.id = id;
     }
-    typed::call::<C>(
+    let called = typed::call::<B>(
         &*app.bus,
         thread,
         app.config.wire,
         &envelope,
         app.config.timeout,
     )
-    .await
+    .await;
+    match called {
+        Ok(reply) => Json(reply).into_response(),
+        Err(e) => from_call(e),
+    }
 }
 
 /// `POST /api/sign/batch {"items": [{"payload": "…", "keyVersion": "v2"}, …]}`:
@@ -850,44 +869,19 @@ async fn sign_batch(
     if let Err(r) = admin_guard(&app, "POST /api/sign/batch", peer, &headers).await {
         return r;
     }
-    let id = match idempotency_key(&headers) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let batch: SignBatch = match json_body(&body, r#"{"items": [{"payload": "…"}]}"#) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    if let Err(r) = batch_size_ok(batch.items.len()) {
-        return *r;
-    }
-    match call_batch(&app, id, batch).await {
-        Ok(reply) => Json(reply).into_response(),
-        Err(e) => from_call(e),
-    }
+    send_batch::<SignBatch>(&app, &headers, &body, r#"{"items": [{"payload": "…"}]}"#).await
 }
 
 /// `POST /api/verify/batch {"items": [{"payload", "signature", "keyVersion"}, …]}`:
 /// open like the bump (verifying hands out nothing), limited per client.
 async fn verify_batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let id = match idempotency_key(&headers) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let batch: VerifyBatch = match json_body(
+    send_batch::<VerifyBatch>(
+        &app,
+        &headers,
         &body,
         r#"{"items": [{"payload": "…", "signature": "…", "keyVersion": "v1"}]}"#,
-    ) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    if let Err(r) = batch_size_ok(batch.items.len()) {
-        return *r;
-    }
-    match call_batch(&app, id, batch).await {
-        Ok(reply) => Json(reply).into_response(),
-        Err(e) => from_call(e),
-    }
+    )
+    .await
 }
 
 /// `GET`: what a bump would be signed with, changing nothing.

@@ -16,11 +16,11 @@ use tes_bus::{Bus, Message};
 use tes_ledger::merkle::Frontier;
 use tes_ledger::{Head, Outbox};
 use tes_proto::command::{
-    Archive, Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, SignBatch, Status, Verify,
-    VerifyBatch, MAX_BATCH_ITEMS,
+    Archive, BatchCommand, Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, SignBatch, Status,
+    Verify, VerifyBatch,
 };
 use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
-use tes_proto::reply::{ArchiveReply, SignBatchReply, SignReply, VerifyBatchReply, VerifyReply};
+use tes_proto::reply::{ArchiveReply, SignReply, VerifyReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -684,49 +684,15 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, me
     let verb = subject::parse(&message.subject).map(|p| p.last);
     match verb {
         Some(verb::ARCHIVE) => serve_archive(bus, archiver, message).await,
-        Some(verb::SIGN) => {
-            serve_as::<Sign>(bus, engine, message, Request::Sign, |r| match r {
-                Response::Sign(s) => Some(s),
-                _ => None,
-            })
-            .await
-        }
+        Some(verb::SIGN) => serve_as::<Sign>(bus, engine, message, Request::Sign, sign_reply).await,
         Some(verb::VERIFY) => {
-            serve_as::<Verify>(bus, engine, message, Request::Verify, |r| match r {
-                Response::Verify(v) => Some(v),
-                _ => None,
-            })
-            .await
+            serve_as::<Verify>(bus, engine, message, Request::Verify, verify_reply).await
         }
         Some(verb::SIGN_BATCH) => {
-            serve_batch::<SignBatch, Sign, SignReply>(
-                bus,
-                engine,
-                message,
-                |b| b.items,
-                Request::Sign,
-                |r| match r {
-                    Response::Sign(s) => Some(s),
-                    _ => None,
-                },
-                |results| SignBatchReply { results },
-            )
-            .await
+            serve_batch::<SignBatch>(bus, engine, message, Request::Sign, sign_reply).await
         }
         Some(verb::VERIFY_BATCH) => {
-            serve_batch::<VerifyBatch, Verify, VerifyReply>(
-                bus,
-                engine,
-                message,
-                |b| b.items,
-                Request::Verify,
-                |r| match r {
-                    Response::Verify(v) => Some(v),
-                    _ => None,
-                },
-                |results| VerifyBatchReply { results },
-            )
-            .await
+            serve_batch::<VerifyBatch>(bus, engine, message, Request::Verify, verify_reply).await
         }
         Some(verb::BUMP) => {
             serve_as::<Bump>(bus, engine, message, Request::Bump, |r| match r {
@@ -850,20 +816,14 @@ pub(crate) fn item_commands<I>(
         .collect()
 }
 
-/// A batch: each item becomes a command of its own (id [`MsgId::item`] of
-/// the batch's, correlated with the batch), all handed to the engine
-/// together; one result per item, in order. Only a batch that cannot be
-/// read, is empty or is too large is refused as a whole.
-#[allow(clippy::too_many_arguments)]
-async fn serve_batch<B: CommandBody, I, R>(
+/// Reads a batch and takes it apart into its item commands (see
+/// [`item_commands`]); a batch that cannot be read, is empty or is too
+/// large is refused here, as a whole (`None`: already answered). The
+/// writer and the signer replicas both start a batch with it.
+pub(crate) async fn open_batch<B: BatchCommand>(
     bus: &dyn Bus,
-    engine: &EngineHandle,
     message: &Message,
-    items: fn(B) -> Vec<I>,
-    wrap: fn(Envelope<I>) -> Request,
-    unwrap: fn(Response) -> Option<R>,
-    reply: fn(Vec<Reply<R>>) -> B::Reply,
-) {
+) -> Option<(ContentType, Vec<Envelope<B::Item>>)> {
     let (ct, envelope) = match decode_command::<B>(message, THREAD) {
         Ok(decoded) => decoded,
         Err(e) => {
@@ -871,27 +831,36 @@ async fn serve_batch<B: CommandBody, I, R>(
                 ErrorCode::Malformed,
                 format!("{} command refused: {e}", B::VERB),
             );
-            return refuse::<B::Reply>(bus, THREAD, message, ContentType::Json, error).await;
+            refuse::<B::Reply>(bus, THREAD, message, ContentType::Json, error).await;
+            return None;
         }
     };
-    let (id, time, correlation) = (envelope.id, envelope.time, envelope.correlation_id);
-    let items = items(envelope.body);
-    if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
-        let error = ErrorReply::new(
-            ErrorCode::Malformed,
-            format!(
-                "{} refused: a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {}",
-                B::VERB,
-                items.len()
-            ),
-        );
-        return refuse::<B::Reply>(bus, THREAD, message, ct, error).await;
+    if let Some(why) = envelope.body.refusal() {
+        let error = ErrorReply::new(ErrorCode::Malformed, why);
+        refuse::<B::Reply>(bus, THREAD, message, ct, error).await;
+        return None;
     }
-    let requests = item_commands(id, time, correlation, items)
-        .into_iter()
-        .map(wrap)
-        .collect();
-    match engine.call_many(requests).await {
+    let (id, time, correlation) = (envelope.id, envelope.time, envelope.correlation_id);
+    let items = item_commands(id, time, correlation, envelope.body.into_items());
+    Some((ct, items))
+}
+
+/// A batch on the writer: its items handed to the engine together (one
+/// engine batch, one transaction); one result per item, in order.
+async fn serve_batch<B: BatchCommand>(
+    bus: &dyn Bus,
+    engine: &EngineHandle,
+    message: &Message,
+    wrap: fn(Envelope<B::Item>) -> Request,
+    unwrap: fn(Response) -> Option<<B::Item as CommandBody>::Reply>,
+) {
+    let Some((ct, items)) = open_batch::<B>(bus, message).await else {
+        return;
+    };
+    match engine
+        .call_many(items.into_iter().map(wrap).collect())
+        .await
+    {
         Ok(outcomes) => {
             let results = outcomes
                 .into_iter()
@@ -902,11 +871,26 @@ async fn serve_batch<B: CommandBody, I, R>(
                     }))
                 })
                 .collect();
-            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply(results))).await {
+            if let Err(error) = respond(bus, message, ct, &Reply::Ok(B::reply(results))).await {
                 tracing::warn!(%error, "could not send reply");
             }
         }
         Err(error) => refuse::<B::Reply>(bus, THREAD, message, ct, error).await,
+    }
+}
+
+/// What a sign or verify request was answered with (single or in a batch).
+fn sign_reply(r: Response) -> Option<SignReply> {
+    match r {
+        Response::Sign(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn verify_reply(r: Response) -> Option<VerifyReply> {
+    match r {
+        Response::Verify(v) => Some(v),
+        _ => None,
     }
 }
 

@@ -16,8 +16,8 @@ use tes_bus::jetstream::{EventStream, Followed};
 use tes_bus::typed::{self, call, decode_command, refuse, respond};
 use tes_bus::{Bus, BusError, Message};
 use tes_keyring::Keyring;
-use tes_proto::command::{Record, Sign, SignBatch, MAX_BATCH_ITEMS};
-use tes_proto::reply::{RecordReply, SignBatchReply, SignReply};
+use tes_proto::command::{BatchCommand, Record, Sign, SignBatch};
+use tes_proto::reply::{RecordReply, SignReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, ContentType, Envelope, ErrorCode, ErrorReply, Fingerprint, KeyVersion, MsgId, Reply,
@@ -162,31 +162,9 @@ pub async fn start(
 /// is (its own id, its own record, its own retry), all at once; one
 /// result per item, in order.
 async fn serve_batch(bus: Arc<dyn Bus>, shared: Arc<Shared>, message: &Message) {
-    let (ct, command) = match decode_command::<SignBatch>(message, THREAD) {
-        Ok(d) => d,
-        Err(e) => {
-            let error = ErrorReply::new(
-                ErrorCode::Malformed,
-                format!("sign_batch command refused: {e}"),
-            );
-            return refuse::<SignBatchReply>(&*bus, THREAD, message, ContentType::Json, error)
-                .await;
-        }
+    let Some((ct, items)) = crate::actor::open_batch::<SignBatch>(&*bus, message).await else {
+        return;
     };
-    let n = command.body.items.len();
-    if n == 0 || n > MAX_BATCH_ITEMS {
-        let error = ErrorReply::new(
-            ErrorCode::Malformed,
-            format!("sign_batch refused: a batch holds 1 to {MAX_BATCH_ITEMS} items, this one {n}"),
-        );
-        return refuse::<SignBatchReply>(&*bus, THREAD, message, ct, error).await;
-    }
-    let items = crate::actor::item_commands(
-        command.id,
-        command.time,
-        command.correlation_id,
-        command.body.items,
-    );
     let tasks: Vec<_> = items
         .into_iter()
         .map(|item| {
@@ -194,7 +172,7 @@ async fn serve_batch(bus: Arc<dyn Bus>, shared: Arc<Shared>, message: &Message) 
             tokio::spawn(async move { sign(&*bus, &shared, &item).await })
         })
         .collect();
-    let mut results = Vec::with_capacity(n);
+    let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
         results.push(Reply::from(task.await.unwrap_or_else(|e| {
             Err(ErrorReply::new(
@@ -203,7 +181,7 @@ async fn serve_batch(bus: Arc<dyn Bus>, shared: Arc<Shared>, message: &Message) 
             ))
         })));
     }
-    let _ = respond(&*bus, message, ct, &Reply::Ok(SignBatchReply { results })).await;
+    let _ = respond(&*bus, message, ct, &Reply::Ok(SignBatch::reply(results))).await;
 }
 
 async fn serve(bus: &dyn Bus, shared: &Shared, message: &Message) {
