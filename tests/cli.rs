@@ -946,20 +946,16 @@ fn a_signer_replica_process_shares_the_signing() {
     // Batches go to either signer too; a replica records each item.
     let mut batch_signers = std::collections::HashSet::new();
     for b in 0..16 {
-        let mut c = args(
-            tes(client_dir.path()),
-            &["--nats", &url, "--json", "sign", "--batch"],
-        );
-        let mut child = c
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
         let input: String = (0..5).map(|i| format!("b-{b}-{i}\n")).collect();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+        let out = run_with_stdin(
+            args(
+                tes(client_dir.path()),
+                &["--nats", &url, "--json", "sign", "--batch"],
+            ),
+            &input,
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let lines = json_lines(&out.stdout);
         assert_eq!(lines.len(), 5);
         for (i, l) in lines.iter().enumerate() {
             assert_eq!(

@@ -14,19 +14,7 @@ use support::*;
 fn a_python_client_reads_every_event_as_json_and_rotates_through_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     let d = NatsDaemon::start(dir.path());
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/tes_client.py");
-    let out = Command::new(python())
-        .arg(&example)
-        .arg(&d.url)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let summary = python_example("tes_client.py", &[&d.url]);
     assert_eq!(summary["rotated"], "v2", "{summary}");
     assert_eq!(summary["rolledBack"], "v1", "{summary}");
     assert_eq!(summary["refused"], "nothing_to_roll_back", "{summary}");

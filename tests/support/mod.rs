@@ -65,17 +65,10 @@ pub fn args(mut c: Command, a: &[&str]) -> Command {
     c
 }
 
-/// `tes secret put --key-version v2` with `secret` piped on stdin; must succeed.
-pub fn secret_put(c: Command, secret: &str) {
-    secret_put_as(c, &["--version", "2"], secret)
-}
-
-/// `tes secret put ARGS` with `secret` piped on stdin; must succeed.
-pub fn secret_put_as(mut c: Command, put_args: &[&str], secret: &str) {
+/// Runs `c` with `input` on its stdin.
+pub fn run_with_stdin(mut c: Command, input: &str) -> Run {
     use std::io::Write;
-    c.args(["secret", "put"])
-        .args(put_args)
-        .stdin(Stdio::piped())
+    c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
@@ -83,14 +76,46 @@ pub fn secret_put_as(mut c: Command, put_args: &[&str], secret: &str) {
         .stdin
         .take()
         .unwrap()
-        .write_all(secret.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `examples/python/<script>` with `script_args` (nats-py: a client
+/// that is not ours); it must succeed. Its one JSON summary line.
+pub fn python_example(script: &str, script_args: &[&str]) -> Value {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/python")
+        .join(script);
+    let out = Command::new(python())
+        .arg(&example)
+        .args(script_args)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}",
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// `tes secret put --key-version v2` with `secret` piped on stdin; must succeed.
+pub fn secret_put(c: Command, secret: &str) {
+    secret_put_as(c, &["--version", "2"], secret)
+}
+
+/// `tes secret put ARGS` with `secret` piped on stdin; must succeed.
+pub fn secret_put_as(mut c: Command, put_args: &[&str], secret: &str) {
+    c.args(["secret", "put"]).args(put_args);
+    let r = run_with_stdin(c, secret);
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
 pub fn json_lines(s: &str) -> Vec<Value> {

@@ -444,8 +444,15 @@ pub async fn bump(
 /// this shell holds, as they are (none is generated).
 pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
     let mut snapshot_seq = 0;
-    let view = if global.nats.is_some() {
-        send(global, run, ThreadId::VersionManagement, Status::default()).await?
+    // On NATS one connection asks the writer and reads the bucket.
+    let nats = runtime::nats(global, "tes-cli").await?;
+    let view = if let Some(bus) = &nats {
+        let thread = ThreadId::VersionManagement;
+        let envelope = typed::command(thread, Status::default());
+        let ct = runtime::wire(run.wire);
+        typed::call::<Status>(bus, thread, ct, &envelope, typed::DEFAULT_TIMEOUT)
+            .await
+            .map_err(from_call)?
     } else {
         // A quick look: from the newest snapshot, the rows after it verified
         // (the whole chain is `tes audit verify`'s and every writer start's).
@@ -485,7 +492,7 @@ pub async fn status(global: &Global, run: &RunOptions) -> Result<()> {
     let mut words = describe(&view, &heading);
     // On NATS: who writes and who stands by (from the KV bucket; a user
     // not allowed to read it sees the status without them).
-    if let Some(bus) = runtime::nats(global, "tes-cli").await? {
+    if let Some(bus) = &nats {
         if let Ok(d) = tes_bus::lease::deployment(bus.client().clone()).await {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
