@@ -4,30 +4,15 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use serde_json::Value;
 use support::*;
 
 #[test]
 fn a_thousand_payloads_from_python_each_signed_and_recorded_and_one_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let d = NatsDaemon::start(dir.path());
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/batch_sign.py");
-    let out = Command::new(python())
-        .arg(&example)
-        .args([&d.url, V1])
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let s = python_example("batch_sign.py", &[&d.url, V1]);
     assert_eq!(s["results"], 1000, "{s}");
     assert_eq!(s["inOrder"], 999, "{s}");
     assert_eq!(s["hmacMatches"], 999, "{s}");
@@ -65,25 +50,7 @@ fn a_thousand_payloads_from_python_each_signed_and_recorded_and_one_fails_alone(
 
 /// `tes ARGS` with `input` on stdin.
 fn piped(c: Command, a: &[&str], input: &str) -> Run {
-    let mut c = args(c, a);
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_with_stdin(args(c, a), input)
 }
 
 #[test]

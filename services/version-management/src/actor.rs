@@ -215,15 +215,17 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Job>,
 }
 
+/// What a caller hears when the engine thread has stopped.
+fn gone() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Unavailable,
+        "Version Management is shutting down",
+    )
+}
+
 impl EngineHandle {
     pub async fn call(&self, request: Request) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        let gone = || {
-            ErrorReply::new(
-                ErrorCode::Unavailable,
-                "Version Management is shutting down",
-            )
-        };
         self.tx
             .send(Job::One { request, reply })
             .await
@@ -236,12 +238,6 @@ impl EngineHandle {
     /// outcome each, in order.
     pub async fn call_many(&self, requests: Vec<Request>) -> Result<Vec<Outcome>, ErrorReply> {
         let (reply, rx) = oneshot::channel();
-        let gone = || {
-            ErrorReply::new(
-                ErrorCode::Unavailable,
-                "Version Management is shutting down",
-            )
-        };
         self.tx
             .send(Job::Many { requests, reply })
             .await
