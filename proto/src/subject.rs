@@ -33,6 +33,17 @@ pub fn durable_events() -> Vec<String> {
         .collect()
 }
 
+/// On a cluster, the replicated ledger: each ledger event stored once, in
+/// order, at the stream sequence equal to its ledger seq, every append
+/// fenced by the sequence it expects before it (so two writers can never
+/// interleave). Written only by the writer; followed by standby writers.
+pub const LEDGER_STREAM: &str = "TES_LEDGER";
+
+/// The one subject of [`LEDGER_STREAM`].
+pub fn ledger_append() -> String {
+    format!("tes.ledger.{}", ThreadId::VersionManagement.token())
+}
+
 /// The JetStream stream of signed checkpoints: a witness of the ledger
 /// outside its file, written only by the writer, never purged or deleted.
 pub const CHECKPOINTS_STREAM: &str = "TES_CHECKPOINTS";

@@ -38,27 +38,29 @@ impl std::fmt::Debug for EventStream {
     }
 }
 
-fn transport(e: impl std::fmt::Display) -> BusError {
+pub(crate) fn transport(e: impl std::fmt::Display) -> BusError {
     BusError::Transport(e.to_string())
 }
 
 /// Opens the stream `config` names, or creates it: on files, with
 /// de-duplication, and never deleted from or purged through the API.
-/// How many copies a stream or bucket tes makes keeps: one per server of
-/// the cluster the client is connected to, up to three (JetStream's R3:
-/// it goes on with one server down); one on a lone server. Read from the
-/// server's INFO (its cluster name and the client URLs of its members), so
-/// no flag says "cluster mode". A stream keeps the replicas it was made
-/// with (nobody may update one).
+/// How many copies a stream or bucket tes makes keeps: three on a cluster
+/// (JetStream's R3: it goes on with one server down), one on a lone
+/// server. Read from the server's INFO (the cluster name its config
+/// gives), so no flag says "cluster mode". Not from the members the INFO
+/// lists: right after a cluster starts they are not all known yet, and a
+/// stream made then would keep one copy for good. A cluster of fewer than
+/// three JetStream servers is refused at the first stream (too few
+/// servers for three copies). A stream keeps the replicas it was made with
+/// (nobody may update one).
 pub fn replicas(client: &async_nats::Client) -> usize {
-    let info = client.server_info();
-    match info.cluster {
-        Some(name) if !name.is_empty() => info.connect_urls.len().clamp(1, 3),
+    match client.server_info().cluster {
+        Some(name) if !name.is_empty() => 3,
         _ => 1,
     }
 }
 
-async fn ensure_stream(
+pub(crate) async fn ensure_stream(
     js: &jetstream::Context,
     replicas: usize,
     config: stream::Config,
@@ -257,6 +259,52 @@ impl EventStream {
         newer.dedup_by_key(|(seq, _)| *seq);
         tail.after = newer;
         Ok(tail)
+    }
+}
+
+impl EventStream {
+    /// The newest ledger seq of `ledger` the stream holds (0: none), read
+    /// backwards from the stream's end past other messages (an alert from
+    /// the Alert actor, another ledger's events), at most `MAX_WALK` of
+    /// them. For a writer taking over on a cluster: its predecessor may
+    /// have stopped between `TES_LEDGER` and this stream.
+    pub async fn last_ledger_seq(&self, ledger: &str) -> Result<u64, BusError> {
+        const MAX_WALK: u64 = 10_000;
+        let stream = self
+            .js
+            .get_stream(subject::EVENTS_STREAM)
+            .await
+            .map_err(|e| transport(format!("stream {}: {e}", subject::EVENTS_STREAM)))?;
+        let state = stream.cached_info().state.clone();
+        let first = state
+            .first_sequence
+            .max(1)
+            .max(state.last_sequence.saturating_sub(MAX_WALK));
+        let mut s = state.last_sequence;
+        while s >= first && s > 0 {
+            let m = match stream.get_raw_message(s).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    s -= 1;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(transport(format!(
+                        "reading {}: {e}",
+                        subject::EVENTS_STREAM
+                    )))
+                }
+            };
+            s -= 1;
+            let header = |name| m.headers.get(name).map(|v| v.as_str());
+            if header(subject::LEDGER_ID_HEADER).is_some_and(|id| id != ledger) {
+                continue;
+            }
+            if let Some(seq) = header(LEDGER_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok()) {
+                return Ok(seq);
+            }
+        }
+        Ok(0)
     }
 }
 
@@ -655,9 +703,22 @@ async fn consumer_exists(client: &async_nats::Client, stream: &str, consumer: &s
 pub async fn tes_bucket(
     client: async_nats::Client,
 ) -> Result<async_nats::jetstream::kv::Store, BusError> {
+    tes_bucket_answering_within(client, None).await
+}
+
+/// [`tes_bucket`] whose operations give up after `timeout` (the writer
+/// lease: while a cluster elects a new leader for the bucket, a short
+/// timeout tries again sooner than the client's default would).
+pub async fn tes_bucket_answering_within(
+    client: async_nats::Client,
+    timeout: Option<Duration>,
+) -> Result<async_nats::jetstream::kv::Store, BusError> {
     use async_nats::jetstream::kv;
     let copies = replicas(&client);
-    let js = jetstream::new(client);
+    let mut js = jetstream::new(client);
+    if let Some(timeout) = timeout {
+        js.set_timeout(timeout);
+    }
     if let Ok(store) = js.get_key_value(subject::kv::BUCKET).await {
         return Ok(store);
     }

@@ -22,6 +22,9 @@ use tes_proto::subject::kv::{BUCKET, STANDBY_PREFIX, WRITER_LEASE};
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the holder renews it.
 pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How long one read or write of the lease may take before it is tried
+/// again (a renewal must not outlast the renewal period).
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the lease says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +82,7 @@ impl Lease {
         ledger: &str,
         holder: &str,
     ) -> Result<Lease, LeaseError> {
-        let store = crate::jetstream::tes_bucket(client)
+        let store = crate::jetstream::tes_bucket_answering_within(client, Some(OP_TIMEOUT))
             .await
             .map_err(|e| LeaseError::Nats(e.to_string()))?;
         let mut value = LeaseValue {
@@ -146,7 +149,7 @@ impl Lease {
     /// The lease as it stands, if someone holds it and it has not lapsed
     /// (reads only).
     pub async fn live(client: async_nats::Client) -> Result<Option<LeaseValue>, LeaseError> {
-        let store = crate::jetstream::tes_bucket(client)
+        let store = crate::jetstream::tes_bucket_answering_within(client, Some(OP_TIMEOUT))
             .await
             .map_err(|e| LeaseError::Nats(e.to_string()))?;
         let entry = store
@@ -224,7 +227,7 @@ pub async fn announce_standby(
     holder: &str,
     head_seq: u64,
 ) -> Result<(), LeaseError> {
-    let store = crate::jetstream::tes_bucket(client)
+    let store = crate::jetstream::tes_bucket_answering_within(client, Some(OP_TIMEOUT))
         .await
         .map_err(|e| LeaseError::Nats(e.to_string()))?;
     let value = StandbyValue {
@@ -244,7 +247,8 @@ pub async fn announce_standby(
 
 /// A standby that became the writer stops announcing itself as one.
 pub async fn retire_standby(client: async_nats::Client, holder: &str) {
-    if let Ok(store) = crate::jetstream::tes_bucket(client).await {
+    if let Ok(store) = crate::jetstream::tes_bucket_answering_within(client, Some(OP_TIMEOUT)).await
+    {
         let _ = store.purge(standby_key(holder)).await;
     }
 }
@@ -262,7 +266,7 @@ pub struct Deployment {
 pub async fn deployment(client: async_nats::Client) -> Result<Deployment, LeaseError> {
     use futures_util::StreamExt;
     let writer = Lease::live(client.clone()).await?;
-    let store = crate::jetstream::tes_bucket(client)
+    let store = crate::jetstream::tes_bucket_answering_within(client, Some(OP_TIMEOUT))
         .await
         .map_err(|e| LeaseError::Nats(e.to_string()))?;
     let mut keys = store

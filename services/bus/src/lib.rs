@@ -11,6 +11,7 @@ pub mod control;
 mod in_process;
 pub mod jetstream;
 pub mod lease;
+pub mod ledger_stream;
 pub mod nats;
 pub mod subject;
 #[cfg(feature = "test-server")]

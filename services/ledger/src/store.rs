@@ -291,6 +291,31 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Moves this (writer's) file out of the way, whole, to
+    /// `<path>.set-aside-<tag>`, and returns that name; the next
+    /// [`Ledger::open_writer`] of `path` starts an empty ledger. For a
+    /// cluster writer whose tail never reached the replicated stream (see
+    /// ARCHITECTURE.md): the rows are kept for an auditor, never deleted.
+    /// The write-ahead log is folded in first, so the one file is all.
+    pub fn set_aside(self, tag: &str) -> Result<PathBuf, LedgerError> {
+        let Ledger {
+            conn, path, _lock, ..
+        } = self;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| classify(&path, e))?;
+        conn.close().map_err(|(_, e)| classify(&path, e))?;
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".set-aside-{tag}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(&path, &aside).map_err(|error| LedgerError::Io {
+            path: aside.clone(),
+            error,
+        })?;
+        // The lock is let go only now: nobody opens the old name meanwhile.
+        drop(_lock);
+        Ok(aside)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

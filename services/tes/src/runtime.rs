@@ -88,6 +88,56 @@ struct VersionActor {
     held: BTreeMap<KeyVersion, Fingerprint>,
 }
 
+/// [`nats`] for a daemon: a server that does not answer yet (a cluster
+/// restarting, a compose stack starting in another order) is tried again
+/// for up to `wait`; a refused password is not.
+pub async fn nats_waiting(
+    global: &Global,
+    name: &str,
+    wait: std::time::Duration,
+) -> Result<Option<NatsBus>> {
+    let deadline = std::time::Instant::now() + wait;
+    let bus = loop {
+        match nats(global, name).await {
+            Err(f)
+                if f.exit == crate::failure::Exit::CheckFailed
+                    && std::time::Instant::now() < deadline
+                    && !format!("{:#}", f.error).contains("uthorization") =>
+            {
+                tracing::warn!(error = %format!("{:#}", f.error), "NATS does not answer yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => break other?,
+        }
+    };
+    // A cluster (re)starting takes clients before JetStream has a leader;
+    // the streams are made or opened right after this, so wait for it too.
+    if let Some(bus) = &bus {
+        let client = bus.client();
+        if client.server_info().jetstream {
+            while std::time::Instant::now() < deadline {
+                let request = async_nats::Request::new()
+                    .payload(Vec::new().into())
+                    .timeout(Some(std::time::Duration::from_secs(2)));
+                let ready = client
+                    .send_request("$JS.API.INFO", request)
+                    .await
+                    .ok()
+                    .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+                    .is_some_and(|v| v.get("error").is_none());
+                if ready {
+                    break;
+                }
+                tracing::warn!(
+                    "JetStream does not answer yet (a cluster electing its leader?); waiting"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Ok(bus)
+}
+
 /// Connects to the NATS server of `--nats`, if one was given.
 pub async fn nats(global: &Global, name: &str) -> Result<Option<NatsBus>> {
     let Some(url) = &global.nats else {
@@ -211,11 +261,29 @@ impl Actors {
                     Transport::Nats(nats) => tes_bus::jetstream::replicas(nats.client()) > 1,
                     Transport::Embedded => false,
                 };
+                // On a cluster the replicated, fenced ledger (TES_LEDGER):
+                // an append another writer got to first stops this one.
+                let (ledger_stream, on_fenced) = match &transport {
+                    Transport::Nats(nats) if ack_after_stream => (
+                        Some(
+                            tes_bus::ledger_stream::LedgerStream::ensure(nats.client().clone())
+                                .await
+                                .map_err(Failure::check)?,
+                        ),
+                        Some(actor::StepDown(Arc::new(|reason: &str| {
+                            tracing::error!(%reason, "stopping at once: this writer was fenced off the replicated ledger");
+                            std::process::exit(1);
+                        }))),
+                    ),
+                    _ => (None, None),
+                };
                 let config = ActorConfig {
                     wire,
                     event_stream,
                     checkpoint_stream,
                     ack_after_stream,
+                    ledger_stream,
+                    on_fenced,
                     ..ActorConfig::default()
                 };
                 // Archiving on its own belongs to the daemon; a one-shot
@@ -607,34 +675,41 @@ async fn start_version(
     // engine decides anything (a new key's provisioning, say) on top of it.
     let mut lease = None;
     let mut fresh = fresh;
-    // Another writer holds the lease: stand by, following TES_EVENTS into
-    // this ledger, and take over when its lease lapses.
     if let (Some(client), Some(stream)) = (&nats, &actor_config.event_stream) {
         let path = global.ledger_path();
         let holder = lease_holder(&path);
-        let live = tes_bus::lease::Lease::live(client.clone())
-            .await
-            .map_err(Failure::check)?;
-        if let Some(other) = live.filter(|v| v.holder != holder) {
-            tracing::info!(writer = %other.holder, ledger = %path.display(), "another writer holds the writer lease: standing by, following TES_EVENTS into this ledger");
-            let ledger = tes_ledger::Ledger::open_writer(&path).map_err(Failure::input)?;
-            let (ledger, keeper) = tes_version_management::standby::follow_until_leader(
-                ledger,
-                stream,
-                actor::OUTBOX,
-                |progress| try_lease(client.clone(), progress, holder.clone()),
-            )
-            .await
-            .map_err(Failure::check)?;
-            tracing::warn!(
-                head = ledger.head().seq,
-                "the writer lease lapsed: this standby takes over as the writer"
-            );
+        let live = lease_now(client).await?;
+        // Another writer holds the lease: stand by. On a cluster every
+        // writer follows the replicated ledger (TES_LEDGER) into its file
+        // before it writes, even one restarted on its own lease.
+        let other = live.filter(|v| v.holder != holder);
+        if other.is_some() || actor_config.ledger_stream.is_some() {
+            if keys != Keys::Generate
+                && Keyring::load(env.clone(), key_store, false)
+                    .map_err(Failure::input)?
+                    .is_empty()
+            {
+                return Err(Failure::input(anyhow::anyhow!(
+                    "a standby writer needs the writer's key material to take over: set VERSION_SIGNING_KEY (and _V2, …) as on the writer"
+                )));
+            }
+            match &other {
+                Some(other) => {
+                    tracing::info!(writer = %other.holder, ledger = %path.display(), "another writer holds the writer lease: standing by, following the stream into this ledger")
+                }
+                None => {
+                    tracing::info!(ledger = %path.display(), "on a cluster: following TES_LEDGER into this ledger before writing")
+                }
+            }
+            let ledger_stream = actor_config.ledger_stream.as_ref();
+            let (ledger, keeper) = stand_by(client, stream, ledger_stream, &path, &holder).await?;
             fresh = ledger.head().seq == 0;
             lease = Some(keeper);
         }
     }
-    if let (Some(client), Some(stream), false) = (&nats, &actor_config.event_stream, fresh) {
+    if let (Some(client), Some(stream), false, None) =
+        (&nats, &actor_config.event_stream, fresh, &lease)
+    {
         let path = global.ledger_path();
         let mut ledger = tes_ledger::Ledger::open_writer(&path)
             .map_err(Failure::input)
@@ -642,9 +717,7 @@ async fn start_version(
                 error: f.error.context("cannot open Version Management"),
                 ..f
             })?;
-        if lease.is_none() {
-            lease = Some(hold_lease(client.clone(), &ledger, &path).await?);
-        }
+        lease = Some(hold_lease(client.clone(), &ledger, &path).await?);
         let taken = catch_up::from_stream(&mut ledger, stream, actor::OUTBOX)
             .await
             .map_err(Failure::check)?;
@@ -684,6 +757,13 @@ async fn start_version(
         .map(|key| actor::Auditor { key, witnesses });
     if actor_config.auditor.is_none() {
         tracing::warn!("no audit key: checkpoints of this ledger are not signed; run `tes init` once (it adds one to an older ledger) or set TES_AUDIT_KEY_FILE");
+    }
+    // On a cluster a writer that cannot write its ledger hands over.
+    if let (Some(keeper), true) = (&lease, actor_config.ack_after_stream) {
+        let tx = keeper.step_down.clone();
+        actor_config.on_storage_failure = Some(actor::StepDown(Arc::new(move |reason| {
+            let _ = tx.send(reason.to_string());
+        })));
     }
     let running = actor::start(engine, bus, actor_config)
         .await
@@ -750,6 +830,8 @@ pub fn open_engine(
 pub struct LeaseKeeper {
     stop: tokio::sync::oneshot::Sender<()>,
     task: JoinHandle<()>,
+    /// Gives the lease up at once and ends the process (the reason logged).
+    step_down: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl LeaseKeeper {
@@ -775,13 +857,124 @@ async fn hold_lease(
         .unwrap_or_default();
     let holder = lease_holder(path);
     let fence = tes_bus::jetstream::replicas(&client) > 1;
-    let lease = Lease::acquire(client, &identity, &holder)
-        .await
-        .map_err(|e| match e {
-            LeaseError::Held { .. } => Failure::input(e),
-            other => Failure::check(other),
-        })?;
+    // A cluster just started may not answer for the bucket yet: retried.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let lease = loop {
+        match Lease::acquire(client.clone(), &identity, &holder).await {
+            Ok(lease) => break lease,
+            Err(e @ LeaseError::Held { .. }) => return Err(Failure::input(e)),
+            Err(error @ LeaseError::Nats(_)) if std::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "the writer lease cannot be taken yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(other) => return Err(Failure::check(other)),
+        }
+    };
     Ok(keep_lease(lease, fence))
+}
+
+/// The writer lease as it stands. Retried for a while: on a cluster that
+/// has just started, the bucket's stream may have no leader yet ("no
+/// responders") for a few seconds.
+async fn lease_now(client: &async_nats::Client) -> Result<Option<tes_bus::lease::LeaseValue>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match tes_bus::lease::Lease::live(client.clone()).await {
+            Ok(live) => return Ok(live),
+            Err(error) if std::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "the writer lease cannot be read yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(Failure::check(error)),
+        }
+    }
+}
+
+/// Follows the ledger's stream into the file at `path` until this writer
+/// takes the lease: `TES_LEDGER` on a cluster (from the first seq this
+/// file has not matched against it yet), else `TES_EVENTS`. On a cluster,
+/// a file whose rows go another way than the stream's from seq 2 on (this
+/// writer's tail that never reached it, never acknowledged) is set aside
+/// and the following starts again from an empty one.
+async fn stand_by(
+    client: &async_nats::Client,
+    stream: &EventStream,
+    ledger_stream: Option<&tes_bus::ledger_stream::LedgerStream>,
+    path: &std::path::Path,
+    holder: &str,
+) -> Result<(tes_ledger::Ledger, LeaseKeeper)> {
+    use tes_version_management::standby::{follow_until_leader, StandbyError};
+    loop {
+        let ledger = tes_ledger::Ledger::open_writer(path).map_err(Failure::input)?;
+        let (events, cursor) = match ledger_stream {
+            Some(ledger_stream) => {
+                let matched = tes_ledger::Outbox::open(path, actor::LEDGER_OUTBOX)
+                    .and_then(|o| o.cursor())
+                    .map_err(Failure::check)?;
+                let events = ledger_stream
+                    .follow_from(matched + 1)
+                    .await
+                    .map_err(Failure::check)?;
+                (events, actor::LEDGER_OUTBOX)
+            }
+            None => {
+                let registered = stream.registered_ledger().await;
+                let events = stream
+                    .follow_ledger(&[ThreadId::VersionManagement, ThreadId::Alert], registered)
+                    .await
+                    .map_err(Failure::check)?;
+                (events, actor::OUTBOX)
+            }
+        };
+        match follow_until_leader(ledger, events, cursor, |progress| {
+            try_lease(client.clone(), progress, holder.to_string())
+        })
+        .await
+        {
+            Ok((ledger, keeper, _)) => {
+                tracing::warn!(
+                    head = ledger.head().seq,
+                    "this writer holds the writer lease now and writes from the last event the stream stored"
+                );
+                if ledger_stream.is_some() {
+                    // TES_EVENTS goes on from where the last writer left it
+                    // (it may have stopped between the two streams).
+                    let identity = ledger
+                        .identity()
+                        .map_err(Failure::check)?
+                        .map(|h| tes_ledger::chain::to_hex(&h))
+                        .unwrap_or_default();
+                    let last = stream
+                        .last_ledger_seq(&identity)
+                        .await
+                        .map_err(Failure::check)?
+                        .min(ledger.head().seq);
+                    let outbox =
+                        tes_ledger::Outbox::open(path, actor::OUTBOX).map_err(Failure::check)?;
+                    if outbox.cursor().map_err(Failure::check)? < last {
+                        outbox.advance(last).map_err(Failure::check)?;
+                    }
+                }
+                return Ok((ledger, keeper));
+            }
+            Err(StandbyError::Forked { seq, theirs }) if ledger_stream.is_some() && seq > 1 => {
+                let ledger = tes_ledger::Ledger::open_writer(path).map_err(Failure::input)?;
+                let aside = set_aside(ledger, seq)?;
+                tracing::warn!(seq, %theirs, aside = %aside.display(), "this ledger's rows from seq {seq} on never reached TES_LEDGER (never acknowledged: on a cluster a reply waits for the stream), and another writer went on from there: the file was set aside, following the stream from an empty one");
+            }
+            Err(e) => return Err(Failure::check(e)),
+        }
+    }
+}
+
+/// Sets `ledger` aside as `<file>.set-aside-<unix seconds>-from-<seq>`.
+fn set_aside(ledger: tes_ledger::Ledger, seq: u64) -> Result<PathBuf> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ledger
+        .set_aside(&format!("{now}-from-{seq}"))
+        .map_err(Failure::check)
 }
 
 /// Who holds a lease: `host:ledger file`.
@@ -838,6 +1031,7 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
     let (identity, holder) = (lease.value().ledger.clone(), lease.value().holder.clone());
     tracing::info!(ledger = %&identity[..16.min(identity.len())], %holder, "holding the writer lease");
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let (step_down, mut stepping_down) = tokio::sync::mpsc::unbounded_channel::<String>();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.tick().await;
@@ -847,6 +1041,11 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
                 _ = &mut stopped => {
                     lease.release().await;
                     return;
+                }
+                Some(reason) = stepping_down.recv() => {
+                    tracing::error!(%reason, "stopping: this writer cannot write its ledger (disk full?); the writer lease is given up so that a standby takes over at once");
+                    lease.release().await;
+                    std::process::exit(1);
                 }
                 _ = tick.tick() => match lease.renew().await {
                     Ok(()) => renewed = std::time::Instant::now(),
@@ -863,7 +1062,11 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
             }
         }
     });
-    LeaseKeeper { stop, task }
+    LeaseKeeper {
+        stop,
+        task,
+        step_down,
+    }
 }
 
 /// How long a writer on a cluster goes on without renewing its lease: two

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, Outcome, Request, Response, WRITER};
+use tes_bus::ledger_stream::{AppendError, LedgerStream};
 
 const THREAD: ThreadId = ThreadId::VersionManagement;
 /// The most requests one transaction takes.
@@ -65,6 +66,27 @@ pub struct ActorConfig {
     /// where the stream keeps more than one copy. While the stream does not
     /// answer, replies wait (and, [`MAX_HELD`] batches on, so does signing).
     pub ack_after_stream: bool,
+    /// Called (from the engine thread) when the ledger could not be
+    /// written: a cluster writer gives its lease to a standby rather than
+    /// refuse every request until its disk is freed.
+    pub on_storage_failure: Option<StepDown>,
+    /// On a cluster: `TES_LEDGER`, where every committed event is appended
+    /// (fenced by the seq before it) before it goes to `event_stream`.
+    pub ledger_stream: Option<LedgerStream>,
+    /// Called when `ledger_stream` refuses an append because another writer
+    /// appended there: this one must stop writing at once.
+    pub on_fenced: Option<StepDown>,
+}
+
+/// What a writer does when its ledger cannot be written (see
+/// [`ActorConfig::on_storage_failure`]); given the error's words.
+#[derive(Clone)]
+pub struct StepDown(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for StepDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepDown")
+    }
 }
 
 /// Committed batches whose replies may wait for the stream at once; the
@@ -90,6 +112,9 @@ impl Default for ActorConfig {
             event_stream: None,
             archiver: ArchiverSlot::default(),
             ack_after_stream: false,
+            on_storage_failure: None,
+            ledger_stream: None,
+            on_fenced: None,
         }
     }
 }
@@ -285,24 +310,31 @@ pub async fn start(
     bus: Arc<dyn Bus>,
     config: ActorConfig,
 ) -> Result<Running, tes_bus::BusError> {
+    let open = |name| {
+        Outbox::open(engine.ledger().path(), name)
+            .map(std::sync::Mutex::new)
+            .map_err(|e| tes_bus::BusError::Transport(e.to_string()))
+    };
     let outbox = match &config.event_stream {
-        Some(stream) => {
-            let outbox = Outbox::open(engine.ledger().path(), OUTBOX)
-                .map_err(|e| tes_bus::BusError::Transport(e.to_string()))?;
-            Some((std::sync::Mutex::new(outbox), stream.clone()))
-        }
+        Some(stream) => Some(Outboxes {
+            events: (open(OUTBOX)?, stream.clone()),
+            ledger: match &config.ledger_stream {
+                Some(ledger) => Some((open(LEDGER_OUTBOX)?, ledger.clone())),
+                None => None,
+            },
+            on_fenced: config.on_fenced.clone(),
+        }),
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
     let (committed_tx, committed_rx) = mpsc::unbounded_channel();
+    let step_down = config.on_storage_failure.clone();
     let keep_events = outbox.is_none();
     // How far the stream has confirmed (the outbox cursor), for replies
     // that wait for it.
     let cursor = match &outbox {
-        Some((o, _)) => o
-            .lock()
-            .expect("outbox lock poisoned")
-            .cursor()
+        Some(o) => o
+            .confirmed()
             .map_err(|e| tes_bus::BusError::Transport(e.to_string()))?,
         None => 0,
     };
@@ -316,7 +348,7 @@ pub async fn start(
     };
     let engine = std::thread::Builder::new()
         .name("tes-0x6001-engine".into())
-        .spawn(move || engine_loop(engine, rx, committed_tx, keep_events, hold))
+        .spawn(move || engine_loop(engine, rx, committed_tx, keep_events, hold, step_down))
         .expect("spawn engine thread");
     let handle = EngineHandle { tx };
     // One subscription, in the signers' queue group: a `sign` request goes
@@ -392,6 +424,7 @@ fn engine_loop(
     committed: mpsc::UnboundedSender<Committed>,
     keep_events: bool,
     hold: Option<mpsc::Sender<Held>>,
+    step_down: Option<StepDown>,
 ) -> Engine {
     while let Some(first) = rx.blocking_recv() {
         let mut size = first.len();
@@ -424,6 +457,14 @@ fn engine_loop(
         }
         let (outcomes, events) = engine.handle_batch(requests);
         let appended = !events.is_empty();
+        if let Some(StepDown(step_down)) = &step_down {
+            let failed = outcomes
+                .iter()
+                .find_map(|o| o.as_ref().err().filter(|e| e.code == ErrorCode::Storage));
+            if let (false, Some(error)) = (appended, failed) {
+                step_down(&error.message);
+            }
+        }
         if appended {
             let lifecycle = events.iter().any(|(_, e)| changes_keys(&e.body));
             let _ = committed.send(Committed {
@@ -463,7 +504,7 @@ async fn publish_committed(
     bus: Arc<dyn Bus>,
     mut rx: mpsc::UnboundedReceiver<Committed>,
     config: ActorConfig,
-    outbox: Option<(std::sync::Mutex<Outbox>, EventStream)>,
+    outbox: Option<Outboxes>,
     stored: watch::Sender<u64>,
 ) {
     let mut retry = tokio::time::interval(Duration::from_secs(1));
@@ -514,28 +555,37 @@ async fn publish_committed(
             }
         }
     };
-    if let Some((outbox, stream)) = &outbox {
-        while drain(outbox, stream, config.wire, &stored).await {}
+    // A checkpoint signs only what the event stream has stored: a writer
+    // lost before publishing its tail has signed nothing a successor's
+    // history contradicts (that tail is set aside, see standby.rs).
+    let has_outbox = outbox.is_some();
+    let published = |head: &Head| !has_outbox || *stored.borrow() >= head.seq;
+    if let Some(outbox) = &outbox {
+        while drain(outbox, config.wire, &stored).await {}
     }
     loop {
         let batch = tokio::select! {
             batch = rx.recv() => batch,
             _ = retry.tick(), if outbox.is_some() => {
-                if let Some((outbox, stream)) = &outbox {
-                    while drain(outbox, stream, config.wire, &stored).await && rx.is_empty() {}
+                if let Some(outbox) = &outbox {
+                    while drain(outbox, config.wire, &stored).await && rx.is_empty() {}
                 }
                 continue;
             }
             _ = checkpoint_tick.tick(), if unsigned.is_some() => {
                 if let Some((head, tree)) = unsigned.take() {
-                    checkpoint(head, tree).await;
+                    if published(&head) {
+                        checkpoint(head, tree).await;
+                    } else {
+                        unsigned = Some((head, tree));
+                    }
                 }
                 continue;
             }
         };
         let Some(mut batch) = batch else { break };
         match &outbox {
-            Some((outbox, stream)) => {
+            Some(outbox) => {
                 // The outbox reads the events from the ledger: what queued
                 // up meanwhile is only heads, folded into the newest.
                 while let Ok(next) = rx.try_recv() {
@@ -545,7 +595,7 @@ async fn publish_committed(
                     };
                 }
                 // Behind: go on sending until caught up or more queues up.
-                while drain(outbox, stream, config.wire, &stored).await && rx.is_empty() {}
+                while drain(outbox, config.wire, &stored).await && rx.is_empty() {}
             }
             None => {
                 for (seq, event) in &batch.events {
@@ -555,18 +605,18 @@ async fn publish_committed(
                 }
             }
         }
-        if batch.lifecycle {
+        if batch.lifecycle && published(&batch.head) {
             unsigned = None;
             checkpoint(batch.head, batch.tree).await;
         } else {
             unsigned = Some((batch.head, batch.tree));
         }
     }
-    if let Some((head, tree)) = unsigned.take() {
-        checkpoint(head, tree).await;
+    if let Some(outbox) = &outbox {
+        while drain(outbox, config.wire, &stored).await {}
     }
-    if let Some((outbox, stream)) = &outbox {
-        while drain(outbox, stream, config.wire, &stored).await {}
+    if let Some((head, tree)) = unsigned.take().filter(|(head, _)| published(head)) {
+        checkpoint(head, tree).await;
     }
     drop(witness_tx);
     if let Some(task) = witness_task {
@@ -605,44 +655,123 @@ async fn feed_witnesses(
 /// checkpoints; the rest goes on the next call.
 const DRAIN_CHUNKS: usize = 64;
 
-/// Sends what follows the outbox cursor to the event stream (up to
-/// [`DRAIN_CHUNKS`] chunks), advancing the cursor as the stream confirms. A
-/// failure (NATS away) leaves the rest for the next try; a resend after a
-/// partial success is de-duplicated by the stream (`Nats-Msg-Id` = event id).
-/// True when it stopped at the cap with more to send.
-async fn drain(
+/// The cursor of the writer's appends to `TES_LEDGER` (on a cluster).
+pub const LEDGER_OUTBOX: &str = "TES_LEDGER";
+
+/// Where committed events go, each with its cursor in the ledger file: on
+/// a cluster first `TES_LEDGER` (fenced), then `TES_EVENTS`; else
+/// `TES_EVENTS` alone.
+struct Outboxes {
+    events: (std::sync::Mutex<Outbox>, EventStream),
+    ledger: Option<(std::sync::Mutex<Outbox>, LedgerStream)>,
+    on_fenced: Option<StepDown>,
+}
+
+fn locked(outbox: &std::sync::Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
+    outbox.lock().expect("outbox lock poisoned")
+}
+
+impl Outboxes {
+    /// The last seq every stream has stored.
+    fn confirmed(&self) -> Result<u64, tes_ledger::LedgerError> {
+        let events = locked(&self.events.0).cursor()?;
+        match &self.ledger {
+            Some((outbox, _)) => Ok(events.min(locked(outbox).cursor()?)),
+            None => Ok(events),
+        }
+    }
+}
+
+/// Sends one chunk after `outbox`'s cursor (no further than `upto`) with
+/// `send`, and advances the cursor past what was stored. `Ok(true)`: a
+/// full chunk went (there may be more).
+async fn send_chunk<E: std::fmt::Display, F, Fut>(
     outbox: &std::sync::Mutex<Outbox>,
-    stream: &EventStream,
-    ct: ContentType,
-    confirmed: &watch::Sender<u64>,
-) -> bool {
+    upto: u64,
+    send: F,
+) -> Result<bool, Option<E>>
+where
+    F: FnOnce(Vec<(u64, Envelope<Event>)>) -> Fut,
+    Fut: std::future::Future<Output = (Vec<(u64, Envelope<Event>)>, usize, Option<E>)>,
+{
     // SQLite calls are brief; the lock is never held across an await.
-    let outbox = || outbox.lock().expect("outbox lock poisoned");
-    for _ in 0..DRAIN_CHUNKS {
-        let read = {
-            let guard = outbox();
-            guard.cursor().and_then(|c| guard.after(c, OUTBOX_CHUNK))
-        };
-        let pending = match read {
-            Ok(p) => p,
-            Err(error) => {
-                tracing::error!(%error, "cannot read the outbox");
-                return false;
-            }
-        };
-        if pending.is_empty() {
-            return false;
+    let read = {
+        let guard = locked(outbox);
+        guard.cursor().and_then(|c| guard.after(c, OUTBOX_CHUNK))
+    };
+    let mut pending = match read {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the outbox");
+            return Err(None);
         }
-        let (stored, error) = stream.publish_all(ct, &pending).await;
-        if stored > 0 {
-            if let Err(error) = outbox().advance(pending[stored - 1].0) {
-                tracing::error!(%error, "cannot advance the outbox cursor");
-                return false;
-            }
-            confirmed.send_replace(pending[stored - 1].0);
+    };
+    pending.retain(|(seq, _)| *seq <= upto);
+    if pending.is_empty() {
+        return Ok(false);
+    }
+    let (pending, stored, error) = send(pending).await;
+    if stored > 0 {
+        if let Err(error) = locked(outbox).advance(pending[stored - 1].0) {
+            tracing::error!(%error, "cannot advance the outbox cursor");
+            return Err(None);
         }
-        if let Some(error) = error {
+    }
+    match error {
+        Some(error) => {
             tracing::warn!(%error, behind = pending.len() - stored, "events not yet in the stream; will retry");
+            Err(Some(error))
+        }
+        None => Ok(pending.len() == OUTBOX_CHUNK),
+    }
+}
+
+/// Sends what follows the outbox cursors (up to [`DRAIN_CHUNKS`] chunks):
+/// on a cluster to `TES_LEDGER` first, fenced, then what it holds to
+/// `TES_EVENTS`. A failure (NATS away) leaves the rest for the next try; a
+/// resend after a partial success is de-duplicated by the streams
+/// (`Nats-Msg-Id` = event id; `TES_LEDGER` also by its seq). A refused
+/// append (another writer) calls `on_fenced`. True when it stopped at the
+/// cap with more to send.
+async fn drain(outboxes: &Outboxes, ct: ContentType, confirmed: &watch::Sender<u64>) -> bool {
+    for _ in 0..DRAIN_CHUNKS {
+        let mut more = false;
+        let upto = match &outboxes.ledger {
+            Some((outbox, ledger)) => {
+                let sent = send_chunk(outbox, u64::MAX, |pending| async move {
+                    let (stored, error) = ledger.append(ct, &pending).await;
+                    (pending, stored, error)
+                })
+                .await;
+                match sent {
+                    Ok(full) => more |= full,
+                    Err(Some(error @ AppendError::Fenced { .. })) => {
+                        tracing::error!(%error, "stopping: another writer appended to the replicated ledger");
+                        if let Some(StepDown(fenced)) = &outboxes.on_fenced {
+                            fenced(&error.to_string());
+                        }
+                        return false;
+                    }
+                    Err(_) => return false,
+                }
+                locked(outbox).cursor().unwrap_or(0)
+            }
+            None => u64::MAX,
+        };
+        let (outbox, stream) = &outboxes.events;
+        let sent = send_chunk(outbox, upto, |pending| async move {
+            let (stored, error) = stream.publish_all(ct, &pending).await;
+            (pending, stored, error)
+        })
+        .await;
+        match sent {
+            Ok(full) => more |= full,
+            Err(_) => return false,
+        }
+        if let Ok(seq) = outboxes.confirmed() {
+            confirmed.send_replace(seq);
+        }
+        if !more {
             return false;
         }
     }

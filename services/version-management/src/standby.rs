@@ -5,17 +5,19 @@
 //! takes the lease and hands its ledger back to become the writer, from
 //! the last event the stream stored.
 //!
-//! What this does not cover yet (issue 17): the writer acknowledges a
-//! signature once its own SQLite commit is durable, before the stream has
-//! it, so events a lost writer committed but never published are not in
-//! the standby's ledger.
+//! On a cluster a writer acknowledges nothing before the stream has it, so
+//! rows a lost writer committed but never published were never promised to
+//! anyone. A standby whose file holds such rows (it was that writer) finds
+//! the stream's history going another way at their seq: [`StandbyError::
+//! Forked`], on which the daemon sets the file aside and follows again from
+//! an empty one.
 
 use std::future::Future;
 use std::time::Duration;
 
-use tes_bus::jetstream::{EventStream, Followed};
+use tes_bus::jetstream::Followed;
 use tes_ledger::{Ledger, LedgerError, Outbox};
-use tes_proto::ThreadId;
+use tokio::sync::mpsc;
 
 /// How often a caught-up standby tries the lease.
 pub const TRY_EVERY: Duration = Duration::from_secs(1);
@@ -48,31 +50,33 @@ pub struct Progress {
     pub caught_up: bool,
 }
 
-/// Follows the stream into `ledger` until `try_lead` (called every
-/// [`TRY_EVERY`] with the [`Progress`]; it should try the lease only once
-/// caught up) returns the lease; then moves the outbox `cursor` past what
-/// was followed (it is in the stream already) and returns the ledger and
-/// the lease.
+/// Follows `events` (the ledger's events from a stream: `TES_LEDGER` on a
+/// cluster, else `TES_EVENTS`) into `ledger` until `try_lead` (called
+/// every [`TRY_EVERY`] with the [`Progress`]; it should try the lease only
+/// once caught up) returns the lease. The outbox `cursor` of that stream
+/// is moved up to what was followed as it goes (those rows are in the
+/// stream: a restart need not check them again). Returns the ledger and
+/// the lease, and the last seq the stream showed.
 pub async fn follow_until_leader<L, F, Fut>(
     mut ledger: Ledger,
-    stream: &EventStream,
+    mut events: mpsc::Receiver<Followed>,
     cursor: &str,
     mut try_lead: F,
-) -> Result<(Ledger, L), StandbyError>
+) -> Result<(Ledger, L, u64), StandbyError>
 where
     F: FnMut(Progress) -> Fut,
     Fut: Future<Output = Option<L>>,
 {
-    let registered = stream.registered_ledger().await;
-    let mut events = stream
-        .follow_ledger(&[ThreadId::VersionManagement, ThreadId::Alert], registered)
-        .await?;
     let mut tick = tokio::time::interval(TRY_EVERY);
     let mut caught_up = false;
+    // The last seq the stream has shown: a file with rows past it (its
+    // writer died before publishing them) still has those to publish.
+    let mut in_stream = 0;
     loop {
         tokio::select! {
             followed = events.recv() => match followed.ok_or(StandbyError::Ended)? {
                 Followed::Event { ledger_seq: Some(seq), event } => {
+                    in_stream = in_stream.max(seq);
                     let head = ledger.head().seq;
                     if seq <= head {
                         // Seen already (this file followed it before a restart).
@@ -89,7 +93,7 @@ where
                 Followed::Event { ledger_seq: None, .. } => {}
                 Followed::CaughtUp => {
                     caught_up = true;
-                    tracing::info!(head = ledger.head().seq, "standby writer caught up with TES_EVENTS; waiting for the writer lease");
+                    tracing::info!(head = ledger.head().seq, "standby writer caught up with the stream; waiting for the writer lease");
                 }
             },
             _ = tick.tick() => {
@@ -98,9 +102,12 @@ where
                     head_seq: ledger.head().seq,
                     caught_up,
                 };
+                let outbox = Outbox::open(ledger.path(), cursor)?;
+                if outbox.cursor()? < in_stream {
+                    outbox.advance(in_stream)?;
+                }
                 if let Some(lease) = try_lead(progress).await {
-                    Outbox::open(ledger.path(), cursor)?.advance(ledger.head().seq)?;
-                    return Ok((ledger, lease));
+                    return Ok((ledger, lease, in_stream));
                 }
             }
         }

@@ -15,6 +15,9 @@ use crate::failure::{Failure, Result};
 use crate::runtime::{self, Actors, Transport};
 
 const KEY_STORE_POLL: Duration = Duration::from_secs(2);
+/// How long a starting daemon waits for NATS to answer (documented in
+/// docs/operations.md).
+const NATS_WAIT: Duration = Duration::from_secs(60);
 
 pub async fn run(
     global: &Global,
@@ -24,7 +27,7 @@ pub async fn run(
     which: ActorSet,
     role: Role,
 ) -> Result<()> {
-    let (transport, on) = match runtime::nats(global, "tes-daemon").await? {
+    let (transport, on) = match runtime::nats_waiting(global, "tes-daemon", NATS_WAIT).await? {
         Some(nats) => (
             Transport::Nats(nats),
             format!(
