@@ -7,8 +7,10 @@
 //! the stream refuses it unless it holds exactly seqs 1..N-1. Two writers
 //! (one that lost its lease without knowing, and its successor) can
 //! therefore never interleave: the second to append at a seq is refused,
-//! and stops. Because the expected value is known in advance, a whole
-//! chunk is still sent before any acknowledgement is awaited.
+//! and stops. Each event also names the id of the one before it
+//! (`Nats-Expected-Last-Msg-Id`), so the chain is checked by content, not
+//! only by position. Because both are known in advance, a whole chunk is
+//! still sent before any acknowledgement is awaited.
 //!
 //! `TES_EVENTS` (which observers, replicas and clients follow) gets an
 //! event only after this stream accepted it (the actor's outbox), so an
@@ -40,6 +42,12 @@ pub enum AppendError {
 #[derive(Clone)]
 pub struct LedgerStream {
     js: jetstream::Context,
+    /// Set at the start and after any append that did not end cleanly: the
+    /// stream may hold some of what is about to be sent (an ack lost, a
+    /// writer restarted), so the next append looks first instead of
+    /// resending (a resend of a stored event with its expectations is not
+    /// reliably answered on a cluster).
+    unsure: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for LedgerStream {
@@ -65,11 +73,16 @@ impl LedgerStream {
             },
         )
         .await?;
-        Ok(LedgerStream { js })
+        Ok(LedgerStream {
+            js,
+            unsure: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        })
     }
 
     /// Appends `events` (consecutive ledger seqs, in order), each fenced by
-    /// the seq before it; all are sent, then the acknowledgements awaited.
+    /// the seq and the id of the event before it (`previous`: the id of the
+    /// event before the first; `None` only for seq 1); all are sent, then
+    /// the acknowledgements awaited.
     /// Returns how many, from the front, the stream holds now, and why it
     /// stopped there. An event refused for its expected sequence that the
     /// stream already holds at its seq (a resend after a lost ack, past
@@ -78,9 +91,58 @@ impl LedgerStream {
     pub async fn append(
         &self,
         ct: ContentType,
+        previous: Option<MsgId>,
+        events: &[(u64, Envelope<Event>)],
+    ) -> (usize, Option<AppendError>) {
+        use std::sync::atomic::Ordering;
+        let mut held = 0;
+        if self.unsure.load(Ordering::Relaxed) {
+            match self.already_held(events).await {
+                Ok(n) => held = n,
+                Err(e) => return (0, Some(e)),
+            }
+            self.unsure.store(false, Ordering::Relaxed);
+        }
+        let previous = match held {
+            0 => previous,
+            n => Some(events[n - 1].1.id),
+        };
+        let (sent, error) = self.send(ct, previous, &events[held..]).await;
+        if error.is_some() {
+            self.unsure.store(true, Ordering::Relaxed);
+        }
+        (held + sent, error)
+    }
+
+    /// How many of `events`, from the front, the stream holds already
+    /// (each checked by id: another event at one of their seqs is
+    /// [`AppendError::Fenced`]).
+    async fn already_held(&self, events: &[(u64, Envelope<Event>)]) -> Result<usize, AppendError> {
+        let last = self.last_seq().await?;
+        let mut held = 0;
+        for (seq, event) in events.iter().take_while(|(seq, _)| *seq <= last) {
+            match self.id_at(*seq).await? {
+                Some(id) if id == event.id.to_string() => held += 1,
+                theirs => {
+                    return Err(AppendError::Fenced {
+                        seq: *seq,
+                        ours: event.id,
+                        theirs: theirs.unwrap_or_else(|| "nothing".into()),
+                    })
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    async fn send(
+        &self,
+        ct: ContentType,
+        previous: Option<MsgId>,
         events: &[(u64, Envelope<Event>)],
     ) -> (usize, Option<AppendError>) {
         let mut acks = Vec::with_capacity(events.len());
+        let mut previous = previous.map(|id| id.to_string());
         for (seq, event) in events {
             let payload = match ct.encode(event) {
                 Ok(p) => p,
@@ -89,11 +151,17 @@ impl LedgerStream {
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_TYPE_HEADER, ct.mime());
             headers.insert(LEDGER_SEQ_HEADER, seq.to_string().as_str());
-            let message = jetstream::message::PublishMessage::build()
+            let mut message = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
                 .headers(headers)
                 .message_id(event.id.to_string())
                 .expected_last_sequence(seq - 1);
+            // The position alone is not enough: a stale writer's event N+1
+            // would pass once its successor has stored exactly N. Chained
+            // by id it cannot (its N is not the stream's N).
+            if let Some(previous) = previous.replace(event.id.to_string()) {
+                message = message.expected_last_message_id(previous);
+            }
             match self
                 .js
                 .send_publish(subject::ledger_append(), message)
@@ -118,7 +186,12 @@ impl LedgerStream {
         for ((seq, event), ack) in events.iter().zip(acks) {
             match ack.await {
                 Ok(_) => held += 1,
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+                    ) =>
+                {
                     match self.id_at(*seq).await {
                         Ok(Some(id)) if id == event.id.to_string() => held += 1,
                         Ok(theirs) => {
@@ -140,26 +213,133 @@ impl LedgerStream {
         (held, None)
     }
 
-    /// The id of the event the stream holds at ledger seq `seq`, if any.
-    pub async fn id_at(&self, seq: u64) -> Result<Option<String>, BusError> {
-        let stream = self
+    /// The last ledger seq the stream holds (0: none).
+    pub async fn last_seq(&self) -> Result<u64, BusError> {
+        let mut stream = self
             .js
             .get_stream(subject::LEDGER_STREAM)
             .await
             .map_err(|e| transport(format!("stream {}: {e}", subject::LEDGER_STREAM)))?;
-        match stream.get_raw_message(seq).await {
-            Ok(m) => Ok(m
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .map(|v| v.as_str().to_string())),
-            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
-            Err(e) => Err(transport(format!(
-                "reading {}: {e}",
-                subject::LEDGER_STREAM
-            ))),
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| transport(format!("stream {}: {e}", subject::LEDGER_STREAM)))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// The events the stream holds from ledger seq `from` to `to`
+    /// (inclusive), in order, with the ids they were published under.
+    pub async fn range(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, String, Envelope<Event>)>, BusError> {
+        let mut out = Vec::new();
+        for m in self.read(from, to).await? {
+            let seq = m.info().map(|i| i.stream_sequence).map_err(transport)?;
+            let header = |name| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let event = ContentType::from_header(header(CONTENT_TYPE_HEADER).as_deref())
+                .and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload))
+                .map_err(|e| {
+                    transport(format!(
+                        "{} seq {seq} does not decode: {e}",
+                        subject::LEDGER_STREAM
+                    ))
+                })?;
+            let id = header(subject::MSG_ID_HEADER).unwrap_or_default();
+            out.push((seq, id, event));
         }
+        Ok(out)
+    }
+
+    /// The messages at stream sequences `from..=to` (fewer if the stream
+    /// ends first), read through a short-lived consumer: on a cluster the
+    /// message-get API can answer "temporarily unavailable" from a member
+    /// that has not heard of the group's leader yet, while consumers (and
+    /// publishes) work.
+    async fn read(&self, from: u64, to: u64) -> Result<Vec<jetstream::Message>, BusError> {
+        let unreadable = |e: &dyn std::fmt::Display| {
+            transport(format!("reading {}: {e}", subject::LEDGER_STREAM))
+        };
+        if to < from {
+            return Ok(Vec::new());
+        }
+        let stream = self
+            .js
+            .get_stream(subject::LEDGER_STREAM)
+            .await
+            .map_err(|e| unreadable(&e))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: std::time::Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unreadable(&e))?;
+        let mut out: Vec<jetstream::Message> = Vec::new();
+        let mut next = from;
+        while next <= to {
+            let want = (to - next + 1).min(256) as usize;
+            let mut batch = consumer
+                .fetch()
+                .max_messages(want)
+                .expires(std::time::Duration::from_secs(1))
+                .messages()
+                .await
+                .map_err(|e| unreadable(&e))?;
+            let before = out.len();
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| unreadable(&e))?;
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                if seq > to {
+                    break;
+                }
+                next = seq + 1;
+                out.push(m);
+            }
+            if out.len() == before {
+                break; // the stream ends here
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id of the event the stream holds at ledger seq `seq`, if any.
+    /// Retried for a few seconds while the stream answers "temporarily
+    /// unavailable" (it is electing a leader).
+    pub async fn id_at(&self, seq: u64) -> Result<Option<String>, BusError> {
+        let mut tries = 0;
+        loop {
+            match self.try_id_at(seq).await {
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, seq, "reading TES_LEDGER; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_id_at(&self, seq: u64) -> Result<Option<String>, BusError> {
+        let found = self.read(seq, seq).await?.into_iter().next();
+        Ok(found
+            .filter(|m| m.info().is_ok_and(|i| i.stream_sequence == seq))
+            .and_then(|m| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                    .map(|v| v.as_str().to_string())
+            }))
     }
 
     /// Follows the ledger from seq `from`: every event with its seq, in

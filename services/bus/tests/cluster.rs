@@ -96,3 +96,78 @@ async fn a_lone_server_gets_one_copy() {
         .clone();
     assert_eq!(info.config.num_replicas, 1);
 }
+
+/// `TES_LEDGER`: a writer's append at a seq another writer already took is
+/// refused by the stream itself (expected last sequence), whatever the
+/// lease says; a resend of an event the stream already holds at its seq
+/// is taken as held; the stream keeps three copies.
+#[tokio::test]
+async fn appends_to_the_replicated_ledger_are_fenced() {
+    use tes_bus::ledger_stream::{AppendError, LedgerStream};
+    use tes_proto::event::Checkpoint;
+    use tes_proto::{Channel, ContentType, Envelope, Event, MsgId, ThreadId, Timestamp};
+
+    let cluster = TestCluster::start(3);
+    cluster.ready().await;
+    let client = connect(cluster.url()).await;
+    let ledger = LedgerStream::ensure(client.clone()).await.unwrap();
+    let event = |seq: u64| {
+        let body = Event::Checkpoint(Checkpoint {
+            seq,
+            hash: String::new(),
+            root: String::new(),
+            note: String::new(),
+        });
+        let e = Envelope::new(
+            MsgId::generate(),
+            Timestamp::now(),
+            ThreadId::VersionManagement,
+            Channel::Event,
+            body,
+        );
+        (seq, e)
+    };
+    let ct = ContentType::Json;
+    // Writer A appends 1..=3 in one pipelined chunk.
+    let a: Vec<_> = (1..=3).map(event).collect();
+    let (held, error) = ledger.append(ct, None, &a).await;
+    assert_eq!((held, error.is_none()), (3, true));
+    // Writer B (the successor) appends 4.
+    let b4 = vec![event(4)];
+    assert_eq!(ledger.append(ct, Some(a[2].1.id), &b4).await.0, 1);
+    // A, not knowing, appends its own 4 and 5 (pipelined): refused at 4,
+    // and 5 too, though the stream's last seq is 4 as it expects: its 4
+    // is not the stream's.
+    let late: Vec<_> = (4..=5).map(event).collect();
+    let (held, error) = ledger.append(ct, Some(a[2].1.id), &late).await;
+    assert_eq!(held, 0);
+    match error {
+        Some(AppendError::Fenced { seq, theirs, .. }) => {
+            assert_eq!(seq, 4);
+            assert_eq!(theirs, b4[0].1.id.to_string());
+        }
+        other => panic!("expected a fenced append, got {other:?}"),
+    }
+    // A resend of what the stream holds (a lost ack) is held, not fenced.
+    let (held, error) = ledger.append(ct, Some(a[0].1.id), &a[1..]).await;
+    assert_eq!((held, error.is_none()), (2, true), "{error:?}");
+    let js = jetstream::new(client);
+    let info = js
+        .get_stream("TES_LEDGER")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.state.messages, 4);
+    assert_eq!(info.config.num_replicas, 3);
+    // A follower from seq 3 sees 3 and 4, then that it caught up.
+    let mut follow = ledger.follow_from(3).await.unwrap();
+    let mut seen = Vec::new();
+    while let tes_bus::jetstream::Followed::Event { ledger_seq, .. } = follow.recv().await.unwrap()
+    {
+        seen.push(ledger_seq);
+    }
+    assert_eq!(seen, vec![Some(3), Some(4)]);
+}

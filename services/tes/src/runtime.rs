@@ -138,6 +138,39 @@ pub async fn nats_waiting(
     Ok(bus)
 }
 
+/// Runs a JetStream setup step (making or opening a stream), tried again
+/// for up to a minute while the answer says the cluster is not ready (a
+/// time-out, "temporarily unavailable", no responders): a cluster that
+/// restarts elects a leader for each stream after it takes clients.
+async fn while_starting<T, F, Fut>(mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tes_bus::BusError>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let text = e.to_string();
+                let transient = [
+                    "timed out",
+                    "temporarily unavailable",
+                    "no responders",
+                    "503",
+                ]
+                .iter()
+                .any(|t| text.contains(t));
+                if !transient || std::time::Instant::now() > deadline {
+                    return Err(Failure::check(e));
+                }
+                tracing::warn!(error = %text, "JetStream is not ready yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// Connects to the NATS server of `--nats`, if one was given.
 pub async fn nats(global: &Global, name: &str) -> Result<Option<NatsBus>> {
     let Some(url) = &global.nats else {
@@ -242,15 +275,10 @@ impl Actors {
                 let (event_stream, checkpoint_stream) = match &transport {
                     Transport::Embedded => (None, None),
                     Transport::Nats(nats) => (
+                        Some(while_starting(|| EventStream::ensure(nats.client().clone())).await?),
                         Some(
-                            EventStream::ensure(nats.client().clone())
-                                .await
-                                .map_err(Failure::check)?,
-                        ),
-                        Some(
-                            CheckpointStream::ensure(nats.client().clone())
-                                .await
-                                .map_err(Failure::check)?,
+                            while_starting(|| CheckpointStream::ensure(nats.client().clone()))
+                                .await?,
                         ),
                     ),
                 };
@@ -266,9 +294,10 @@ impl Actors {
                 let (ledger_stream, on_fenced) = match &transport {
                     Transport::Nats(nats) if ack_after_stream => (
                         Some(
-                            tes_bus::ledger_stream::LedgerStream::ensure(nats.client().clone())
-                                .await
-                                .map_err(Failure::check)?,
+                            while_starting(|| {
+                                tes_bus::ledger_stream::LedgerStream::ensure(nats.client().clone())
+                            })
+                            .await?,
                         ),
                         Some(actor::StepDown(Arc::new(|reason: &str| {
                             tracing::error!(%reason, "stopping at once: this writer was fenced off the replicated ledger");
@@ -906,11 +935,15 @@ async fn stand_by(
     use tes_version_management::standby::{follow_until_leader, StandbyError};
     loop {
         let ledger = tes_ledger::Ledger::open_writer(path).map_err(Failure::input)?;
+        // Rows up to the cursor of TES_LEDGER are known to be its own.
+        let matched = match ledger_stream {
+            Some(_) => tes_ledger::Outbox::open(path, actor::LEDGER_OUTBOX)
+                .and_then(|o| o.cursor())
+                .map_err(Failure::check)?,
+            None => 0,
+        };
         let (events, cursor) = match ledger_stream {
             Some(ledger_stream) => {
-                let matched = tes_ledger::Outbox::open(path, actor::LEDGER_OUTBOX)
-                    .and_then(|o| o.cursor())
-                    .map_err(Failure::check)?;
                 let events = ledger_stream
                     .follow_from(matched + 1)
                     .await
@@ -931,7 +964,22 @@ async fn stand_by(
         })
         .await
         {
-            Ok((ledger, keeper, _)) => {
+            Ok((mut ledger, keeper, followed)) => {
+                // The follower may have fallen behind (its consumer lost
+                // with a server): read what the stream holds past it
+                // directly before writing, or the first append is fenced.
+                if let Some(ledger_stream) = ledger_stream {
+                    match take_rest(&mut ledger, ledger_stream, followed.max(matched)).await {
+                        Ok(()) => {}
+                        Err(StandbyError::Forked { seq, theirs }) if seq > 1 => {
+                            keeper.release().await;
+                            let aside = set_aside(ledger, seq)?;
+                            tracing::warn!(seq, %theirs, aside = %aside.display(), "this ledger's rows from seq {seq} on never reached TES_LEDGER (never acknowledged): the file was set aside, following the stream from an empty one");
+                            continue;
+                        }
+                        Err(e) => return Err(Failure::check(e)),
+                    }
+                }
                 tracing::warn!(
                     head = ledger.head().seq,
                     "this writer holds the writer lease now and writes from the last event the stream stored"
@@ -965,6 +1013,52 @@ async fn stand_by(
             Err(e) => return Err(Failure::check(e)),
         }
     }
+}
+
+/// Brings `ledger` (followed up to `followed`) level with what
+/// `TES_LEDGER` holds: its own rows past `followed` must be the stream's
+/// (else [`StandbyError::Forked`]), and the stream's past its head are
+/// appended.
+async fn take_rest(
+    ledger: &mut tes_ledger::Ledger,
+    stream: &tes_bus::ledger_stream::LedgerStream,
+    followed: u64,
+) -> std::result::Result<(), tes_version_management::standby::StandbyError> {
+    use tes_version_management::standby::StandbyError;
+    let last = stream.last_seq().await?;
+    let head = ledger.head().seq;
+    let theirs = stream.range(followed + 1, last).await?;
+    let ours = if followed < head.min(last) {
+        ledger.events_from(followed + 1)?
+    } else {
+        Vec::new()
+    };
+    for ((seq, ours), (_, theirs, _)) in ours.iter().zip(&theirs) {
+        if *theirs != ours.id.to_string() {
+            return Err(StandbyError::Forked {
+                seq: *seq,
+                theirs: theirs.clone(),
+            });
+        }
+    }
+    let past_head = theirs.into_iter().filter(|(seq, _, _)| *seq > head);
+    for (expected, (seq, _, event)) in (head + 1..).zip(past_head) {
+        if seq != expected {
+            return Err(StandbyError::Gap {
+                head: expected - 1,
+                found: seq,
+            });
+        }
+        ledger.append(&[event])?;
+    }
+    if last > head {
+        tracing::info!(
+            from = head + 1,
+            to = last,
+            "took the events the follower had not delivered yet straight from TES_LEDGER"
+        );
+    }
+    Ok(())
 }
 
 /// Sets `ledger` aside as `<file>.set-aside-<unix seconds>-from-<seq>`.

@@ -691,26 +691,34 @@ async fn send_chunk<E: std::fmt::Display, F, Fut>(
     send: F,
 ) -> Result<bool, Option<E>>
 where
-    F: FnOnce(Vec<(u64, Envelope<Event>)>) -> Fut,
+    F: FnOnce(Option<MsgId>, Vec<(u64, Envelope<Event>)>) -> Fut,
     Fut: std::future::Future<Output = (Vec<(u64, Envelope<Event>)>, usize, Option<E>)>,
 {
-    // SQLite calls are brief; the lock is never held across an await.
+    // SQLite calls are brief; the lock is never held across an await. The
+    // event at the cursor comes too: its id is what the next one follows.
     let read = {
         let guard = locked(outbox);
-        guard.cursor().and_then(|c| guard.after(c, OUTBOX_CHUNK))
+        guard
+            .cursor()
+            .and_then(|c| Ok((c, guard.after(c.saturating_sub(1), OUTBOX_CHUNK + 1)?)))
     };
-    let mut pending = match read {
+    let (cursor, mut pending) = match read {
         Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "cannot read the outbox");
             return Err(None);
         }
     };
-    pending.retain(|(seq, _)| *seq <= upto);
+    let previous = match pending.first() {
+        Some((seq, event)) if cursor > 0 && *seq == cursor => Some(event.id),
+        _ => None,
+    };
+    pending.retain(|(seq, _)| *seq > cursor && *seq <= upto);
+    pending.truncate(OUTBOX_CHUNK);
     if pending.is_empty() {
         return Ok(false);
     }
-    let (pending, stored, error) = send(pending).await;
+    let (pending, stored, error) = send(previous, pending).await;
     if stored > 0 {
         if let Err(error) = locked(outbox).advance(pending[stored - 1].0) {
             tracing::error!(%error, "cannot advance the outbox cursor");
@@ -738,8 +746,8 @@ async fn drain(outboxes: &Outboxes, ct: ContentType, confirmed: &watch::Sender<u
         let mut more = false;
         let upto = match &outboxes.ledger {
             Some((outbox, ledger)) => {
-                let sent = send_chunk(outbox, u64::MAX, |pending| async move {
-                    let (stored, error) = ledger.append(ct, &pending).await;
+                let sent = send_chunk(outbox, u64::MAX, |previous, pending| async move {
+                    let (stored, error) = ledger.append(ct, previous, &pending).await;
                     (pending, stored, error)
                 })
                 .await;
@@ -759,7 +767,7 @@ async fn drain(outboxes: &Outboxes, ct: ContentType, confirmed: &watch::Sender<u
             None => u64::MAX,
         };
         let (outbox, stream) = &outboxes.events;
-        let sent = send_chunk(outbox, upto, |pending| async move {
+        let sent = send_chunk(outbox, upto, |_, pending| async move {
             let (stored, error) = stream.publish_all(ct, &pending).await;
             (pending, stored, error)
         })
