@@ -358,6 +358,8 @@ struct Figures {
     forks: u64,
     worst_resume_ms: u128,
     resume_ms: Vec<(String, u128)>,
+    /// Faults after which another writer process led.
+    failovers: u64,
     set_aside_files: u64,
     ledger_head: u64,
     seconds: u64,
@@ -385,6 +387,12 @@ impl Harness {
         self.writers
             .iter()
             .position(|w| live.holder.ends_with(&w.holder_suffix()))
+    }
+
+    /// The process id of the writer that leads now.
+    async fn leader_pid(&self) -> Option<u32> {
+        let i = self.wait_for_leader().await;
+        self.writers[i].process.as_ref().map(Child::id)
     }
 
     async fn wait_for_leader(&self) -> usize {
@@ -472,6 +480,14 @@ impl Harness {
         for w in &mut self.writers {
             if w.tmpfs {
                 let _ = std::fs::remove_file(w.dir.join("filler"));
+            }
+            // Files a restarted writer set aside (counted, then removed: a
+            // long run would fill the tmpfs with them).
+            for entry in std::fs::read_dir(&w.dir).unwrap().flatten() {
+                if entry.file_name().to_string_lossy().contains(".set-aside-") {
+                    self.figures.set_aside_files += 1;
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
             if w.exited() {
                 w.start(&self.cluster);
@@ -669,7 +685,7 @@ fn faults_on_a_three_server_cluster_lose_nothing_acknowledged() {
             let dir = work.path().join(name);
             std::fs::create_dir_all(&dir).unwrap();
             let tmpfs = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+                .args(["-t", "tmpfs", "-o", "size=1g", "tmpfs"])
                 .arg(&dir)
                 .stderr(Stdio::null())
                 .status()
@@ -688,21 +704,28 @@ fn faults_on_a_three_server_cluster_lose_nothing_acknowledged() {
         })
         .collect();
     let can_fill = writers.iter().all(|w| w.tmpfs);
+    // TES_FAULT_KINDS=KillLeader,KillLeaderInRotation: only those (the
+    // long run of failovers).
+    let kinds: Vec<Fault> = ALL
+        .iter()
+        .copied()
+        .filter(|f| *f != Fault::FillLeaderDisk || can_fill)
+        .filter(|f| {
+            std::env::var("TES_FAULT_KINDS")
+                .map(|k| k.split(',').any(|k| k.trim() == format!("{f:?}")))
+                .unwrap_or(true)
+        })
+        .collect();
+    assert!(
+        !kinds.is_empty(),
+        "TES_FAULT_KINDS names no fault this harness has: {ALL:?}"
+    );
     let faults: Vec<Fault> = match env_u64("TES_FAULT_STEPS") {
         Some(n) => (0..n)
-            .map(|_| loop {
-                let f = ALL[rng.below(ALL.len() as u64) as usize];
-                if f != Fault::FillLeaderDisk || can_fill {
-                    break f;
-                }
-            })
+            .map(|_| kinds[rng.below(kinds.len() as u64) as usize])
             .collect(),
         None => {
-            let mut all: Vec<Fault> = ALL
-                .iter()
-                .copied()
-                .filter(|f| *f != Fault::FillLeaderDisk || can_fill)
-                .collect();
+            let mut all = kinds.clone();
             for i in (1..all.len()).rev() {
                 all.swap(i, rng.below(i as u64 + 1) as usize);
             }
@@ -760,8 +783,12 @@ fn faults_on_a_three_server_cluster_lose_nothing_acknowledged() {
         for (step, fault) in faults.iter().enumerate() {
             let before = h.load.acked.lock().unwrap().len();
             eprintln!("step {step}: {fault:?}…");
+            let led_by = h.leader_pid().await;
             let at = h.inject(*fault).await;
             let took = h.resumed(at).await;
+            if h.leader_pid().await != led_by {
+                h.figures.failovers += 1;
+            }
             eprintln!(
                 "step {step}: {fault:?}: signing resumed after {took:?} ({} acknowledged so far)",
                 before
@@ -810,10 +837,8 @@ fn faults_on_a_three_server_cluster_lose_nothing_acknowledged() {
             assert_eq!(r.code, 0, "writer {}: {}{}", w.name, r.stdout, r.stderr);
             h.figures.set_aside_files += std::fs::read_dir(&w.dir)
                 .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .is_ok_and(|e| e.file_name().to_string_lossy().contains(".set-aside-"))
-                })
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(".set-aside-"))
                 .count() as u64;
         }
         for a in h.load.acked.lock().unwrap().iter() {

@@ -60,6 +60,28 @@ pub fn replicas(client: &async_nats::Client) -> usize {
     }
 }
 
+/// Opens stream `name` capturing `subjects`, or creates it (see
+/// [`ensure_stream`]) with the copies [`replicas`] says.
+pub(crate) async fn open_stream(
+    client: async_nats::Client,
+    name: &str,
+    subjects: Vec<String>,
+) -> Result<jetstream::Context, BusError> {
+    let copies = replicas(&client);
+    let js = jetstream::new(client);
+    ensure_stream(
+        &js,
+        copies,
+        stream::Config {
+            name: name.to_string(),
+            subjects,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(js)
+}
+
 pub(crate) async fn ensure_stream(
     js: &jetstream::Context,
     replicas: usize,
@@ -106,20 +128,9 @@ pub(crate) async fn ensure_stream(
 impl EventStream {
     /// Creates `TES_EVENTS` if it does not exist yet.
     pub async fn ensure(client: async_nats::Client) -> Result<EventStream, BusError> {
-        let copies = replicas(&client);
-        let js = jetstream::new(client);
         // History is never erased through the API (nor by anyone's NATS
         // rights: ops/nats-server.conf denies it too).
-        ensure_stream(
-            &js,
-            copies,
-            stream::Config {
-                name: subject::EVENTS_STREAM.to_string(),
-                subjects: subject::durable_events(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let js = open_stream(client, subject::EVENTS_STREAM, subject::durable_events()).await?;
         Ok(EventStream { js, ledger: None })
     }
 
@@ -203,56 +214,34 @@ impl EventStream {
         after: u64,
         not_before: i64,
     ) -> Result<LedgerTail, BusError> {
-        let stream = self
-            .js
-            .get_stream(subject::EVENTS_STREAM)
-            .await
-            .map_err(|e| transport(format!("stream {}: {e}", subject::EVENTS_STREAM)))?;
-        let state = stream.cached_info().state.clone();
         let mut tail = LedgerTail::default();
         let mut newer: Vec<(u64, Envelope<Event>)> = Vec::new();
-        let mut s = state.last_sequence;
-        while s >= state.first_sequence.max(1) {
-            let m = match stream.get_raw_message(s).await {
-                Ok(m) => m,
-                // A message that is gone (the stream's limits) leaves a hole.
-                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-                    s -= 1;
-                    continue;
+        self.walk_back(
+            ledger,
+            |_| 1,
+            |seq, m| {
+                if m.time.unix_timestamp() < not_before {
+                    return Ok(false);
                 }
-                Err(e) => {
-                    return Err(transport(format!(
-                        "reading {}: {e}",
-                        subject::EVENTS_STREAM
-                    )))
+                let header = |name| m.headers.get(name).map(|v| v.as_str());
+                let event = ContentType::from_header(header(CONTENT_TYPE_HEADER))
+                    .and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload))
+                    .map_err(|e| {
+                        transport(format!(
+                            "{} message {} (ledger seq {seq}) does not decode: {e}",
+                            subject::EVENTS_STREAM,
+                            m.sequence
+                        ))
+                    })?;
+                if seq <= after {
+                    tail.at = (seq == after).then_some(event.id);
+                    return Ok(false);
                 }
-            };
-            s -= 1;
-            if m.time.unix_timestamp() < not_before {
-                break;
-            }
-            let header = |name| m.headers.get(name).map(|v| v.as_str());
-            let Some(seq) = header(LEDGER_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok()) else {
-                continue; // a bus-only event
-            };
-            if header(subject::LEDGER_ID_HEADER).is_some_and(|id| id != ledger) {
-                continue;
-            }
-            let event = ContentType::from_header(header(CONTENT_TYPE_HEADER))
-                .and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload))
-                .map_err(|e| {
-                    transport(format!(
-                        "{} message {} (ledger seq {seq}) does not decode: {e}",
-                        subject::EVENTS_STREAM,
-                        m.sequence
-                    ))
-                })?;
-            if seq <= after {
-                tail.at = (seq == after).then_some(event.id);
-                break;
-            }
-            newer.push((seq, event));
-        }
+                newer.push((seq, event));
+                Ok(true)
+            },
+        )
+        .await?;
         // Oldest first; a seq the stream holds twice (the same event, resent
         // after the duplicate window) once.
         newer.sort_by_key(|(seq, _)| *seq);
@@ -270,16 +259,34 @@ impl EventStream {
     /// have stopped between `TES_LEDGER` and this stream.
     pub async fn last_ledger_seq(&self, ledger: &str) -> Result<u64, BusError> {
         const MAX_WALK: u64 = 10_000;
+        let mut last = 0;
+        let floor = |last_sequence: u64| last_sequence.saturating_sub(MAX_WALK);
+        self.walk_back(ledger, floor, |seq, _| {
+            last = seq;
+            Ok(false)
+        })
+        .await?;
+        Ok(last)
+    }
+
+    /// Reads the stream backwards from its last message down to
+    /// `floor(last sequence)` (never below its first), handing `visit` each
+    /// ledger event of `ledger` (its ledger seq and the message; bus-only
+    /// events and other ledgers' skipped), until `visit` says stop. A
+    /// message that is gone (the stream's limits) leaves a hole, skipped.
+    async fn walk_back(
+        &self,
+        ledger: &str,
+        floor: impl FnOnce(u64) -> u64,
+        mut visit: impl FnMut(u64, &jetstream::message::StreamMessage) -> Result<bool, BusError>,
+    ) -> Result<(), BusError> {
         let stream = self
             .js
             .get_stream(subject::EVENTS_STREAM)
             .await
             .map_err(|e| transport(format!("stream {}: {e}", subject::EVENTS_STREAM)))?;
         let state = stream.cached_info().state.clone();
-        let first = state
-            .first_sequence
-            .max(1)
-            .max(state.last_sequence.saturating_sub(MAX_WALK));
+        let first = state.first_sequence.max(1).max(floor(state.last_sequence));
         let mut s = state.last_sequence;
         while s >= first && s > 0 {
             let m = match stream.get_raw_message(s).await {
@@ -297,14 +304,17 @@ impl EventStream {
             };
             s -= 1;
             let header = |name| m.headers.get(name).map(|v| v.as_str());
+            let Some(seq) = header(LEDGER_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok()) else {
+                continue; // a bus-only event
+            };
             if header(subject::LEDGER_ID_HEADER).is_some_and(|id| id != ledger) {
                 continue;
             }
-            if let Some(seq) = header(LEDGER_SEQ_HEADER).and_then(|v| v.parse::<u64>().ok()) {
-                return Ok(seq);
+            if !visit(seq, &m)? {
+                break;
             }
         }
-        Ok(0)
+        Ok(())
     }
 }
 
@@ -464,16 +474,10 @@ impl std::fmt::Debug for CheckpointStream {
 impl CheckpointStream {
     /// Creates `TES_CHECKPOINTS` if it does not exist yet (the writer).
     pub async fn ensure(client: async_nats::Client) -> Result<CheckpointStream, BusError> {
-        let copies = replicas(&client);
-        let js = jetstream::new(client);
-        ensure_stream(
-            &js,
-            copies,
-            stream::Config {
-                name: subject::CHECKPOINTS_STREAM.to_string(),
-                subjects: vec![subject::checkpoints()],
-                ..Default::default()
-            },
+        let js = open_stream(
+            client,
+            subject::CHECKPOINTS_STREAM,
+            vec![subject::checkpoints()],
         )
         .await?;
         Ok(CheckpointStream { js })

@@ -16,14 +16,14 @@
 //! event only after this stream accepted it (the actor's outbox), so an
 //! append refused here never reaches anyone.
 
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 use tes_proto::subject::{self, CONTENT_TYPE_HEADER, LEDGER_SEQ_HEADER};
 use tes_proto::{ContentType, Envelope, Event, MsgId};
 use tokio::sync::mpsc;
 
-use crate::jetstream::{ensure_stream, replicas, transport, Followed};
+use crate::jetstream::{open_stream, transport, Followed};
 use crate::BusError;
 
 /// Why an append did not (all) happen.
@@ -61,16 +61,10 @@ impl LedgerStream {
     /// de-duplicated, never deleted from or purged; three copies on a
     /// cluster).
     pub async fn ensure(client: async_nats::Client) -> Result<LedgerStream, BusError> {
-        let copies = replicas(&client);
-        let js = jetstream::new(client);
-        ensure_stream(
-            &js,
-            copies,
-            stream::Config {
-                name: subject::LEDGER_STREAM.to_string(),
-                subjects: vec![subject::ledger_append()],
-                ..Default::default()
-            },
+        let js = open_stream(
+            client,
+            subject::LEDGER_STREAM,
+            vec![subject::ledger_append()],
         )
         .await?;
         Ok(LedgerStream {

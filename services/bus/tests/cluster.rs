@@ -21,6 +21,17 @@ async fn connect(url: String) -> async_nats::Client {
     .clone()
 }
 
+async fn stream_info(client: &async_nats::Client, name: &str) -> jetstream::stream::Info {
+    jetstream::new(client.clone())
+        .get_stream(name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test]
 async fn streams_keep_three_copies_and_store_on_with_one_server_down() {
     let mut cluster = TestCluster::start(3);
@@ -35,14 +46,7 @@ async fn streams_keep_three_copies_and_store_on_with_one_server_down() {
         .unwrap();
     let js = jetstream::new(client.clone());
     for name in ["TES_EVENTS", "TES_COMMANDS", "KV_tes"] {
-        let info = js
-            .get_stream(name)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
+        let info = stream_info(&client, name).await;
         assert_eq!(info.config.num_replicas, 3, "{name}");
     }
 
@@ -86,14 +90,7 @@ async fn a_lone_server_gets_one_copy() {
     let client = connect(server.url()).await;
     assert_eq!(replicas(&client), 1);
     EventStream::ensure(client.clone()).await.unwrap();
-    let info = jetstream::new(client)
-        .get_stream("TES_EVENTS")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = stream_info(&client, "TES_EVENTS").await;
     assert_eq!(info.config.num_replicas, 1);
 }
 
@@ -151,15 +148,7 @@ async fn appends_to_the_replicated_ledger_are_fenced() {
     // A resend of what the stream holds (a lost ack) is held, not fenced.
     let (held, error) = ledger.append(ct, Some(a[0].1.id), &a[1..]).await;
     assert_eq!((held, error.is_none()), (2, true), "{error:?}");
-    let js = jetstream::new(client);
-    let info = js
-        .get_stream("TES_LEDGER")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = stream_info(&client, "TES_LEDGER").await;
     assert_eq!(info.state.messages, 4);
     assert_eq!(info.config.num_replicas, 3);
     // A follower from seq 3 sees 3 and 4, then that it caught up.

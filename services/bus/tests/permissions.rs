@@ -202,6 +202,9 @@ async fn no_user_can_erase_history_and_only_the_writer_appends_to_it() {
     tes_bus::jetstream::CheckpointStream::ensure(version.clone())
         .await
         .unwrap();
+    tes_bus::ledger_stream::LedgerStream::ensure(version.clone())
+        .await
+        .unwrap();
     tes_bus::jetstream::tes_bucket(version.clone())
         .await
         .unwrap();
@@ -217,6 +220,9 @@ async fn no_user_can_erase_history_and_only_the_writer_appends_to_it() {
     let destructive = [
         ("$JS.API.STREAM.PURGE.TES_EVENTS", ""),
         ("$JS.API.STREAM.DELETE.TES_EVENTS", ""),
+        ("$JS.API.STREAM.PURGE.TES_LEDGER", ""),
+        ("$JS.API.STREAM.DELETE.TES_LEDGER", ""),
+        ("$JS.API.STREAM.MSG.DELETE.TES_LEDGER", r#"{"seq":1}"#),
         ("$JS.API.STREAM.DELETE.TES_COMMANDS", ""),
         ("$JS.API.STREAM.DELETE.TES_CHECKPOINTS", ""),
         ("$JS.API.STREAM.DELETE.KV_tes", ""),
@@ -237,6 +243,7 @@ async fn no_user_can_erase_history_and_only_the_writer_appends_to_it() {
         }
         if *user != "version" {
             for subject in [
+                "tes.ledger.0x6001",
                 "tes.evt.0x6001.key_rotate",
                 "tes.evt.0x6001.checkpoint",
                 "tes.evt.0x5003.alert",
@@ -262,7 +269,7 @@ async fn no_user_can_erase_history_and_only_the_writer_appends_to_it() {
     }
     // Everything is still there.
     let js = async_nats::jetstream::new(version.clone());
-    for stream in ["TES_EVENTS", "TES_CHECKPOINTS", "KV_tes"] {
+    for stream in ["TES_EVENTS", "TES_LEDGER", "TES_CHECKPOINTS", "KV_tes"] {
         js.get_stream(stream).await.unwrap();
     }
     let js = async_nats::jetstream::new(supervisor);
