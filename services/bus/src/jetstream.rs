@@ -42,8 +42,6 @@ pub(crate) fn transport(e: impl std::fmt::Display) -> BusError {
     BusError::Transport(e.to_string())
 }
 
-/// Opens the stream `config` names, or creates it: on files, with
-/// de-duplication, and never deleted from or purged through the API.
 /// How many copies a stream or bucket tes makes keeps: three on a cluster
 /// (JetStream's R3: it goes on with one server down), one on a lone
 /// server. Read from the server's INFO (the cluster name its config
@@ -60,29 +58,31 @@ pub fn replicas(client: &async_nats::Client) -> usize {
     }
 }
 
-/// Opens stream `name` capturing `subjects`, or creates it (see
-/// [`ensure_stream`]) with the copies [`replicas`] says.
+/// Opens the stream `config` names, or creates it (see [`ensure_stream`])
+/// with the copies [`replicas`] says.
 pub(crate) async fn open_stream(
     client: async_nats::Client,
-    name: &str,
-    subjects: Vec<String>,
+    config: stream::Config,
 ) -> Result<jetstream::Context, BusError> {
     let copies = replicas(&client);
     let js = jetstream::new(client);
-    ensure_stream(
-        &js,
-        copies,
-        stream::Config {
-            name: name.to_string(),
-            subjects,
-            ..Default::default()
-        },
-    )
-    .await?;
+    ensure_stream(&js, copies, config).await?;
     Ok(js)
 }
 
-pub(crate) async fn ensure_stream(
+/// A stream named `name` capturing `subjects` (the rest as
+/// [`ensure_stream`] sets it).
+pub(crate) fn stream_config(name: &str, subjects: Vec<String>) -> stream::Config {
+    stream::Config {
+        name: name.to_string(),
+        subjects,
+        ..Default::default()
+    }
+}
+
+/// Opens the stream `config` names, or creates it: on files, with
+/// de-duplication, and never deleted from or purged through the API.
+async fn ensure_stream(
     js: &jetstream::Context,
     replicas: usize,
     config: stream::Config,
@@ -130,7 +130,11 @@ impl EventStream {
     pub async fn ensure(client: async_nats::Client) -> Result<EventStream, BusError> {
         // History is never erased through the API (nor by anyone's NATS
         // rights: ops/nats-server.conf denies it too).
-        let js = open_stream(client, subject::EVENTS_STREAM, subject::durable_events()).await?;
+        let js = open_stream(
+            client,
+            stream_config(subject::EVENTS_STREAM, subject::durable_events()),
+        )
+        .await?;
         Ok(EventStream { js, ledger: None })
     }
 
@@ -476,8 +480,7 @@ impl CheckpointStream {
     pub async fn ensure(client: async_nats::Client) -> Result<CheckpointStream, BusError> {
         let js = open_stream(
             client,
-            subject::CHECKPOINTS_STREAM,
-            vec![subject::checkpoints()],
+            stream_config(subject::CHECKPOINTS_STREAM, vec![subject::checkpoints()]),
         )
         .await?;
         Ok(CheckpointStream { js })
@@ -553,16 +556,11 @@ impl CommandStream {
 
     /// Creates `TES_COMMANDS` if it does not exist yet.
     pub async fn ensure(client: async_nats::Client) -> Result<CommandStream, BusError> {
-        let copies = replicas(&client);
-        let js = jetstream::new(client);
-        ensure_stream(
-            &js,
-            copies,
+        let js = open_stream(
+            client,
             stream::Config {
-                name: subject::COMMANDS_STREAM.to_string(),
-                subjects: subject::durable_commands(),
                 max_age: Duration::from_secs(7 * 24 * 3600),
-                ..Default::default()
+                ..stream_config(subject::COMMANDS_STREAM, subject::durable_commands())
             },
         )
         .await?;

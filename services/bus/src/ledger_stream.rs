@@ -23,7 +23,7 @@ use tes_proto::subject::{self, CONTENT_TYPE_HEADER, LEDGER_SEQ_HEADER};
 use tes_proto::{ContentType, Envelope, Event, MsgId};
 use tokio::sync::mpsc;
 
-use crate::jetstream::{open_stream, transport, Followed};
+use crate::jetstream::{open_stream, stream_config, transport, Followed};
 use crate::BusError;
 
 /// Why an append did not (all) happen.
@@ -63,8 +63,7 @@ impl LedgerStream {
     pub async fn ensure(client: async_nats::Client) -> Result<LedgerStream, BusError> {
         let js = open_stream(
             client,
-            subject::LEDGER_STREAM,
-            vec![subject::ledger_append()],
+            stream_config(subject::LEDGER_STREAM, vec![subject::ledger_append()]),
         )
         .await?;
         Ok(LedgerStream {

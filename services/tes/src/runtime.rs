@@ -97,19 +97,17 @@ pub async fn nats_waiting(
     wait: std::time::Duration,
 ) -> Result<Option<NatsBus>> {
     let deadline = std::time::Instant::now() + wait;
-    let bus = loop {
-        match nats(global, name).await {
-            Err(f)
-                if f.exit == crate::failure::Exit::CheckFailed
-                    && std::time::Instant::now() < deadline
-                    && !format!("{:#}", f.error).contains("uthorization") =>
-            {
-                tracing::warn!(error = %format!("{:#}", f.error), "NATS does not answer yet; trying again");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            other => break other?,
-        }
+    let unreachable = |f: &Failure| {
+        f.exit == crate::failure::Exit::CheckFailed && !f.to_string().contains("uthorization")
     };
+    let bus = retrying(
+        "NATS does not answer yet",
+        wait,
+        std::time::Duration::from_secs(1),
+        unreachable,
+        || nats(global, name),
+    )
+    .await?;
     // A cluster (re)starting takes clients before JetStream has a leader;
     // the streams are made or opened right after this, so wait for it too.
     if let Some(bus) = &bus {
@@ -138,37 +136,64 @@ pub async fn nats_waiting(
     Ok(bus)
 }
 
+/// Runs `step` again (every `every`) while it fails in a way `transient`
+/// accepts, for up to `wait`; says each failure as `what`. One mechanism for
+/// everything a starting writer asks a cluster that may still be electing
+/// leaders (streams, the lease).
+async fn retrying<T, E, F, Fut>(
+    what: &str,
+    wait: std::time::Duration,
+    every: std::time::Duration,
+    transient: impl Fn(&E) -> bool,
+    mut step: F,
+) -> std::result::Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match step().await {
+            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "{what}; trying again");
+                tokio::time::sleep(every).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs a JetStream setup step (making or opening a stream), tried again
 /// for up to a minute while the answer says the cluster is not ready (a
 /// time-out, "temporarily unavailable", no responders): a cluster that
 /// restarts elects a leader for each stream after it takes clients.
-async fn while_starting<T, F, Fut>(mut step: F) -> Result<T>
+async fn while_starting<T, F, Fut>(step: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, tes_bus::BusError>>,
 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        match step().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                let text = e.to_string();
-                let transient = [
-                    "timed out",
-                    "temporarily unavailable",
-                    "no responders",
-                    "503",
-                ]
-                .iter()
-                .any(|t| text.contains(t));
-                if !transient || std::time::Instant::now() > deadline {
-                    return Err(Failure::check(e));
-                }
-                tracing::warn!(error = %text, "JetStream is not ready yet; trying again");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
+    let transient = |e: &tes_bus::BusError| {
+        let text = e.to_string();
+        [
+            "timed out",
+            "temporarily unavailable",
+            "no responders",
+            "503",
+        ]
+        .iter()
+        .any(|t| text.contains(t))
+    };
+    let second = std::time::Duration::from_secs(1);
+    retrying(
+        "JetStream is not ready yet",
+        60 * second,
+        second,
+        transient,
+        step,
+    )
+    .await
+    .map_err(Failure::check)
 }
 
 /// Connects to the NATS server of `--nats`, if one was given.
@@ -887,18 +912,18 @@ async fn hold_lease(
     let holder = lease_holder(path);
     let fence = tes_bus::jetstream::replicas(&client) > 1;
     // A cluster just started may not answer for the bucket yet: retried.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let lease = loop {
-        match Lease::acquire(client.clone(), &identity, &holder).await {
-            Ok(lease) => break lease,
-            Err(e @ LeaseError::Held { .. }) => return Err(Failure::input(e)),
-            Err(error @ LeaseError::Nats(_)) if std::time::Instant::now() < deadline => {
-                tracing::warn!(%error, "the writer lease cannot be taken yet; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            Err(other) => return Err(Failure::check(other)),
-        }
-    };
+    let lease = retrying(
+        "the writer lease cannot be taken yet",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(500),
+        |e| matches!(e, LeaseError::Nats(_)),
+        || Lease::acquire(client.clone(), &identity, &holder),
+    )
+    .await
+    .map_err(|e| match e {
+        LeaseError::Held { .. } => Failure::input(e),
+        other => Failure::check(other),
+    })?;
     Ok(keep_lease(lease, fence))
 }
 
@@ -906,17 +931,15 @@ async fn hold_lease(
 /// has just started, the bucket's stream may have no leader yet ("no
 /// responders") for a few seconds.
 async fn lease_now(client: &async_nats::Client) -> Result<Option<tes_bus::lease::LeaseValue>> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match tes_bus::lease::Lease::live(client.clone()).await {
-            Ok(live) => return Ok(live),
-            Err(error) if std::time::Instant::now() < deadline => {
-                tracing::warn!(%error, "the writer lease cannot be read yet; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            Err(error) => return Err(Failure::check(error)),
-        }
-    }
+    retrying(
+        "the writer lease cannot be read yet",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(500),
+        |_| true,
+        || tes_bus::lease::Lease::live(client.clone()),
+    )
+    .await
+    .map_err(Failure::check)
 }
 
 /// Follows the ledger's stream into the file at `path` until this writer

@@ -682,25 +682,35 @@ impl Outboxes {
     }
 }
 
+/// What one [`send_chunk`] did.
+struct Sent {
+    /// A full chunk went: there may be more.
+    full: bool,
+    /// The outbox cursor now.
+    cursor: u64,
+}
+
 /// Sends one chunk after `outbox`'s cursor (no further than `upto`) with
-/// `send`, and advances the cursor past what was stored. `Ok(true)`: a
-/// full chunk went (there may be more).
+/// `send`, and advances the cursor past what was stored. With `chained`,
+/// `send` also gets the id of the event at the cursor (what the first one
+/// sent follows: `TES_LEDGER`'s fence).
 async fn send_chunk<E: std::fmt::Display, F, Fut>(
     outbox: &std::sync::Mutex<Outbox>,
     upto: u64,
+    chained: bool,
     send: F,
-) -> Result<bool, Option<E>>
+) -> Result<Sent, Option<E>>
 where
     F: FnOnce(Option<MsgId>, Vec<(u64, Envelope<Event>)>) -> Fut,
     Fut: std::future::Future<Output = (Vec<(u64, Envelope<Event>)>, usize, Option<E>)>,
 {
-    // SQLite calls are brief; the lock is never held across an await. The
-    // event at the cursor comes too: its id is what the next one follows.
+    // SQLite calls are brief; the lock is never held across an await.
     let read = {
         let guard = locked(outbox);
-        guard
-            .cursor()
-            .and_then(|c| Ok((c, guard.after(c.saturating_sub(1), OUTBOX_CHUNK + 1)?)))
+        guard.cursor().and_then(|c| {
+            let from = if chained { c.saturating_sub(1) } else { c };
+            Ok((c, guard.after(from, OUTBOX_CHUNK + 1)?))
+        })
     };
     let (cursor, mut pending) = match read {
         Ok(p) => p,
@@ -710,17 +720,22 @@ where
         }
     };
     let previous = match pending.first() {
-        Some((seq, event)) if cursor > 0 && *seq == cursor => Some(event.id),
+        Some((seq, event)) if chained && cursor > 0 && *seq == cursor => Some(event.id),
         _ => None,
     };
     pending.retain(|(seq, _)| *seq > cursor && *seq <= upto);
     pending.truncate(OUTBOX_CHUNK);
     if pending.is_empty() {
-        return Ok(false);
+        return Ok(Sent {
+            full: false,
+            cursor,
+        });
     }
     let (pending, stored, error) = send(previous, pending).await;
+    let mut now = cursor;
     if stored > 0 {
-        if let Err(error) = locked(outbox).advance(pending[stored - 1].0) {
+        now = pending[stored - 1].0;
+        if let Err(error) = locked(outbox).advance(now) {
             tracing::error!(%error, "cannot advance the outbox cursor");
             return Err(None);
         }
@@ -730,7 +745,10 @@ where
             tracing::warn!(%error, behind = pending.len() - stored, "events not yet in the stream; will retry");
             Err(Some(error))
         }
-        None => Ok(pending.len() == OUTBOX_CHUNK),
+        None => Ok(Sent {
+            full: pending.len() == OUTBOX_CHUNK,
+            cursor: now,
+        }),
     }
 }
 
@@ -746,13 +764,16 @@ async fn drain(outboxes: &Outboxes, ct: ContentType, confirmed: &watch::Sender<u
         let mut more = false;
         let upto = match &outboxes.ledger {
             Some((outbox, ledger)) => {
-                let sent = send_chunk(outbox, u64::MAX, |previous, pending| async move {
+                let sent = send_chunk(outbox, u64::MAX, true, |previous, pending| async move {
                     let (stored, error) = ledger.append(ct, previous, &pending).await;
                     (pending, stored, error)
                 })
                 .await;
                 match sent {
-                    Ok(full) => more |= full,
+                    Ok(sent) => {
+                        more |= sent.full;
+                        sent.cursor
+                    }
                     Err(Some(error @ AppendError::Fenced { .. })) => {
                         tracing::error!(%error, "stopping: another writer appended to the replicated ledger");
                         if let Some(StepDown(fenced)) = &outboxes.on_fenced {
@@ -762,22 +783,22 @@ async fn drain(outboxes: &Outboxes, ct: ContentType, confirmed: &watch::Sender<u
                     }
                     Err(_) => return false,
                 }
-                locked(outbox).cursor().unwrap_or(0)
             }
             None => u64::MAX,
         };
         let (outbox, stream) = &outboxes.events;
-        let sent = send_chunk(outbox, upto, |_, pending| async move {
+        let sent = send_chunk(outbox, upto, false, |_, pending| async move {
             let (stored, error) = stream.publish_all(ct, &pending).await;
             (pending, stored, error)
         })
         .await;
         match sent {
-            Ok(full) => more |= full,
+            Ok(sent) => {
+                more |= sent.full;
+                // Both streams hold everything up to here.
+                confirmed.send_replace(sent.cursor.min(upto));
+            }
             Err(_) => return false,
-        }
-        if let Ok(seq) = outboxes.confirmed() {
-            confirmed.send_replace(seq);
         }
         if !more {
             return false;
