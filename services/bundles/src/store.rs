@@ -112,6 +112,10 @@ pub struct Listed {
     pub size: u64,
 }
 
+/// Where a file-system store writes an object before renaming it into
+/// place (never listed: every reader lists under its own prefix).
+const PARTIAL: &str = "partial/";
+
 #[derive(Clone)]
 pub struct Store {
     /// Reads, writes of new bundles, deletes.
@@ -292,13 +296,8 @@ impl Store {
         bytes: Vec<u8>,
         metadata: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        self.op
-            .write_with(key, bytes)
-            .content_type("text/plain; charset=utf-8")
-            .user_metadata(metadata)
+        self.write_as(&self.op, key, bytes, "text/plain; charset=utf-8", metadata)
             .await
-            .map(|_| ())
-            .map_err(|e| self.error("write", key, e))
     }
 
     async fn write(
@@ -308,12 +307,38 @@ impl Store {
         bytes: Vec<u8>,
         metadata: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        op.write_with(key, bytes)
-            .content_type("application/json")
+        self.write_as(op, key, bytes, "application/json", metadata)
+            .await
+    }
+
+    /// Writes `key` whole or not at all. An S3 PUT is that already; on a
+    /// file system the bytes go to `partial/<key>` first and are renamed
+    /// into place, so a process killed (or a disk filled) mid-write leaves
+    /// no torn object for a reader — a torn checkpoint would fail every
+    /// later audit.
+    async fn write_as(
+        &self,
+        op: &Operator,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        metadata: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let target = match self.bucket {
+            None => format!("{PARTIAL}{key}"),
+            Some(_) => key.to_string(),
+        };
+        op.write_with(&target, bytes)
+            .content_type(content_type)
             .user_metadata(metadata)
             .await
-            .map(|_| ())
-            .map_err(|e| self.error("write", key, e))
+            .map_err(|e| self.error("write", key, e))?;
+        if target != key {
+            op.rename(&target, key)
+                .await
+                .map_err(|e| self.error("write", key, e))?;
+        }
+        Ok(())
     }
 
     /// Objects under `prefix` (files only), sorted by key.
