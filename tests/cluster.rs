@@ -26,7 +26,16 @@ fn a_daemon_on_a_three_server_cluster_signs_on_with_one_server_down() {
     block_on(cluster.ready());
     let url = cluster.url();
     let (dir, client) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let _daemon = Daemon::spawn(with_keys(args(tes(dir.path()), &["--nats", &url])), &[]);
+    // Its log is kept: a failure here is read there.
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artifacts/cluster-one-server-down.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let mut daemon = with_keys(args(tes(dir.path()), &["--nats", &url]));
+    daemon
+        .env("TES_LOG_FORMAT", "json")
+        .arg("daemon")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _daemon = Daemon(daemon.spawn().unwrap());
     wait_until_ok(|| args(tes(client.path()), &["--nats", &url, "status"]));
 
     let mut acknowledged = Vec::new();

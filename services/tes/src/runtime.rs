@@ -168,12 +168,13 @@ where
 /// for up to a minute while the answer says the cluster is not ready (a
 /// time-out, "temporarily unavailable", no responders): a cluster that
 /// restarts elects a leader for each stream after it takes clients.
-async fn while_starting<T, F, Fut>(step: F) -> Result<T>
+async fn while_starting<T, E, F, Fut>(step: F) -> Result<T>
 where
+    E: std::fmt::Display + Into<anyhow::Error>,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, tes_bus::BusError>>,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
 {
-    let transient = |e: &tes_bus::BusError| {
+    let transient = |e: &E| {
         let text = e.to_string();
         [
             "timed out",
@@ -386,19 +387,33 @@ impl Actors {
                     .context("starting the Supervisor (0x1001)")?,
             );
             if let Transport::Nats(nats) = &transport {
+                let with = |what: &'static str| {
+                    move |f: Failure| Failure {
+                        error: f.error.context(what),
+                        ..f
+                    }
+                };
                 supervisor.push(
-                    tes_supervisor::durable::start(
-                        nats.client().clone(),
-                        bus.clone(),
-                        config.clone(),
-                    )
+                    while_starting(|| {
+                        tes_supervisor::durable::start(
+                            nats.client().clone(),
+                            bus.clone(),
+                            config.clone(),
+                        )
+                    })
                     .await
-                    .context("reading the durable commands")?,
+                    .map_err(with("reading the durable commands"))?,
                 );
                 supervisor.push(
-                    tes_supervisor::kv_signal::start(nats.client().clone(), bus.clone(), config)
-                        .await
-                        .context("watching the KV rotation signal")?,
+                    while_starting(|| {
+                        tes_supervisor::kv_signal::start(
+                            nats.client().clone(),
+                            bus.clone(),
+                            config.clone(),
+                        )
+                    })
+                    .await
+                    .map_err(with("watching the KV rotation signal"))?,
                 );
             }
         }
