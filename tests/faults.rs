@@ -375,6 +375,8 @@ struct Harness {
     figures: Figures,
     frozen: Option<usize>,
     killed_servers: Vec<usize>,
+    /// The writer that led when the last fault struck.
+    struck_leader: Option<usize>,
 }
 
 impl Harness {
@@ -477,6 +479,20 @@ impl Harness {
         for i in std::mem::take(&mut self.killed_servers) {
             self.cluster.servers[i].restart();
         }
+        // A writer that no longer leads is on its way out (it gave the lease
+        // up, or was cut off): wait for it to end before starting it again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let leader = self.leader().await;
+        for i in 0..self.writers.len() {
+            if leader != Some(i) {
+                while self.struck_leader == Some(i)
+                    && !self.writers[i].exited()
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
         for w in &mut self.writers {
             if w.tmpfs {
                 let _ = std::fs::remove_file(w.dir.join("filler"));
@@ -498,6 +514,7 @@ impl Harness {
     /// Injects `fault`; returns when it struck (the last kill).
     async fn inject(&mut self, fault: Fault) -> Instant {
         let leader = self.wait_for_leader().await;
+        self.struck_leader = Some(leader);
         let struck;
         match fault {
             Fault::KillLeader => {
@@ -772,6 +789,7 @@ fn faults_on_a_three_server_cluster_lose_nothing_acknowledged() {
             },
             frozen: None,
             killed_servers: Vec::new(),
+            struck_leader: None,
         };
         // The first leads; the second finds its lease and stands by.
         assert_eq!(h.wait_for_leader().await, 0);
