@@ -145,11 +145,12 @@ impl Stack {
     fn new() -> Stack {
         Stack {
             dir: tempfile::tempdir().unwrap(),
-            nats: free_port(),
+            // A cluster takes three of each from the first.
+            nats: free_port_run(3),
             http: free_port(),
             metrics: free_port(),
-            monitor: free_port(),
-            routes: free_port(),
+            monitor: free_port_run(3),
+            routes: free_port_run(3),
         }
     }
 

@@ -266,14 +266,9 @@ impl NatsDaemon {
     }
 }
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// Ports nothing listens on right now.
+#[allow(unused_imports)] // not every test binary uses both
+pub use tes_bus::test_server::{free_port, free_port_run};
 
 /// The project's Python (a venv `tests/run` fills with moto and boto3).
 pub fn python() -> PathBuf {

@@ -50,11 +50,27 @@ pub fn binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// A free loopback port (see [`free_port_run`]).
+pub fn free_port() -> u16 {
+    free_port_run(1)
+}
+
+/// The first of `n` consecutive free loopback ports, picked at random below
+/// the kernel's ephemeral range (32768 and up): a port the kernel handed out
+/// for `:0` can be taken by an outgoing connection, or handed to another
+/// test, between our check and the server's bind, and CI once lost a
+/// cluster's route port that way (`ops/stack.sh --cluster` uses port,
+/// port+1, port+2).
+pub fn free_port_run(n: u16) -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    for attempt in 0u64..1000 {
+        let base = 20_000 + (state.hash_one(attempt) % 12_000) as u16;
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no run of {n} free loopback ports between 20000 and 32000")
 }
 
 impl TestServer {
