@@ -32,6 +32,21 @@ work=$root/target/images
 force=${1:-}
 
 say() { echo "ops/images.sh: $*" >&2; }
+
+# One build at a time (two test processes may ask at once): the second
+# waits for the first and then finds its images fresh.
+mkdir -p "$work"
+exec 9>"$work/.lock"
+flock 9
+
+# A debootstrap that failed can leave the host's /proc mounted inside the
+# root filesystem: unmount before removing, never rm -rf through a mount.
+unmount_under() {
+    local m
+    for m in $(awk -v d="$1" 'index($2, d "/") == 1 {print $2}' /proc/mounts | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+    done
+}
 label_of() { docker image inspect -f '{{index .Config.Labels "tes.inputs"}}' "$1" 2>/dev/null || true; }
 digest() { sha256sum | cut -c1-32; }
 fresh() { [ "$force" != --force ] && [ "$(label_of "$1")" = "$2" ]; }
@@ -42,10 +57,11 @@ if ! fresh "$BASE" "$base_inputs"; then
     [ "$(id -u)" = 0 ] || { say "the base image needs debootstrap, which needs root: run ops/images.sh as root (or with sudo)"; exit 2; }
     command -v debootstrap >/dev/null || { say "installing debootstrap (apt-get)"; apt-get install -y -qq debootstrap >/dev/null; }
     rootfs=$work/rootfs-$SUITE
+    unmount_under "$rootfs"
     rm -rf "$rootfs" && mkdir -p "$work"
     say "debootstrap $SUITE into $rootfs (a few minutes)"
     debootstrap --variant=minbase --include=ca-certificates,wget "$SUITE" "$rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
-        || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
+        || { tail -n 20 "$work/debootstrap.log" >&2; unmount_under "$rootfs"; exit 1; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" -c . | docker import \
         --change "LABEL tes.inputs=$base_inputs" --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
