@@ -489,6 +489,23 @@ fn a_second_writer_stands_by_follows_the_first_and_takes_over_when_it_stops() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // Its container's healthcheck passes: a standby that follows does its
+    // job (compose starts the gateway once `version` is healthy).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = run(args(tes(&second), &["health", "--actors", "version"]));
+        if r.code == 0 {
+            assert!(r.stdout.contains("a standby writer"), "{}", r.stdout);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never reported ready: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     // `tes status` names the writer and the standby, and how far behind
     // the standby is.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

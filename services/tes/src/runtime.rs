@@ -479,11 +479,6 @@ impl Actors {
         Ok(())
     }
 
-    /// The NATS connection, when the actors run on NATS.
-    pub fn nats_client(&self) -> Option<async_nats::Client> {
-        self.nats.as_ref().map(|n| n.client().clone())
-    }
-
     /// The bus these actors are on (to watch their events).
     pub fn bus(&self) -> Arc<dyn Bus> {
         self.bus.clone()
@@ -1122,12 +1117,28 @@ fn lease_holder(path: &std::path::Path) -> String {
 /// endpoint list it) and, once caught up, tries the lease: kept when
 /// taken, `None` while another writer holds it (or NATS did not answer:
 /// tried again).
+/// Where this process's standby writer is (the head seq it followed to),
+/// while it stands by: `tes health` reports a standby that follows as
+/// ready (it does its job), though its actors have not started.
+static STANDING_BY: std::sync::Mutex<Option<u64>> = std::sync::Mutex::new(None);
+
+/// The head seq this process's standby writer followed to, while it
+/// stands by; `None` once it leads (or it never stood by).
+pub fn standing_by() -> Option<u64> {
+    *STANDING_BY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn set_standing_by(at: Option<u64>) {
+    *STANDING_BY.lock().unwrap_or_else(|e| e.into_inner()) = at;
+}
+
 async fn try_lease(
     client: async_nats::Client,
     progress: tes_version_management::standby::Progress,
     holder: String,
 ) -> Option<LeaseKeeper> {
     use tes_bus::lease::{Lease, LeaseError};
+    set_standing_by(Some(progress.head_seq));
     if let Err(error) =
         tes_bus::lease::announce_standby(client.clone(), &holder, progress.head_seq).await
     {
@@ -1141,6 +1152,7 @@ async fn try_lease(
     match Lease::acquire(client.clone(), &identity, &holder).await {
         Ok(lease) => {
             tes_bus::lease::retire_standby(client, &holder).await;
+            set_standing_by(None);
             Some(keep_lease(lease, fence))
         }
         Err(LeaseError::Held { .. }) => None,

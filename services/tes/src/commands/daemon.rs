@@ -58,7 +58,23 @@ pub async fn run(
         None
     };
     let embedded = matches!(transport, Transport::Embedded);
-    let mut rt = Actors::start(global, run, Some(observe), transport, which, role).await?;
+    // Reporting starts before the actors: a standby writer waits inside
+    // Actors::start for the lease, and reports itself ready meanwhile.
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let nats = match &transport {
+        Transport::Nats(n) => Some(n.client().clone()),
+        Transport::Embedded => None,
+    };
+    let reporter = report_health(global, which, role, nats, started.clone());
+    let rt = Actors::start(global, run, Some(observe), transport, which, role).await;
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            reporter.abort();
+            let _ = std::fs::remove_file(health::report_path(&global.data_dir, which));
+            return Err(e);
+        }
+    };
     if which.gateway {
         rt.start_gateway(global, http, admin_token).await?;
     }
@@ -73,7 +89,7 @@ pub async fn run(
     } else {
         None
     };
-    let reporter = report_health(global, which, role, &rt);
+    started.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         actors = %which.names().join(", "),
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },
@@ -104,17 +120,19 @@ pub async fn run(
 }
 
 /// Writes this daemon's readiness every [`health::EVERY`] for `tes health`:
-/// the bus connected (on NATS), and for the ledger writer its ledger
-/// readable at the head. A report that cannot be written is logged once.
+/// the bus connected (on NATS); the actors started (`started`), or this a
+/// standby writer following the writer; and for the ledger writer its
+/// ledger readable at the head. A report that cannot be written is logged
+/// once.
 fn report_health(
     global: &Global,
     which: ActorSet,
     role: Role,
-    rt: &Actors,
+    nats: Option<async_nats::Client>,
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     let path = health::report_path(&global.data_dir, which);
-    let nats = rt.nats_client();
-    let ledger = (which.version && role == Role::Writer).then(|| rt.ledger_path.clone());
+    let ledger = (which.version && role == Role::Writer).then(|| global.ledger_path());
     tokio::spawn(async move {
         let mut warned = false;
         let mut every = tokio::time::interval(health::EVERY);
@@ -134,6 +152,15 @@ fn report_health(
                 ));
             } else {
                 checks.push(("bus".to_string(), "ok (embedded)".to_string()));
+            }
+            if !started.load(std::sync::atomic::Ordering::Acquire) {
+                checks.push((
+                    "actors".to_string(),
+                    match runtime::standing_by() {
+                        Some(seq) => format!("ok (a standby writer, following at seq {seq})"),
+                        None => "starting".to_string(),
+                    },
+                ));
             }
             if let Some(path) = &ledger {
                 let path = path.clone();
