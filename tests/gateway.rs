@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -630,63 +630,14 @@ fn a_tes_ui_v2_websocket_is_refused_before_rotation_and_accepted_after() {
 }
 
 /// A chromedriver on a free port, killed on drop.
-struct Chromedriver(std::process::Child);
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn artifacts() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn the_admin_page_in_headless_chromium_rotates_and_shows_it_live() {
     let dir = tempfile::tempdir().unwrap();
     let (_daemon, base) = embedded_gateway(dir.path(), &[]);
-    let port = free_port();
-    let driver = Command::new("chromedriver")
-        .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (tests/run installs Debian's chromium-driver)");
-    let _driver = Chromedriver(driver);
-    let profile = tempfile::tempdir().unwrap();
     rt().block_on(async move {
-        let mut caps = serde_json::Map::new();
-        caps.insert("browserName".into(), "chrome".into());
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({"args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", format!("--user-data-dir={}", profile.path().display()),
-                "--window-size=1280,800"
-            ]}),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = loop {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match fantoccini::ClientBuilder::new(connector)
-                .capabilities(caps.clone())
-                .connect(&format!("http://127.0.0.1:{port}"))
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "chromedriver: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
-        let outcome = drive(&client, &base).await;
-        let _ = client.close().await;
+        let browser = support::browser::Chromium::start(1280).await;
+        let outcome = drive(&browser.client, &base).await;
+        browser.close().await;
         outcome.unwrap();
     });
 }
@@ -750,7 +701,7 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
         return Err(format!("the result line says {result:?}"));
     }
     std::fs::write(
-        artifacts().join("admin-page.png"),
+        support::browser::artifacts().join("admin-page.png"),
         client.screenshot().await.map_err(e)?,
     )
     .map_err(|e| e.to_string())?;
@@ -802,7 +753,7 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
         return Err(format!("the page is {overflow} px wider than a phone"));
     }
     std::fs::write(
-        artifacts().join("admin-page-phone.png"),
+        support::browser::artifacts().join("admin-page-phone.png"),
         client.screenshot().await.map_err(e)?,
     )
     .map_err(|e| e.to_string())?;

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+
 use serde_json::Value;
 
 pub const V1: &str = "e2e-known-secret-v1-4c9d1f0a7b3e2d56";

@@ -64,6 +64,36 @@ function renderHealth(h) {
   renderKeys();
 }
 
+// Who writes the ledger (the lease holder) and who stands by, with how far
+// behind the writer's head each standby is. Only the health endpoint knows
+// (the WebSocket's status has no lease), so it is polled.
+function renderWriters(h) {
+  if (h.writer === undefined) {
+    $('writers-note').textContent = h.bus && h.bus.transport === 'nats'
+      ? 'The lease is not readable here.'
+      : 'One process writes the ledger (' + (h.bus ? h.bus.transport : 'embedded') + ').';
+    return;
+  }
+  const body = $('writers').querySelector('tbody');
+  body.replaceChildren();
+  if (h.writer) {
+    const left = Math.max(0, (h.writer.leaseExpiresAt - Date.now()) / 1000);
+    body.append(el('tr', { class: 'writer' },
+      el('td', {}, el('span', { class: 'pill ok' }, 'writer')),
+      el('td', {}, el('code', {}, h.writer.holder)),
+      el('td', { class: 'num' }, 'lease ' + left.toFixed(1) + ' s')));
+  }
+  for (const s of h.standbys || []) {
+    body.append(el('tr', { class: 'standby' },
+      el('td', {}, el('span', { class: 'pill' }, 'standby')),
+      el('td', {}, el('code', {}, s.holder)),
+      el('td', { class: 'num' }, 'seq ' + s.headSeq + ' · ' + s.lag + ' behind')));
+  }
+  $('writers-note').textContent = h.writer
+    ? (h.standbys && h.standbys.length ? 'A standby takes over when the writer\'s lease lapses.' : 'No standby: nothing takes over if this writer is lost.')
+    : 'No writer holds the lease: signing waits for one.';
+}
+
 function renderMetrics(m) {
   lastMetrics = m;
   const d = m.migration && m.migration.firstSignatureAt
@@ -83,7 +113,7 @@ function renderAlerts(a) {
 }
 
 async function refresh() {
-  try { renderHealth(await getJSON('/api/dev/version-ws/health')); }
+  try { const h = await getJSON('/api/dev/version-ws/health'); renderHealth(h); renderWriters(h); }
   catch (e) { showResult('Version Management: ' + e.message, false); }
   try { renderMetrics(await getJSON('/api/metrics')); $('metrics-note').textContent = 'Share: signing and verification in the recent window.'; }
   catch (e) { $('metrics-note').textContent = 'Monitoring: ' + e.message; }
@@ -189,3 +219,4 @@ $('revoke-form').addEventListener('submit', (e) => {
 });
 refresh();
 connect();
+setInterval(() => getJSON('/api/dev/version-ws/health').then(renderWriters).catch(() => {}), 3000);
