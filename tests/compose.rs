@@ -51,6 +51,9 @@ struct Project {
     http: u16,
     metrics: u16,
     s3: u16,
+    /// ops/compose.ha.yml and its profile `ha` (three NATS servers, two
+    /// writers) instead of the `s3` profile.
+    ha: bool,
     /// What the gateway trusts: loopback and this project's own network,
     /// whose subnet Docker picks when it creates it (172.x or 192.168.x,
     /// depending on what the host already routes).
@@ -59,6 +62,14 @@ struct Project {
 
 impl Project {
     fn new() -> Project {
+        Project::with(false)
+    }
+
+    fn ha() -> Project {
+        Project::with(true)
+    }
+
+    fn with(ha: bool) -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("ops")).unwrap();
         std::os::unix::fs::symlink(
@@ -78,6 +89,7 @@ impl Project {
             http: free_port(),
             metrics: free_port(),
             s3: free_port(),
+            ha,
             proxy_ips: std::cell::RefCell::new("127.0.0.1/32,::1/128".into()),
         }
     }
@@ -118,14 +130,23 @@ impl Project {
             .arg(self.dir.path())
             .arg("-f")
             .arg(root().join("docker-compose.yml"))
-            .arg("-f")
-            .arg(root().join("ops/compose.local-images.yml"))
-            .args(["--profile", "s3"])
-            .env("TES_NATS_PORT", self.nats.to_string())
+            .arg("-f");
+        if self.ha {
+            // The overlay first: the local images' file then names the
+            // images of its services too.
+            c.arg(root().join("ops/compose.ha.yml"))
+                .arg("-f")
+                .arg(root().join("ops/compose.local-images.yml"))
+                .args(["--profile", "ha"]);
+        } else {
+            c.arg(root().join("ops/compose.local-images.yml"));
+            c.args(["--profile", "s3"])
+                .env("TES_BUNDLE_STORE", "s3://tes-bundles");
+        }
+        c.env("TES_NATS_PORT", self.nats.to_string())
             .env("TES_HTTP_PORT", self.http.to_string())
             .env("TES_METRICS_PORT", self.metrics.to_string())
             .env("TES_S3_PORT", self.s3.to_string())
-            .env("TES_BUNDLE_STORE", "s3://tes-bundles")
             .env("TES_GRACE", "3s")
             .env("TES_PROXY_IPS", self.proxy_ips.borrow().as_str())
             .stdin(Stdio::null());
@@ -174,7 +195,10 @@ impl Project {
                 .iter()
                 .filter(|s| s.contains(" running ") && !s.ends_with(" healthy"))
                 .collect();
-            if states.len() >= 8 && waiting.is_empty() {
+            // Six actors and NATS, and moto (its bucket job has ended); or
+            // three NATS servers and seven actors.
+            let services = if self.ha { 10 } else { 8 };
+            if states.len() >= services && waiting.is_empty() {
                 return;
             }
             if Instant::now() > deadline {
@@ -456,4 +480,164 @@ fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
         again >= head,
         "the ledger after up ({again}) is behind the one before down ({head})"
     );
+}
+
+/// `tes status` over the bus, as the operator (None while nobody answers).
+fn status(p: &Project) -> Option<serde_json::Value> {
+    let r = run(args(p.tes_as("operator"), &["--json", "status"]));
+    (r.code == 0).then(|| serde_json::from_str(&r.stdout).ok())?
+}
+
+/// The service whose writer holds the lease (`version` is host writer-a,
+/// `version2` writer-b: ops/compose.ha.yml), and its standbys' hosts.
+fn writers(p: &Project) -> Option<(&'static str, Vec<String>)> {
+    let s = status(p)?;
+    let host = |holder: &str| holder.split(':').next().unwrap_or("").to_string();
+    let leader = match host(s["writer"]["holder"].as_str()?).as_str() {
+        "writer-a" => "version",
+        "writer-b" => "version2",
+        _ => return None,
+    };
+    let standbys = s["standbys"]
+        .as_array()?
+        .iter()
+        .filter_map(|x| x["holder"].as_str().map(host))
+        .collect();
+    Some((leader, standbys))
+}
+
+/// Every `hash` of a ledger copied out of `service`'s container, by seq.
+fn copy_ledger(p: &Project, service: &str) -> (PathBuf, Vec<String>) {
+    let copy = p.dir.path().join(format!("data-{service}"));
+    ok(Command::new("docker").args([
+        "cp",
+        &format!("{}:/var/lib/tes/data", p.container(service)),
+        copy.to_str().unwrap(),
+    ]));
+    let db = rusqlite::Connection::open(copy.join("ledger.db")).unwrap();
+    let mut q = db.prepare("SELECT hash FROM events ORDER BY seq").unwrap();
+    let hashes = q
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (copy, hashes)
+}
+
+#[test]
+fn the_ha_compose_stack_fails_over_when_its_writer_is_cut_off() {
+    ok(Command::new(root().join("ops/images.sh")).env("TES_BIN", env!("CARGO_BIN_EXE_tes")));
+    let p = Project::ha();
+    ok(&mut p.compose_args(&["up", "-d", "--no-build"]));
+    p.wait_healthy(Duration::from_secs(180));
+    // One writer leads, the other stands by: no flag told them which.
+    let mut roles = None;
+    wait_for("a writer and a standby", Duration::from_secs(60), || {
+        roles = writers(&p).filter(|(_, standbys)| standbys.len() == 1);
+        roles.is_some()
+    });
+    let (leader, _) = roles.unwrap();
+    let other = if leader == "version" {
+        "version2"
+    } else {
+        "version"
+    };
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let payload = format!("before-the-partition-{i}");
+        acknowledged.push((payload.clone(), p.sign(&payload).expect("signs")));
+    }
+
+    // The leading writer's container loses its network: a real partition.
+    let container = p.container(leader);
+    let network = format!("{}_default", p.name);
+    ok(Command::new("docker").args(["network", "disconnect", &network, &container]));
+    let cut = Instant::now();
+    let mut resumed = None;
+    let mut i = 0;
+    while acknowledged.len() < 15 {
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "no signature within 60 s of the partition"
+        );
+        let payload = format!("after-the-partition-{i}");
+        i += 1;
+        match p.sign(&payload) {
+            Some(s) => {
+                resumed.get_or_insert(cut.elapsed());
+                acknowledged.push((payload, s));
+            }
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let resumed = resumed.unwrap();
+    eprintln!("signing resumed {resumed:?} after the partition");
+    // The lease TTL (10 s) and a few seconds: the standby took over.
+    assert!(
+        resumed < Duration::from_secs(15),
+        "signing resumed {resumed:?} after the partition"
+    );
+    let (now_leading, _) = writers(&p).expect("a writer");
+    assert_eq!(now_leading, other, "the standby leads");
+
+    // The network back: the old writer stood down (it could not renew
+    // its lease), Docker restarted it, and it follows as the standby.
+    ok(Command::new("docker").args([
+        "network", "connect", "--alias", leader, &network, &container,
+    ]));
+    wait_for(
+        "the old writer back as the standby",
+        Duration::from_secs(120),
+        || writers(&p).is_some_and(|(l, s)| l == other && s.len() == 1),
+    );
+    for i in 0..5 {
+        let payload = format!("after-the-heal-{i}");
+        acknowledged.push((payload.clone(), p.sign(&payload).expect("signs")));
+    }
+    let head = status(&p).unwrap()["headSeq"].as_u64().unwrap();
+    wait_for("the standby caught up", Duration::from_secs(30), || {
+        status(&p).is_some_and(|s| s["standbys"][0]["headSeq"].as_u64() >= Some(head))
+    });
+
+    // Both copies, stopped: one is a prefix of the other hash for hash,
+    // both verify, and every acknowledged signature is in the new writer's
+    // at the seq its reply named.
+    ok(&mut p.compose_args(&["stop", "version", "version2"]));
+    let (copy_new, new) = copy_ledger(&p, other);
+    let (copy_old, old) = copy_ledger(&p, leader);
+    let shorter = new.len().min(old.len());
+    assert!(
+        shorter as u64 >= head,
+        "{} and {} events",
+        new.len(),
+        old.len()
+    );
+    assert_eq!(new[..shorter], old[..shorter], "the two copies fork");
+    for copy in [&copy_new, &copy_old] {
+        let r = run(args(tes(copy), &["audit", "verify"]));
+        assert_eq!(r.code, 0, "{copy:?}: {}{}", r.stdout, r.stderr);
+    }
+    let db = rusqlite::Connection::open(copy_new.join("ledger.db")).unwrap();
+    for (payload, (signature, _, seq)) in &acknowledged {
+        let stored: Vec<u8> = db
+            .query_row("SELECT payload FROM events WHERE seq = ?1", [seq], |r| {
+                Ok(r.get_ref(0)?.as_bytes()?.to_vec())
+            })
+            .unwrap_or_else(|e| panic!("{payload} (seq {seq}) not in the ledger: {e}"));
+        assert!(
+            stored
+                .windows(signature.len())
+                .any(|w| w == signature.as_bytes()),
+            "{payload}: seq {seq} does not hold its signature"
+        );
+    }
+    // Key material stays out of every container's log.
+    let (_, logs, _) = sh(&mut p.compose_args(&["logs", "--no-color"]));
+    for secret in [
+        "version_signing_key",
+        "version_signing_key_v2",
+        "admin_token",
+    ] {
+        assert!(!logs.contains(&p.secret(secret)), "{secret} in the logs");
+    }
 }

@@ -131,6 +131,79 @@ fn the_compose_file_is_valid_and_every_service_has_a_process_twin() {
     );
 }
 
+#[test]
+fn the_ha_overlay_adds_the_cluster_twins_and_a_second_writer_like_the_first() {
+    // docker-compose.yml + ops/compose.ha.yml, profile `ha`, as a user runs
+    // it: the services are ops/stack.sh's `up --cluster`, and `version2` is
+    // `version` on another host and volume (nothing else may drift).
+    let (code, config, err) = output(Command::new("docker-compose").current_dir(root()).args([
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "ops/compose.ha.yml",
+        "--profile",
+        "ha",
+        "config",
+    ]));
+    assert_eq!(code, 0, "docker-compose config: {err}");
+    let check = r#"
+import json, sys, yaml
+services = yaml.safe_load(sys.stdin)["services"]
+a, b = dict(services["version"]), dict(services["version2"])
+drift = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+               and k not in ("hostname", "volumes", "profiles", "build"))
+urls = {n: s["environment"].get("TES_NATS_URL") for n, s in services.items()
+        if s.get("command", [""])[0] == "daemon"}
+print(json.dumps({"services": sorted(services), "drift": drift, "urls": urls,
+                  "hosts": [a.get("hostname"), b.get("hostname")],
+                  "volumes": [sorted(a["volumes"]), sorted(b["volumes"])]}))
+"#;
+    let mut py = Command::new(python())
+        .args(["-c", check])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the project's Python (tests/run makes .venv)");
+    std::io::Write::write_all(py.stdin.as_mut().unwrap(), config.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, twins, _) = output(Command::new(root().join("ops/stack.sh")).arg("services"));
+    assert_eq!(code, 0);
+    let mut expected: Vec<String> = twins.lines().map(str::to_string).collect();
+    expected.extend(["nats2", "nats3", "version2"].map(String::from));
+    expected.sort();
+    let services: Vec<String> = serde_json::from_value(v["services"].clone()).unwrap();
+    let services: Vec<String> = services
+        .into_iter()
+        .filter(|s| !s.starts_with("s3"))
+        .collect();
+    assert_eq!(
+        services, expected,
+        "the ha services vs ops/stack.sh up --cluster"
+    );
+    assert_eq!(
+        v["drift"],
+        serde_json::json!([]),
+        "version2 drifted from version"
+    );
+    assert_eq!(v["hosts"], serde_json::json!(["writer-a", "writer-b"]));
+    assert_ne!(
+        v["volumes"][0], v["volumes"][1],
+        "the writers share a volume"
+    );
+    for (service, url) in v["urls"].as_object().unwrap() {
+        assert_eq!(
+            url, "nats://nats:4222,nats://nats2:4222,nats://nats3:4222",
+            "{service} is not given every server"
+        );
+    }
+}
+
 /// ops/stack.sh on its own directory and free ports.
 struct Stack {
     dir: tempfile::TempDir,
@@ -312,6 +385,27 @@ fn the_cluster_stack_fails_over_to_its_standby_writer() {
         assert!(Instant::now() < deadline, "no standby in status: {out}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The admin page shows them too: the writer's lease, the standby's lag.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let page = format!("http://127.0.0.1:{}/admin", stack.http);
+    let browser = rt.block_on(async {
+        let b = support::browser::Chromium::start(1280).await;
+        b.client.goto(&page).await.unwrap();
+        let writer = b
+            .wait_text("#writers tr.writer", Duration::from_secs(10), |t| {
+                t.contains("/data/ledger.db") && t.contains("lease")
+            })
+            .await;
+        let standby = b
+            .wait_text("#writers tr.standby", Duration::from_secs(10), |t| {
+                t.contains("/data2/ledger.db") && t.contains("0 behind")
+            })
+            .await;
+        b.screenshot("admin-writers.png").await.unwrap();
+        writer.unwrap();
+        standby.unwrap();
+        b
+    });
     // The writer's host is lost (SIGKILL): the standby takes over.
     let pid = std::fs::read_to_string(d.join("pids/version.pid")).unwrap();
     output(Command::new("kill").args(["-KILL", pid.trim()]));
@@ -327,6 +421,20 @@ fn the_cluster_stack_fails_over_to_its_standby_writer() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(after["seq"].as_u64() > before["seq"].as_u64(), "{after}");
+    // Without a reload, the page names the new writer.
+    rt.block_on(async {
+        let shown = browser
+            .wait_text("#writers tr.writer", Duration::from_secs(10), |t| {
+                t.contains("/data2/ledger.db")
+            })
+            .await;
+        browser
+            .screenshot("admin-writers-after-failover.png")
+            .await
+            .unwrap();
+        browser.close().await;
+        shown.unwrap();
+    });
     let (code, out, err) = stack.run("down");
     assert_eq!(code, 0, "down: {out}{err}");
     let r = run(args(tes(&d.join("data2")), &["audit", "verify"]));
