@@ -258,6 +258,28 @@ fn openssl_hmac(secret: &str, payload: &str) -> String {
     out.trim().rsplit(' ').next().unwrap().to_string()
 }
 
+/// Every acknowledged signature (payload, (signature, version, seq)) is
+/// in the ledger copied to `data` at the seq its reply named.
+fn assert_every_signature_at_its_seq(
+    data: &Path,
+    acknowledged: &[(String, (String, String, u64))],
+) {
+    let ledger = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
+    for (payload, (signature, _, seq)) in acknowledged {
+        let stored: Vec<u8> = ledger
+            .query_row("SELECT payload FROM events WHERE seq = ?1", [seq], |r| {
+                Ok(r.get_ref(0)?.as_bytes()?.to_vec())
+            })
+            .unwrap_or_else(|e| panic!("{payload} (seq {seq}) not in the ledger: {e}"));
+        assert!(
+            stored
+                .windows(signature.len())
+                .any(|w| w == signature.as_bytes()),
+            "{payload}: seq {seq} does not hold its signature"
+        );
+    }
+}
+
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -452,21 +474,8 @@ fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
         &format!("{}:/var/lib/tes/data", p.container("version")),
         copy.to_str().unwrap(),
     ]));
-    let ledger = rusqlite::Connection::open(copy.join("ledger.db")).unwrap();
     assert!(acknowledged.len() >= 20, "{} signed", acknowledged.len());
-    for (payload, (signature, _, seq)) in &acknowledged {
-        let stored: Vec<u8> = ledger
-            .query_row("SELECT payload FROM events WHERE seq = ?1", [seq], |r| {
-                Ok(r.get_ref(0)?.as_bytes()?.to_vec())
-            })
-            .unwrap_or_else(|e| panic!("{payload} (seq {seq}) not in the ledger: {e}"));
-        assert!(
-            stored
-                .windows(signature.len())
-                .any(|w| w == signature.as_bytes()),
-            "{payload}: seq {seq} does not hold its signature"
-        );
-    }
+    assert_every_signature_at_its_seq(&copy, &acknowledged);
 
     // down and up on the same volumes: the ledger is there and verifies.
     ok(&mut p.compose_args(&["down"]));
@@ -617,20 +626,7 @@ fn the_ha_compose_stack_fails_over_when_its_writer_is_cut_off() {
         let r = run(args(tes(copy), &["audit", "verify"]));
         assert_eq!(r.code, 0, "{copy:?}: {}{}", r.stdout, r.stderr);
     }
-    let db = rusqlite::Connection::open(copy_new.join("ledger.db")).unwrap();
-    for (payload, (signature, _, seq)) in &acknowledged {
-        let stored: Vec<u8> = db
-            .query_row("SELECT payload FROM events WHERE seq = ?1", [seq], |r| {
-                Ok(r.get_ref(0)?.as_bytes()?.to_vec())
-            })
-            .unwrap_or_else(|e| panic!("{payload} (seq {seq}) not in the ledger: {e}"));
-        assert!(
-            stored
-                .windows(signature.len())
-                .any(|w| w == signature.as_bytes()),
-            "{payload}: seq {seq} does not hold its signature"
-        );
-    }
+    assert_every_signature_at_its_seq(&copy_new, &acknowledged);
     // Key material stays out of every container's log.
     let (_, logs, _) = sh(&mut p.compose_args(&["logs", "--no-color"]));
     for secret in [

@@ -231,6 +231,11 @@ impl Drop for TestServer {
     }
 }
 
+/// What a cluster member reads: the lost-connection settings of
+/// `ops/nats-server.conf` (a client or route silent for two PINGs 2 s
+/// apart is dropped), so faults are measured as production would see them.
+pub const CLUSTER_CONFIG: &str = "ping_interval: \"2s\"\nping_max: 2\n";
+
 /// Three (or `n`) `nats-server` processes with routes between them on
 /// loopback ports: one JetStream cluster, in which a stream can keep three
 /// replicas and lose one server. Each member is a [`TestServer`] (killed
@@ -262,7 +267,7 @@ impl TestCluster {
                     "--routes".to_string(),
                     route_urls.clone(),
                 ];
-                TestServer::start_on(free_port(), None, &[], args)
+                TestServer::start_on(free_port(), Some(CLUSTER_CONFIG), &[], args)
             })
             .collect();
         TestCluster { servers }

@@ -160,3 +160,20 @@ async fn appends_to_the_replicated_ledger_are_fenced() {
     }
     assert_eq!(seen, vec![Some(3), Some(4)]);
 }
+
+#[test]
+fn test_clusters_drop_lost_connections_as_the_production_config_does() {
+    // The fault figures hold for ops/nats-server.conf only if the test
+    // cluster drops a silent client or route as it does.
+    let ops = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../ops/nats-server.conf"
+    ))
+    .unwrap();
+    for line in tes_bus::test_server::CLUSTER_CONFIG.lines() {
+        assert!(
+            ops.lines().any(|l| l.trim() == line),
+            "ops/nats-server.conf has no {line:?}"
+        );
+    }
+}
