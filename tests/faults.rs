@@ -470,6 +470,23 @@ impl Harness {
         self.cluster.servers[i].pid().to_string()
     }
 
+    /// What fills each writer's data directory (`du`), for a failure's
+    /// message: a full tmpfs explains a writer that stepped down.
+    fn disk_usage(&self) -> String {
+        self.writers
+            .iter()
+            .map(|w| {
+                let out = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("du -a -m {} | sort -rn | head -6", w.dir.display()))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                format!("writer {} (MiB):\n{out}", w.name)
+            })
+            .collect()
+    }
+
     /// Brings back whatever is down: a frozen or killed server, a writer
     /// that was killed or stopped itself.
     async fn heal(&mut self) {
@@ -549,7 +566,11 @@ impl Harness {
                 // The successor takes the lease: kill it in its first moments.
                 let other = 1 - leader;
                 while self.leader().await != Some(other) {
-                    assert!(at.elapsed() < LEASE_TTL + Duration::from_secs(30));
+                    assert!(
+                        at.elapsed() < LEASE_TTL + Duration::from_secs(30),
+                        "writer {other} never led after the leader was killed; {}",
+                        self.disk_usage()
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(self.rng.below(300))).await;

@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 "#;
 
+/// Bytes of write-ahead log kept on disk after a checkpoint (64 MiB).
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// The last row: what the next append chains onto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
@@ -214,6 +217,11 @@ impl Ledger {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        // A write-ahead log that grew under load (readers holding it back
+        // from a reset) is cut back to this after each checkpoint instead of
+        // keeping its largest size on disk for good.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(sql)?;
         let existing: bool = conn
             .query_row(
