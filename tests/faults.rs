@@ -470,6 +470,26 @@ impl Harness {
         self.cluster.servers[i].pid().to_string()
     }
 
+    /// Waits (up to 30 s) until server `i`, restarted, answers for the
+    /// cluster's JetStream (it knows TES_LEDGER): the next fault may kill
+    /// another server, and one of three killed before the restarted one
+    /// caught up would be two of three down, which no R3 stream survives.
+    async fn wait_until_serving(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = self.cluster.servers[i].url();
+        while Instant::now() < deadline {
+            if let Ok(client) = async_nats::connect(url.as_str()).await {
+                let mut js = async_nats::jetstream::new(client);
+                js.set_timeout(Duration::from_secs(2));
+                if js.get_stream("TES_LEDGER").await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        eprintln!("server {i} did not answer for JetStream within 30 s of its restart");
+    }
+
     /// What fills each writer's data directory (`du`), for a failure's
     /// message: a full tmpfs explains a writer that stepped down.
     fn disk_usage(&self) -> String {
@@ -495,6 +515,7 @@ impl Harness {
         }
         for i in std::mem::take(&mut self.killed_servers) {
             self.cluster.servers[i].restart();
+            self.wait_until_serving(i).await;
         }
         // A writer that no longer leads is on its way out (it gave the lease
         // up, or was cut off): wait for it to end before starting it again.

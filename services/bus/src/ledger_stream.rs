@@ -56,16 +56,34 @@ impl std::fmt::Debug for LedgerStream {
     }
 }
 
+/// How long an append's acknowledgement, or a look at what the stream
+/// holds, is waited for before the writer tries again. Short: when the
+/// stream's leader was on a server that died, what was asked of it is never
+/// answered, and the election of the next one takes a few seconds; with the
+/// client's 5 s default an append waited for its ack and then for two
+/// look-ups (15 s with one server of three killed: the fault harness).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The stream holds nothing at `seq` (yet): worth trying again, never a
+/// fence — only an event of another writer at our seq is.
+fn not_there_yet(seq: u64) -> BusError {
+    transport(format!(
+        "{} holds nothing at seq {seq} yet (an earlier publish was lost on the way); sending again from the gap",
+        subject::LEDGER_STREAM
+    ))
+}
+
 impl LedgerStream {
     /// Opens `TES_LEDGER`, or creates it (as every tes stream: on files,
     /// de-duplicated, never deleted from or purged; three copies on a
     /// cluster).
     pub async fn ensure(client: async_nats::Client) -> Result<LedgerStream, BusError> {
-        let js = open_stream(
+        let mut js = open_stream(
             client,
             stream_config(subject::LEDGER_STREAM, vec![subject::ledger_append()]),
         )
         .await?;
+        js.set_timeout(REQUEST_TIMEOUT);
         Ok(LedgerStream {
             js,
             unsure: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
@@ -116,13 +134,14 @@ impl LedgerStream {
         for (seq, event) in events.iter().take_while(|(seq, _)| *seq <= last) {
             match self.id_at(*seq).await? {
                 Some(id) if id == event.id.to_string() => held += 1,
-                theirs => {
+                Some(theirs) => {
                     return Err(AppendError::Fenced {
                         seq: *seq,
                         ours: event.id,
-                        theirs: theirs.unwrap_or_else(|| "nothing".into()),
+                        theirs,
                     })
                 }
+                None => return Err(not_there_yet(*seq).into()),
             }
         }
         Ok(held)
@@ -187,16 +206,21 @@ impl LedgerStream {
                 {
                     match self.id_at(*seq).await {
                         Ok(Some(id)) if id == event.id.to_string() => held += 1,
-                        Ok(theirs) => {
+                        Ok(Some(theirs)) => {
                             return (
                                 held,
                                 Some(AppendError::Fenced {
                                     seq: *seq,
                                     ours: event.id,
-                                    theirs: theirs.unwrap_or_else(|| "nothing".into()),
+                                    theirs,
                                 }),
                             )
                         }
+                        // Refused for its position with nothing stored
+                        // there: an event before it was lost on the way
+                        // (a leader change), not taken by another writer.
+                        // The next append looks and sends from the gap.
+                        Ok(None) => return (held, Some(not_there_yet(*seq).into())),
                         Err(e) => return (held, Some(e.into())),
                     }
                 }

@@ -174,27 +174,40 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, E>>,
 {
-    let transient = |e: &E| {
-        let text = e.to_string();
-        [
-            "timed out",
-            "temporarily unavailable",
-            "no responders",
-            "503",
-        ]
-        .iter()
-        .any(|t| text.contains(t))
-    };
+    retrying_jetstream(step).await.map_err(Failure::check)
+}
+
+/// What JetStream answers while a cluster elects a leader (or before it
+/// has one): worth asking again.
+fn not_ready_yet(error: &impl std::fmt::Display) -> bool {
+    let text = error.to_string();
+    [
+        "timed out",
+        "temporarily unavailable",
+        "no responders",
+        "503",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
+}
+
+/// `step` tried again, once a second for up to a minute, while JetStream
+/// is [`not_ready_yet`]; its own error type kept.
+async fn retrying_jetstream<T, E, F, Fut>(step: F) -> std::result::Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
     let second = std::time::Duration::from_secs(1);
     retrying(
         "JetStream is not ready yet",
         60 * second,
         second,
-        transient,
+        not_ready_yet,
         step,
     )
     .await
-    .map_err(Failure::check)
 }
 
 /// Connects to the NATS server of `--nats`, if one was given.
@@ -1025,10 +1038,10 @@ async fn stand_by(
                         .map_err(Failure::check)?
                         .map(|h| tes_ledger::chain::to_hex(&h))
                         .unwrap_or_default();
-                    let last = stream
-                        .last_ledger_seq(&identity)
-                        .await
-                        .map_err(Failure::check)?
+                    // Asked while the cluster may still be electing the
+                    // leaders the last writer's server held: tried again.
+                    let last = while_starting(|| stream.last_ledger_seq(&identity))
+                        .await?
                         .min(ledger.head().seq);
                     let outbox =
                         tes_ledger::Outbox::open(path, actor::OUTBOX).map_err(Failure::check)?;
@@ -1058,9 +1071,10 @@ async fn take_rest(
     followed: u64,
 ) -> std::result::Result<(), tes_version_management::standby::StandbyError> {
     use tes_version_management::standby::StandbyError;
-    let last = stream.last_seq().await?;
+    // Right after a failover the stream may have no leader yet.
+    let last = retrying_jetstream(|| stream.last_seq()).await?;
     let head = ledger.head().seq;
-    let theirs = stream.range(followed + 1, last).await?;
+    let theirs = retrying_jetstream(|| stream.range(followed + 1, last)).await?;
     let ours = if followed < head.min(last) {
         ledger.events_from(followed + 1)?
     } else {
