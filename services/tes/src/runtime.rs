@@ -1127,10 +1127,6 @@ fn lease_holder(path: &std::path::Path) -> String {
     format!("{host}:{}", file.display())
 }
 
-/// A standby's turn: it says where it is (`tes status` and the health
-/// endpoint list it) and, once caught up, tries the lease: kept when
-/// taken, `None` while another writer holds it (or NATS did not answer:
-/// tried again).
 /// Where this process's standby writer is (the head seq it followed to),
 /// while it stands by: `tes health` reports a standby that follows as
 /// ready (it does its job), though its actors have not started.
@@ -1146,6 +1142,10 @@ fn set_standing_by(at: Option<u64>) {
     *STANDING_BY.lock().unwrap_or_else(|e| e.into_inner()) = at;
 }
 
+/// A standby's turn: it says where it is (`tes status` and the health
+/// endpoint list it) and, once caught up, tries the lease: kept when
+/// taken, `None` while another writer holds it (or NATS did not answer:
+/// tried again).
 async fn try_lease(
     client: async_nats::Client,
     progress: tes_version_management::standby::Progress,
