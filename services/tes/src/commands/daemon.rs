@@ -71,7 +71,13 @@ pub async fn run(
         Ok(rt) => rt,
         Err(e) => {
             reporter.abort();
-            let _ = std::fs::remove_file(health::report_path(&global.data_dir, which));
+            // Only a report of this process's own (a standby that then
+            // failed): a daemon refused at a ledger another one holds must
+            // not take that one's report away.
+            let path = health::report_path(&global.data_dir, which);
+            if health::read(&path).is_some_and(|r| r.pid == std::process::id()) {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(e);
         }
     };
@@ -154,12 +160,15 @@ fn report_health(
                 checks.push(("bus".to_string(), "ok (embedded)".to_string()));
             }
             if !started.load(std::sync::atomic::Ordering::Acquire) {
+                // Starting: no report (as before the actors ran), unless
+                // this is a standby writer, which holds its ledger and
+                // follows: ready.
+                let Some(seq) = runtime::standing_by() else {
+                    continue;
+                };
                 checks.push((
                     "actors".to_string(),
-                    match runtime::standing_by() {
-                        Some(seq) => format!("ok (a standby writer, following at seq {seq})"),
-                        None => "starting".to_string(),
-                    },
+                    format!("ok (a standby writer, following at seq {seq})"),
                 ));
             }
             if let Some(path) = &ledger {

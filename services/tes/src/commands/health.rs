@@ -47,6 +47,11 @@ pub fn write(path: &Path, report: &Report) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The report at `path`, if there is a readable one.
+pub fn read(path: &Path) -> Option<Report> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 pub fn run(global: &Global, actors: ActorSet) -> Result<()> {
     let path = report_path(&global.data_dir, actors);
     let text = std::fs::read(&path).map_err(|e| {
