@@ -397,6 +397,42 @@ fn a_second_daemon_on_the_same_ledger_is_refused() {
     assert_eq!(run(args(tes(dir.path()), &["audit", "verify"])).code, 0);
 }
 
+/// A stop requested while the daemon is still starting (here: the moment
+/// its ledger lock appears, before it is ready) ends it cleanly, exit 0,
+/// and leaves a ledger that verifies: process managers send SIGTERM
+/// whenever they like.
+#[test]
+fn a_daemon_stopped_while_starting_exits_cleanly() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = with_keys(tes(dir.path()));
+        daemon
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = daemon.spawn().unwrap();
+        let lock = dir.path().join("ledger.db.lock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::metadata(&lock).is_ok_and(|m| m.len() > 0) {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "stopped while starting: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(stderr.contains("stopped"), "{stderr}");
+        assert_eq!(run(args(tes(dir.path()), &["audit", "verify"])).code, 0);
+    }
+}
+
 #[test]
 fn secret_put_reads_stdin_and_list_shows_fingerprints_only() {
     let dir = tempfile::tempdir().unwrap();

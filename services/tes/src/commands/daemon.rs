@@ -27,7 +27,20 @@ pub async fn run(
     which: ActorSet,
     role: Role,
 ) -> Result<()> {
-    let (transport, on) = match runtime::nats_waiting(global, "tes-daemon", NATS_WAIT).await? {
+    // Stop requests are taken from the first moment: a SIGTERM that arrives
+    // while the daemon connects, opens its ledger or stands by for the
+    // lease ends the start cleanly instead of killing the process on the
+    // signal's default action (a stop issued right after the ledger lock
+    // appeared used to exit by signal, with no "stopped").
+    let mut stop = Stop::listen()?;
+    let waited = tokio::select! {
+        waited = runtime::nats_waiting(global, "tes-daemon", NATS_WAIT) => waited?,
+        _ = stop.requested() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    let (transport, on) = match waited {
         Some(nats) => (
             Transport::Nats(nats),
             format!(
@@ -66,10 +79,24 @@ pub async fn run(
         Transport::Embedded => None,
     };
     let reporter = report_health(global, which, role, nats, started.clone());
-    let rt = Actors::start(global, run, Some(observe), transport, which, role).await;
+    let rt = tokio::select! {
+        rt = Actors::start(global, run, Some(observe), transport, which, role) => Some(rt),
+        _ = stop.requested() => None,
+    };
     let mut rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => {
+        Some(Ok(rt)) => rt,
+        None => {
+            // Dropping the start closes what it had opened (the ledger and
+            // its lock are released with their handles).
+            reporter.abort();
+            let path = health::report_path(&global.data_dir, which);
+            if health::read(&path).is_some_and(|r| r.pid == std::process::id()) {
+                let _ = std::fs::remove_file(path);
+            }
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+        Some(Err(e)) => {
             reporter.abort();
             // Only a report of this process's own (a standby that then
             // failed): a daemon refused at a ledger another one holds must
@@ -101,12 +128,10 @@ pub async fn run(
         ledger = %if which.version { rt.ledger_path.display().to_string() } else { "-".into() },
         "tes daemon ready on {on}"
     );
-    let mut term = signal(SignalKind::terminate())?;
     let mut poll = tokio::time::interval(KEY_STORE_POLL);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = stop.requested() => break,
             _ = poll.tick() => match rt.rekey().await {
                 Ok(true) => tracing::info!("key material changed: keyring reloaded"),
                 Ok(false) => {}
@@ -123,6 +148,29 @@ pub async fn run(
     rt.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the daemon's first
+/// moment: once registered, neither kills the process by default any more.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> std::io::Result<Self> {
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 /// Writes this daemon's readiness every [`health::EVERY`] for `tes health`:
