@@ -382,66 +382,45 @@ impl EventStream {
             .get_stream(subject::EVENTS_STREAM)
             .await
             .map_err(|e| transport(format!("stream {}: {e}", subject::EVENTS_STREAM)))?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subjects: threads
-                    .iter()
-                    .map(|t| format!("{}.{}.>", subject::EVENT_PREFIX, t.token()))
-                    .collect(),
-                ..Default::default()
-            })
-            .await
-            .map_err(transport)?;
-        let backlog = consumer.cached_info().num_pending;
-        let mut messages = consumer.messages().await.map_err(transport)?;
+        let filters = threads
+            .iter()
+            .map(|t| format!("{}.{}.>", subject::EVENT_PREFIX, t.token()))
+            .collect();
+        let mut raw = follow_raw(stream, filters, 1).await?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(async move {
-            let mut caught_up = false;
-            if backlog == 0 {
-                caught_up = true;
-                if tx.send(Followed::CaughtUp).await.is_err() {
-                    return;
-                }
-            }
             let mut last_ledger_seq = 0;
-            while let Some(next) = messages.next().await {
+            while let Some(next) = raw.recv().await {
                 let m = match next {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "following {}: {e}", subject::EVENTS_STREAM);
+                    Raw::CaughtUp => {
+                        if tx.send(Followed::CaughtUp).await.is_err() {
+                            return;
+                        }
                         continue;
                     }
+                    Raw::Stored(m) => m,
                 };
-                let Ok((seq, pending)) = m.info().map(|i| (i.stream_sequence, i.pending)) else {
-                    continue;
-                };
-                let header = |name| {
-                    m.headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str())
-                };
-                if let (Some(want), Some(got)) = (&ledger, header(subject::LEDGER_ID_HEADER)) {
+                let seq = m.seq;
+                if let (Some(want), Some(got)) = (&ledger, m.header(subject::LEDGER_ID_HEADER)) {
                     if want != got {
                         tracing::warn!(seq, ledger = %got, "an event of another ledger in the stream; not followed");
                         continue;
                     }
                 }
-                let ledger_seq = header(LEDGER_SEQ_HEADER).and_then(|s| s.parse::<u64>().ok());
+                let ledger_seq = m
+                    .header(LEDGER_SEQ_HEADER)
+                    .and_then(|s| s.parse::<u64>().ok());
                 let repeat = ledger_seq.is_some_and(|s| s <= last_ledger_seq);
-                let ct = ContentType::from_header(header(CONTENT_TYPE_HEADER));
+                let ct = ContentType::from_header(m.header(CONTENT_TYPE_HEADER));
                 match ct.and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload)) {
                     Ok(_) if repeat => {}
                     Ok(event) => {
                         last_ledger_seq = ledger_seq.unwrap_or(last_ledger_seq);
-                        if tx
-                            .send(Followed::Event {
-                                ledger_seq,
-                                event: Box::new(event),
-                            })
-                            .await
-                            .is_err()
-                        {
+                        let followed = Followed::Event {
+                            ledger_seq,
+                            event: Box::new(event),
+                        };
+                        if tx.send(followed).await.is_err() {
                             return;
                         }
                     }
@@ -449,16 +428,176 @@ impl EventStream {
                         tracing::warn!(error = %e, seq, "an event in the stream does not decode; skipped")
                     }
                 }
-                if !caught_up && pending == 0 {
-                    caught_up = true;
-                    if tx.send(Followed::CaughtUp).await.is_err() {
-                        return;
-                    }
-                }
             }
         });
         Ok(rx)
     }
+}
+
+/// How long a follower hears nothing before it asks the stream whether it
+/// holds more than was delivered. An ordered consumer whose server died
+/// goes silent: async-nats recreates it only after two missed 15 s
+/// heartbeats, and a standby that is 30 s behind cannot take over within
+/// the lease TTL.
+const FOLLOW_STALL: Duration = Duration::from_secs(2);
+
+/// One message a follower is given, as the stream stored it.
+pub(crate) struct Stored {
+    /// The stream's sequence number.
+    pub seq: u64,
+    pub headers: Option<HeaderMap>,
+    pub payload: bytes::Bytes,
+}
+
+impl Stored {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+}
+
+pub(crate) enum Raw {
+    Stored(Stored),
+    /// Everything the stream held when following began has been given.
+    CaughtUp,
+}
+
+/// Follows `stream` from seq `from`, keeping the subjects of `filters`
+/// (all when empty): every stored message once, in order, with
+/// [`Raw::CaughtUp`] once after the backlog.
+///
+/// An ordered consumer lives on one server. When it stops delivering
+/// (its server died, the client moved) while the stream holds more, it is
+/// recreated from the next seq not yet given; anything delivered twice
+/// across the change is dropped by seq. The first consumer's failure is
+/// the caller's error; later ones are retried until the receiver is
+/// dropped.
+pub(crate) async fn follow_raw(
+    stream: jetstream::stream::Stream,
+    filters: Vec<String>,
+    from: u64,
+) -> Result<mpsc::Receiver<Raw>, BusError> {
+    let mut next = from.max(1);
+    let (first, backlog) = ordered_from(&stream, &filters, next).await?;
+    let (tx, rx) = mpsc::channel(4096);
+    tokio::spawn(async move {
+        let mut messages = Some(first);
+        let mut caught_up = backlog == 0;
+        if caught_up && tx.send(Raw::CaughtUp).await.is_err() {
+            return;
+        }
+        loop {
+            let Some(current) = messages.as_mut() else {
+                match ordered_from(&stream, &filters, next).await {
+                    Ok((again, backlog)) => {
+                        messages = Some(again);
+                        if !caught_up && backlog == 0 {
+                            caught_up = true;
+                            if tx.send(Raw::CaughtUp).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, next, "following {}: cannot recreate the consumer yet", stream.cached_info().config.name);
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            };
+            match tokio::time::timeout(FOLLOW_STALL, current.next()).await {
+                Ok(Some(Ok(m))) => {
+                    let Ok((seq, pending)) = m.info().map(|i| (i.stream_sequence, i.pending))
+                    else {
+                        continue;
+                    };
+                    if seq < next {
+                        continue; // given already, before a recreation
+                    }
+                    next = seq + 1;
+                    let m = m.message;
+                    let stored = Stored {
+                        seq,
+                        headers: m.headers,
+                        payload: m.payload,
+                    };
+                    if tx.send(Raw::Stored(stored)).await.is_err() {
+                        return;
+                    }
+                    if !caught_up && pending == 0 {
+                        caught_up = true;
+                        if tx.send(Raw::CaughtUp).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(Some(Err(error))) => {
+                    tracing::warn!(%error, next, "following {}; recreating the consumer", stream.cached_info().config.name);
+                    messages = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(None) => messages = None,
+                Err(_quiet) => {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    if holds_more(&stream, &filters, next).await {
+                        tracing::warn!(next, "following {}: the consumer stopped delivering while the stream holds more; recreating it", stream.cached_info().config.name);
+                        messages = None;
+                    }
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// An ordered consumer on `stream` from seq `from`, and how many messages
+/// it has pending at its creation.
+async fn ordered_from(
+    stream: &jetstream::stream::Stream,
+    filters: &[String],
+    from: u64,
+) -> Result<(jetstream::consumer::pull::Ordered, u64), BusError> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subjects: filters.to_vec(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(transport)?;
+    let backlog = consumer.cached_info().num_pending;
+    Ok((consumer.messages().await.map_err(transport)?, backlog))
+}
+
+/// Whether `stream` holds a message at or after `next` that `filters` keep
+/// (asked of the stream's leader; an error answers no, and the follower
+/// asks again after its next quiet spell).
+async fn holds_more(stream: &jetstream::stream::Stream, filters: &[String], next: u64) -> bool {
+    if filters.is_empty() {
+        return stream
+            .get_info()
+            .await
+            .is_ok_and(|info| info.state.last_sequence >= next);
+    }
+    for filter in filters {
+        if stream
+            .get_first_raw_message_by_subject(filter, next)
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// `TES_CHECKPOINTS`: the signed checkpoints the writer publishes (a

@@ -23,7 +23,7 @@ use tes_proto::subject::{self, CONTENT_TYPE_HEADER, LEDGER_SEQ_HEADER};
 use tes_proto::{ContentType, Envelope, Event, MsgId};
 use tokio::sync::mpsc;
 
-use crate::jetstream::{open_stream, stream_config, transport, Followed};
+use crate::jetstream::{follow_raw, open_stream, stream_config, transport, Followed, Raw};
 use crate::BusError;
 
 /// Why an append did not (all) happen.
@@ -368,45 +368,24 @@ impl LedgerStream {
             .get_stream(subject::LEDGER_STREAM)
             .await
             .map_err(|e| transport(format!("stream {}: {e}", subject::LEDGER_STREAM)))?;
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(transport)?;
-        let backlog = consumer.cached_info().num_pending;
-        let mut messages = consumer.messages().await.map_err(transport)?;
+        let mut raw = follow_raw(stream, Vec::new(), from).await?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(async move {
-            let mut caught_up = backlog == 0;
-            if caught_up && tx.send(Followed::CaughtUp).await.is_err() {
-                return;
-            }
-            while let Some(next) = messages.next().await {
+            while let Some(next) = raw.recv().await {
                 let m = match next {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "following {}", subject::LEDGER_STREAM);
+                    Raw::CaughtUp => {
+                        if tx.send(Followed::CaughtUp).await.is_err() {
+                            return;
+                        }
                         continue;
                     }
+                    Raw::Stored(m) => m,
                 };
-                let Ok((seq, pending)) = m.info().map(|i| (i.stream_sequence, i.pending)) else {
-                    continue;
-                };
-                let header = |name| {
-                    m.headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str())
-                };
-                let ct = ContentType::from_header(header(CONTENT_TYPE_HEADER));
+                let ct = ContentType::from_header(m.header(CONTENT_TYPE_HEADER));
                 match ct.and_then(|ct| ct.decode::<Envelope<Event>>(&m.payload)) {
                     Ok(event) => {
                         let followed = Followed::Event {
-                            ledger_seq: Some(seq),
+                            ledger_seq: Some(m.seq),
                             event: Box::new(event),
                         };
                         if tx.send(followed).await.is_err() {
@@ -416,13 +395,7 @@ impl LedgerStream {
                     Err(e) => {
                         // A hole in the ledger: the follower sees the gap
                         // and stops (it never skips a seq).
-                        tracing::error!(error = %e, seq, "a ledger event in {} does not decode", subject::LEDGER_STREAM);
-                    }
-                }
-                if !caught_up && pending == 0 {
-                    caught_up = true;
-                    if tx.send(Followed::CaughtUp).await.is_err() {
-                        return;
+                        tracing::error!(error = %e, seq = m.seq, "a ledger event in {} does not decode", subject::LEDGER_STREAM);
                     }
                 }
             }

@@ -32,6 +32,26 @@ async fn stream_info(client: &async_nats::Client, name: &str) -> jetstream::stre
         .clone()
 }
 
+/// A ledger event at `seq` (a checkpoint: the body does not matter here).
+fn event(seq: u64) -> (u64, tes_proto::Envelope<tes_proto::Event>) {
+    use tes_proto::event::Checkpoint;
+    use tes_proto::{Channel, Envelope, Event, MsgId, ThreadId, Timestamp};
+    let body = Event::Checkpoint(Checkpoint {
+        seq,
+        hash: String::new(),
+        root: String::new(),
+        note: String::new(),
+    });
+    let e = Envelope::new(
+        MsgId::generate(),
+        Timestamp::now(),
+        ThreadId::VersionManagement,
+        Channel::Event,
+        body,
+    );
+    (seq, e)
+}
+
 #[tokio::test]
 async fn streams_keep_three_copies_and_store_on_with_one_server_down() {
     let mut cluster = TestCluster::start(3);
@@ -101,29 +121,12 @@ async fn a_lone_server_gets_one_copy() {
 #[tokio::test]
 async fn appends_to_the_replicated_ledger_are_fenced() {
     use tes_bus::ledger_stream::{AppendError, LedgerStream};
-    use tes_proto::event::Checkpoint;
-    use tes_proto::{Channel, ContentType, Envelope, Event, MsgId, ThreadId, Timestamp};
+    use tes_proto::ContentType;
 
     let cluster = TestCluster::start(3);
     cluster.ready().await;
     let client = connect(cluster.url()).await;
     let ledger = LedgerStream::ensure(client.clone()).await.unwrap();
-    let event = |seq: u64| {
-        let body = Event::Checkpoint(Checkpoint {
-            seq,
-            hash: String::new(),
-            root: String::new(),
-            note: String::new(),
-        });
-        let e = Envelope::new(
-            MsgId::generate(),
-            Timestamp::now(),
-            ThreadId::VersionManagement,
-            Channel::Event,
-            body,
-        );
-        (seq, e)
-    };
     let ct = ContentType::Json;
     // Writer A appends 1..=3 in one pipelined chunk.
     let a: Vec<_> = (1..=3).map(event).collect();
@@ -159,6 +162,94 @@ async fn appends_to_the_replicated_ledger_are_fenced() {
         seen.push(ledger_seq);
     }
     assert_eq!(seen, vec![Some(3), Some(4)]);
+}
+
+/// A standby follows the ledger through an ordered consumer, which lives on
+/// one server. When that server dies the follower must go on from the
+/// next seq within seconds (async-nats alone notices only after two missed
+/// 15 s heartbeats: longer than the lease a standby must take over in).
+#[tokio::test]
+async fn a_ledger_follower_goes_on_when_its_consumers_server_dies() {
+    use futures_util::TryStreamExt;
+    use tes_bus::jetstream::Followed;
+    use tes_bus::ledger_stream::LedgerStream;
+    use tes_proto::ContentType;
+
+    let mut cluster = TestCluster::start(3);
+    cluster.ready().await;
+    let writer = LedgerStream::ensure(connect(cluster.url()).await)
+        .await
+        .unwrap();
+    let ct = ContentType::Json;
+    let first: Vec<_> = (1..=3).map(event).collect();
+    assert_eq!(writer.append(ct, None, &first).await.0, 3);
+
+    let follower_client = connect(cluster.url()).await;
+    let mut follow = LedgerStream::ensure(follower_client.clone())
+        .await
+        .unwrap()
+        .follow_from(1)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Followed::Event { ledger_seq, .. } = follow.recv().await.unwrap() {
+        seen.push(ledger_seq.unwrap());
+    }
+    assert_eq!(seen, vec![1, 2, 3]);
+
+    // The server that holds the follower's consumer.
+    let js = jetstream::new(follower_client);
+    let consumers: Vec<_> = js
+        .get_stream("TES_LEDGER")
+        .await
+        .unwrap()
+        .consumers()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(consumers.len(), 1, "one consumer: the follower's");
+    let leader = consumers[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("the consumer has a leader");
+    let index = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    cluster.servers[index].kill();
+
+    // The writer goes on appending on the two servers left.
+    let more: Vec<_> = (4..=6).map(event).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut held = 0;
+    while held < more.len() {
+        let previous = if held == 0 {
+            first[2].1.id
+        } else {
+            more[held - 1].1.id
+        };
+        let (n, _) = writer.append(ct, Some(previous), &more[held..]).await;
+        held += n;
+        assert!(
+            Instant::now() < deadline,
+            "the writer could not append on two servers"
+        );
+        if held < more.len() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let started = Instant::now();
+    let mut after = Vec::new();
+    while after.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), follow.recv()).await {
+            Ok(Some(Followed::Event { ledger_seq, .. })) => after.push(ledger_seq.unwrap()),
+            Ok(Some(Followed::CaughtUp)) => {}
+            Ok(None) => panic!("the follower ended"),
+            Err(_) => panic!(
+                "the follower got {after:?} of seqs 4..=6 within 10 s of its consumer's server ({leader}) dying"
+            ),
+        }
+    }
+    assert_eq!(after, vec![4, 5, 6], "in order, each once");
+    eprintln!("the follower went on after {:?}", started.elapsed());
 }
 
 #[test]
