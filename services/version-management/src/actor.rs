@@ -177,9 +177,18 @@ struct Held {
 /// the stream. If the publisher ends first (shutdown with the stream
 /// away), the events stay committed and are published at the next start;
 /// the clients hear so and a retry (same id) gets the original outcome.
-async fn release_when_stored(mut held: mpsc::Receiver<Held>, mut stored: watch::Receiver<u64>) {
+async fn release_when_stored(
+    mut held: mpsc::Receiver<Held>,
+    mut stored: watch::Receiver<u64>,
+    mut stopping: watch::Receiver<bool>,
+) {
     while let Some(h) = held.recv().await {
-        if stored.wait_for(|seq| *seq >= h.upto).await.is_ok() {
+        let waited = tokio::select! {
+            waited = stored.wait_for(|seq| *seq >= h.upto) => Some(waited.is_ok()),
+            _ = stopping.wait_for(|s| *s) => None,
+        };
+        let confirmed = waited.unwrap_or_else(|| *stored.borrow() >= h.upto);
+        if confirmed {
             answer(h.replies, h.outcomes);
             continue;
         }
@@ -274,6 +283,8 @@ impl EngineHandle {
 /// Version Management, running.
 pub struct Running {
     handle: EngineHandle,
+    /// Set at stop: held replies stop waiting for the stream.
+    stopping: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     publisher: JoinHandle<()>,
     engine: std::thread::JoinHandle<Engine>,
@@ -288,6 +299,12 @@ impl Running {
     /// Stops taking commands, lets requests in flight finish, publishes
     /// what was committed, and returns the engine (and its ledger lock).
     pub async fn stop(self) -> Engine {
+        // Replies held for a stream that is away would keep their
+        // requests' engine handles, so the engine would never see its
+        // queue close and the stop would wait for the stream for ever.
+        // They are answered "not yet stored, retry" instead; what is
+        // committed is published at the next start.
+        let _ = self.stopping.send(true);
         for t in &self.tasks {
             t.abort();
         }
@@ -339,10 +356,11 @@ pub async fn start(
         None => 0,
     };
     let (stored_tx, stored_rx) = watch::channel(cursor);
+    let (stopping, stopping_rx) = watch::channel(false);
     let hold = if config.ack_after_stream && outbox.is_some() {
         let (hold_tx, hold_rx) = mpsc::channel::<Held>(MAX_HELD);
-        tokio::spawn(release_when_stored(hold_rx, stored_rx));
-        Some(hold_tx)
+        tokio::spawn(release_when_stored(hold_rx, stored_rx.clone(), stopping_rx));
+        Some((hold_tx, stored_rx))
     } else {
         None
     };
@@ -412,6 +430,7 @@ pub async fn start(
     ));
     Ok(Running {
         handle,
+        stopping,
         tasks: vec![listener, ticker, heartbeat],
         publisher,
         engine,
@@ -423,7 +442,7 @@ fn engine_loop(
     mut rx: mpsc::Receiver<Job>,
     committed: mpsc::UnboundedSender<Committed>,
     keep_events: bool,
-    hold: Option<mpsc::Sender<Held>>,
+    hold: Option<(mpsc::Sender<Held>, watch::Receiver<u64>)>,
     step_down: Option<StepDown>,
 ) -> Engine {
     while let Some(first) = rx.blocking_recv() {
@@ -474,8 +493,18 @@ fn engine_loop(
                 lifecycle,
             });
         }
+        // A reply waits for the stream when its batch appended, and also
+        // when it succeeded on events already in the ledger but not yet
+        // in the stream (a retry of a request whose first reply was lost
+        // while the stream was away must not be acknowledged before its
+        // record is replicated). Refusals wrote nothing and are answered
+        // at once: holding them kept a writer whose disk was full from
+        // ever finishing its stop.
+        let must_wait = hold.as_ref().is_some_and(|(_, stored)| {
+            appended || (outcomes.iter().any(Result::is_ok) && *stored.borrow() < engine.head().seq)
+        });
         match &hold {
-            Some(hold) if appended => {
+            Some((hold, _)) if must_wait => {
                 let held = Held {
                     upto: engine.head().seq,
                     replies,

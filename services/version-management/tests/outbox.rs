@@ -66,6 +66,25 @@ fn sign(i: usize) -> Request {
     ))
 }
 
+/// A writer on `server` whose replies wait until `TES_EVENTS` holds their
+/// events (as on a cluster), its ledger in `dir`.
+async fn writer_acking_after_stream(
+    server: &TestServer,
+    dir: &std::path::Path,
+    name: &str,
+) -> actor::Running {
+    let bus = connect(server, name).await;
+    let stream = EventStream::ensure(bus.client().clone()).await.unwrap();
+    let config = ActorConfig {
+        event_stream: Some(stream),
+        ack_after_stream: true,
+        ..ActorConfig::default()
+    };
+    actor::start(engine(dir), Arc::new(bus), config)
+        .await
+        .unwrap()
+}
+
 /// The ids of the ledgered events in the stream, in stream order.
 async fn streamed(client: &async_nats::Client) -> Vec<MsgId> {
     let js = async_nats::jetstream::new(client.clone());
@@ -290,16 +309,7 @@ async fn with_ack_after_stream_a_reply_waits_until_the_stream_holds_its_events()
     let mut server = TestServer::start();
     server.ready(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let bus = connect(&server, "ack-after-stream").await;
-    let stream = EventStream::ensure(bus.client().clone()).await.unwrap();
-    let config = ActorConfig {
-        event_stream: Some(stream),
-        ack_after_stream: true,
-        ..ActorConfig::default()
-    };
-    let running = actor::start(engine(dir.path()), Arc::new(bus), config)
-        .await
-        .unwrap();
+    let running = writer_acking_after_stream(&server, dir.path(), "ack-after-stream").await;
     let watcher = async_nats::connect(server.url()).await.unwrap();
     for i in 0..5 {
         running.handle().call(sign(i)).await.unwrap();
@@ -308,18 +318,65 @@ async fn with_ack_after_stream_a_reply_waits_until_the_stream_holds_its_events()
     }
 
     server.kill();
+    let request = sign(99);
     let handle = running.handle();
-    let waiting = tokio::spawn(async move { handle.call(sign(99)).await });
+    let first = request.clone();
+    let waiting = tokio::spawn(async move { handle.call(first).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !waiting.is_finished(),
         "a signature was acknowledged while the stream could not store it"
     );
+    // A client that gave up retries with the same id: the signature is in
+    // the ledger already, not yet in the stream, so the retry waits too.
+    let handle = running.handle();
+    let retried = tokio::spawn(async move { handle.call(request).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !retried.is_finished(),
+        "a retried signature was acknowledged while its record was not in the stream"
+    );
     server.restart();
-    let reply = tokio::time::timeout(Duration::from_secs(30), waiting)
-        .await
-        .expect("the reply comes once the stream is back")
-        .unwrap();
-    assert!(reply.is_ok(), "{reply:?}");
+    for waiting in [waiting, retried] {
+        let reply = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the reply comes once the stream is back")
+            .unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    assert_eq!(streamed(&watcher).await, ledgered(dir.path()));
     drop(running.stop().await);
+}
+
+/// A writer stopping while the stream is away (a full disk, a lost lease)
+/// must not wait for the stream: held replies are answered "not yet
+/// stored, retry" and the stop ends; the committed events stay in the
+/// ledger for the next start to publish.
+#[tokio::test]
+async fn a_writer_stops_while_its_replies_wait_for_an_absent_stream() {
+    let mut server = TestServer::start();
+    server.ready(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = writer_acking_after_stream(&server, dir.path(), "stop-while-held").await;
+    running.handle().call(sign(0)).await.unwrap();
+    let before = ledgered(dir.path()).len();
+    server.kill();
+    let handle = running.handle();
+    let waiting = tokio::spawn(async move { handle.call(sign(1)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "held while the stream is away");
+    // At most the publish in flight and the last one, each given up after
+    // JetStream's 5 s wait for an ack (9.5 s measured; without the release
+    // of held replies it never ends).
+    tokio::time::timeout(Duration::from_secs(20), running.stop())
+        .await
+        .expect("the stop does not wait for the stream");
+    let reply = waiting.await.unwrap();
+    let error = reply.expect_err("not acknowledged: the stream never stored it");
+    assert!(
+        error.message.contains("retry with the same id"),
+        "{error:?}"
+    );
+    // Committed all the same: in the ledger, for the next start to publish.
+    assert!(ledgered(dir.path()).len() > before);
 }
