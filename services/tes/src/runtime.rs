@@ -340,7 +340,7 @@ impl Actors {
                         ),
                         Some(actor::StepDown(Arc::new(|reason: &str| {
                             tracing::error!(%reason, "stopping at once: this writer was fenced off the replicated ledger");
-                            std::process::exit(1);
+                            stop_at_once();
                         }))),
                     ),
                     _ => (None, None),
@@ -713,19 +713,21 @@ async fn start_replica(
             "a signer replica needs key material: set VERSION_SIGNING_KEY (and _V2, …) as on the writer"
         )));
     }
-    let stream = EventStream::ensure(nats.client().clone())
-        .await
-        .map_err(Failure::check)?;
+    // A replica started with its cluster waits, like a writer, while
+    // JetStream elects the stream's leader (it exited on a 503).
+    let stream = while_starting(|| EventStream::ensure(nats.client().clone())).await?;
     let config = ReplicaConfig {
         name: format!("signer-{}", std::process::id()),
         wire,
         policy: run.policy(),
         timeout: typed::DEFAULT_TIMEOUT,
     };
-    replica::start(stream, bus, keyring, config)
-        .await
-        .context("starting the signer replica")
-        .map_err(Failure::check)
+    retrying_jetstream(|| {
+        replica::start(stream.clone(), bus.clone(), keyring.clone(), config.clone())
+    })
+    .await
+    .context("starting the signer replica")
+    .map_err(Failure::check)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -838,8 +840,20 @@ async fn start_version(
     // On a cluster a writer that cannot write its ledger hands over.
     if let (Some(keeper), true) = (&lease, actor_config.ack_after_stream) {
         let tx = keeper.step_down.clone();
+        let watchdog = std::sync::Once::new();
         actor_config.on_storage_failure = Some(actor::StepDown(Arc::new(move |reason| {
             let _ = tx.send(reason.to_string());
+            // The lease task gives the lease up and ends the process; if
+            // the runtime cannot get to it (a stepping-down writer was
+            // seen never to end), the process ends anyway and the lease
+            // lapses on its own.
+            watchdog.call_once(|| {
+                std::thread::spawn(|| {
+                    std::thread::sleep(STEP_DOWN_WITHIN);
+                    tracing::error!("the writer lease could not be given up within {STEP_DOWN_WITHIN:?}; stopping anyway (it lapses on its own)");
+                    stop_at_once();
+                });
+            });
         })));
     }
     let running = actor::start(engine, bus, actor_config)
@@ -990,18 +1004,21 @@ async fn stand_by(
         };
         let (events, cursor) = match ledger_stream {
             Some(ledger_stream) => {
-                let events = ledger_stream
-                    .follow_from(matched + 1)
-                    .await
-                    .map_err(Failure::check)?;
+                // Asked again while a restarting cluster elects the
+                // stream's leader (a standby that starts with its cluster
+                // would otherwise exit on a 503).
+                let events = while_starting(|| ledger_stream.follow_from(matched + 1)).await?;
                 (events, actor::LEDGER_OUTBOX)
             }
             None => {
                 let registered = stream.registered_ledger().await;
-                let events = stream
-                    .follow_ledger(&[ThreadId::VersionManagement, ThreadId::Alert], registered)
-                    .await
-                    .map_err(Failure::check)?;
+                let events = while_starting(|| {
+                    stream.follow_ledger(
+                        &[ThreadId::VersionManagement, ThreadId::Alert],
+                        registered.clone(),
+                    )
+                })
+                .await?;
                 (events, actor::OUTBOX)
             }
         };
@@ -1203,17 +1220,17 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
                 Some(reason) = stepping_down.recv() => {
                     tracing::error!(%reason, "stopping: this writer cannot write its ledger (disk full?); the writer lease is given up so that a standby takes over at once");
                     lease.release().await;
-                    std::process::exit(1);
+                    stop_at_once();
                 }
                 _ = tick.tick() => match lease.renew().await {
                     Ok(()) => renewed = std::time::Instant::now(),
                     Err(e @ LeaseError::Lost(_)) => {
                         tracing::error!(error = %e, "stopping at once: another writer holds the ledger lease");
-                        std::process::exit(1);
+                        stop_at_once();
                     }
                     Err(e) if fence && renewed.elapsed() >= FENCE_AFTER => {
                         tracing::error!(error = %e, "stopping: the writer lease could not be renewed for {:?} and may lapse, after which a standby takes over; this writer must not write on", renewed.elapsed());
-                        std::process::exit(1);
+                        stop_at_once();
                     }
                     Err(e) => tracing::warn!(error = %e, "the writer lease could not be renewed; trying again"),
                 },
@@ -1226,6 +1243,24 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
         step_down,
     }
 }
+
+/// Ends a writer that must not write on, at once: no exit handlers, no
+/// thread-local destructors, no task finishing. `std::process::exit`
+/// called on a tokio worker runs that thread's thread-local destructors,
+/// and was seen to hang there for good (a writer stepping down on a full
+/// disk never ended: its publisher went on appending after its lease was
+/// given up, and the successor was fenced by those rows). Everything it
+/// committed is durable in SQLite, its log lines are already on stderr
+/// (unbuffered), and the stream fences anything still in flight.
+fn stop_at_once() -> ! {
+    // SAFETY: _exit(2) takes an int and never returns; it is
+    // async-signal-safe and touches no state of this process.
+    unsafe { libc::_exit(1) }
+}
+
+/// How long a writer that cannot write its ledger may take to give its
+/// lease up before it ends regardless.
+const STEP_DOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long a writer on a cluster goes on without renewing its lease: two
 /// renewals short of its time to live.
