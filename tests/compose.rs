@@ -627,12 +627,42 @@ fn the_ha_compose_stack_fails_over_when_its_writer_is_cut_off() {
         assert_eq!(r.code, 0, "{copy:?}: {}{}", r.stdout, r.stderr);
     }
     assert_every_signature_at_its_seq(&copy_new, &acknowledged);
+    // Both writers sign checkpoints with the stack's one audit key: the
+    // newest checkpoint in TES_CHECKPOINTS, signed after the failover,
+    // verifies under the vkey an auditor holds, and the new writer's copy
+    // agrees with it.
+    let mut key = tes(p.dir.path());
+    key.env(
+        "TES_AUDIT_KEY_FILE",
+        p.dir.path().join("ops/secrets/audit_key"),
+    );
+    let key = run(args(key, &["audit", "key"]));
+    assert_eq!(key.code, 0, "{}", key.stderr);
+    let vkey = key.stdout.trim().to_string();
+    assert!(vkey.starts_with("tes-ledger/compose-"), "{vkey}");
+    let mut audit = tes(&copy_new);
+    audit
+        .args(["--nats", &format!("nats://127.0.0.1:{}", p.nats)])
+        .env("TES_NATS_USER", "operator")
+        .env(
+            "TES_NATS_PASSWORD_FILE",
+            p.dir.path().join("ops/secrets/nats_pw_operator"),
+        )
+        .env("TES_AUDIT_VKEY", &vkey);
+    let r = run(args(audit, &["audit", "verify"]));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("NATS stream TES_CHECKPOINTS"),
+        "checked against the checkpoint stream: {}",
+        r.stdout
+    );
     // Key material stays out of every container's log.
     let (_, logs, _) = sh(&mut p.compose_args(&["logs", "--no-color"]));
     for secret in [
         "version_signing_key",
         "version_signing_key_v2",
         "admin_token",
+        "audit_key",
     ] {
         assert!(!logs.contains(&p.secret(secret)), "{secret} in the logs");
     }
