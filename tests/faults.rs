@@ -88,6 +88,9 @@ struct Writer {
     server: usize,
     tmpfs: bool,
     process: Option<Child>,
+    /// Started again by [`Writer::restart_if_it_stopped`] since the last
+    /// heal (its first process is gone: heal need not wait for it).
+    restarted: bool,
     log: PathBuf,
 }
 
@@ -134,6 +137,23 @@ impl Writer {
                 }
             }
             None => true,
+        }
+    }
+
+    /// What a process supervisor does (compose's `restart: unless-stopped`,
+    /// systemd's `Restart=always`): a writer that ended on its own — it
+    /// was fenced, its disk was full, it lost its lease — is started again.
+    /// One the harness killed stays down until the step heals: that is a
+    /// lost host, and the standby must take over without it.
+    fn restart_if_it_stopped(&mut self, cluster: &TestCluster) {
+        let ended = match &mut self.process {
+            Some(p) => p.try_wait().unwrap().is_some(),
+            None => false,
+        };
+        if ended {
+            self.process = None;
+            self.restarted = true;
+            self.start(cluster);
         }
     }
 
@@ -411,7 +431,7 @@ impl Harness {
     }
 
     /// Time from `since` until a fresh signature is acknowledged.
-    async fn resumed(&self, since: Instant) -> Duration {
+    async fn resumed(&mut self, since: Instant) -> Duration {
         let limit = LEASE_TTL + Duration::from_secs(30);
         let give_up = Instant::now() + limit;
         let mut n = 0;
@@ -434,6 +454,9 @@ impl Harness {
                     .unwrap()
                     .extend(probe.acked.into_inner().unwrap());
                 return since.elapsed();
+            }
+            for w in &mut self.writers {
+                w.restart_if_it_stopped(&self.cluster);
             }
             if Instant::now() >= give_up {
                 self.dump_stacks();
@@ -490,6 +513,40 @@ impl Harness {
         eprintln!("server {i} did not answer for JetStream within 30 s of its restart");
     }
 
+    /// Waits (up to 60 s) until every stream of ours has a leader and all
+    /// its replicas current, as an operator would before taking another
+    /// server down: a server restarted a moment ago may still be catching
+    /// up, and a kill then leaves a stream without a quorum of current
+    /// replicas — two servers lost, which no three-replica stream survives.
+    async fn wait_until_replicas_current(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut js = async_nats::jetstream::new(self.probe.clone());
+        js.set_timeout(Duration::from_secs(2));
+        // Those that exist (a writer makes them; unlisted, nothing waits).
+        let names: Vec<String> = futures_util::TryStreamExt::try_collect(js.stream_names())
+            .await
+            .unwrap_or_default();
+        for name in names {
+            loop {
+                let current = match js.get_stream(&name).await {
+                    Ok(mut stream) => stream.info().await.ok().and_then(|i| i.cluster.clone()),
+                    Err(_) => None,
+                }
+                .is_some_and(|c| {
+                    c.leader.is_some() && c.replicas.iter().all(|r| r.current && !r.offline)
+                });
+                if current {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    eprintln!("{name}: replicas not all current within 60 s of healing");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+
     /// What fills each writer's data directory (`du`), for a failure's
     /// message: a full tmpfs explains a writer that stepped down.
     fn disk_usage(&self) -> String {
@@ -524,9 +581,17 @@ impl Harness {
         for i in 0..self.writers.len() {
             if leader != Some(i) {
                 while self.struck_leader == Some(i)
+                    && !self.writers[i].restarted
                     && !self.writers[i].exited()
-                    && Instant::now() < deadline
                 {
+                    if Instant::now() >= deadline {
+                        eprintln!(
+                            "writer {} did not end within 15 s of losing the lead; its stacks: target/test-artifacts/faults-stacks-{}.txt",
+                            self.writers[i].name, self.writers[i].name
+                        );
+                        self.dump_stacks();
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -546,7 +611,9 @@ impl Harness {
             if w.exited() {
                 w.start(&self.cluster);
             }
+            w.restarted = false;
         }
+        self.wait_until_replicas_current().await;
     }
 
     /// Injects `fault`; returns when it struck (the last kill).
@@ -601,6 +668,9 @@ impl Harness {
                 // stream never got), then the second.
                 self.writers[leader].start(&self.cluster);
                 self.writers[other].start(&self.cluster);
+                // New processes: heal need not wait for them to end.
+                self.writers[leader].restarted = true;
+                self.writers[other].restarted = true;
             }
             Fault::KillNatsServer => {
                 let i = self.rng.below(3) as usize;
@@ -648,6 +718,7 @@ impl Harness {
                         self.cluster.servers[i].restart();
                     } else {
                         self.writers[i - 3].start(&self.cluster);
+                        self.writers[i - 3].restarted = true;
                     }
                     tokio::time::sleep(Duration::from_millis(self.rng.below(500))).await;
                 }
@@ -758,6 +829,7 @@ fn faults_on_a_three_server_cluster_lose_nothing_acknowledged() {
                 server: i,
                 tmpfs,
                 process: None,
+                restarted: false,
                 log,
             }
         })
@@ -859,9 +931,13 @@ fn faults_on_a_three_server_cluster_lose_nothing_acknowledged() {
                 .push((format!("{fault:?}"), took.as_millis()));
             h.figures.worst_resume_ms = h.figures.worst_resume_ms.max(took.as_millis());
             if matches!(fault, Fault::KillNatsServer) {
-                // Signing goes on with one server of three down.
+                // Signing goes on with one server of three down: at once
+                // when the server led none of our streams; when it led
+                // one, after JetStream elects another leader (nats-server
+                // waits 4-9 s for a lost raft leader before campaigning)
+                // and our next 2 s request: within the lease goal.
                 assert!(
-                    took < Duration::from_secs(10),
+                    took < LEASE_TTL + Duration::from_secs(5),
                     "one NATS server of three down stopped signing for {took:?}"
                 );
             }
