@@ -593,14 +593,14 @@ async fn publish_committed(
         while drain(outbox, config.wire, &stored).await {}
     }
     loop {
+        // Biased: a due checkpoint first (once per period, so a steady
+        // queue cannot starve it), then the queue, then the retry. With the
+        // queue before the retry, the loop ends as soon as the engine has
+        // ended; unbiased, a due retry won half the draws and with the
+        // stream away each costs an ack timeout (5 s), so a stop could take
+        // many of them (a CI run waited over 20 s).
         let batch = tokio::select! {
-            batch = rx.recv() => batch,
-            _ = retry.tick(), if outbox.is_some() => {
-                if let Some(outbox) = &outbox {
-                    while drain(outbox, config.wire, &stored).await && rx.is_empty() {}
-                }
-                continue;
-            }
+            biased;
             _ = checkpoint_tick.tick(), if unsigned.is_some() => {
                 if let Some((head, tree)) = unsigned.take() {
                     if published(&head) {
@@ -608,6 +608,13 @@ async fn publish_committed(
                     } else {
                         unsigned = Some((head, tree));
                     }
+                }
+                continue;
+            }
+            batch = rx.recv() => batch,
+            _ = retry.tick(), if outbox.is_some() => {
+                if let Some(outbox) = &outbox {
+                    while drain(outbox, config.wire, &stored).await && rx.is_empty() {}
                 }
                 continue;
             }
