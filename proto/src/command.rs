@@ -14,8 +14,9 @@ use crate::event::Event;
 use crate::key_version::KeyVersion;
 use crate::metrics::MetricsSnapshot;
 use crate::reply::{
-    AlertsReply, BumpReply, GraceReply, RecordReply, Reply, RevokeReply, RotationReply,
-    SignBatchReply, SignReply, StatusReply, VerifyBatchReply, VerifyReply,
+    AlertsReply, AuditReply, BumpReply, GraceReply, HistoryReply, RecordReply, Reply, RevokeReply,
+    RotationReply, SignBatchReply, SignReply, SignersReply, StatusReply, VerifyBatchReply,
+    VerifyReply,
 };
 use crate::subject::verb;
 use crate::thread::ThreadId;
@@ -325,6 +326,45 @@ impl CommandBody for Status {
     type Reply = StatusReply;
 }
 
+/// The newest events of Version Management's ledger, newest last: the
+/// admin page's feed on load. Read-only (a reader connection of its own; the
+/// engine is not asked). With `kinds` or `thread`, only matching events,
+/// looked for among at most [`HISTORY_SCAN`] rows below `before`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct History {
+    /// At most this many events (1 ..= [`MAX_HISTORY`]).
+    pub limit: u32,
+    /// Only events with a seq below this one (paging back); none: from the
+    /// head.
+    pub before: Option<u64>,
+    /// Only these kinds (`key_rotate`, …); empty: every kind.
+    pub kinds: Vec<String>,
+    /// Only events of this actor.
+    pub thread: Option<ThreadId>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            limit: 100,
+            before: None,
+            kinds: Vec::new(),
+            thread: None,
+        }
+    }
+}
+
+/// The most events one `history` reply holds.
+pub const MAX_HISTORY: u32 = 1000;
+/// The most rows one filtered `history` request looks through.
+pub const HISTORY_SCAN: u64 = 200_000;
+
+impl CommandBody for History {
+    const VERB: &'static str = verb::HISTORY;
+    type Reply = HistoryReply;
+}
+
 /// A signer replica's audit events for the ledger writer (Version
 /// Management's writer only). Appended as they are — same ids, so a retry is
 /// stored once — and the reply names their seqs once they are durable. Only
@@ -339,6 +379,32 @@ pub struct Record {
 impl CommandBody for Record {
     const VERB: &'static str = verb::RECORD;
     type Reply = RecordReply;
+}
+
+/// Ask Version Management (0x6001) for the audit view of its ledger: the
+/// newest signed checkpoint and what each witness holds; with `verify`,
+/// also walk the whole chain and compare it with every checkpoint the
+/// witnesses hold (what `tes audit verify` does). Read-only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Audit {
+    pub verify: bool,
+}
+
+impl CommandBody for Audit {
+    const VERB: &'static str = verb::AUDIT;
+    type Reply = AuditReply;
+}
+
+/// Ask the Supervisor (0x1001) who signs now and whether a rotation to
+/// the next version would pass its gate. Read-only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignersQuery {}
+
+impl CommandBody for SignersQuery {
+    const VERB: &'static str = verb::SIGNERS;
+    type Reply = SignersReply;
 }
 
 /// Ask Monitoring (0x5000) for its current snapshot.

@@ -34,7 +34,7 @@ pub enum Event {
     // New kinds go at the end: the binary form numbers variants in order,
     // and stored rows must keep decoding.
     SignerHeartbeat(SignerHeartbeat),
-    Metrics(MetricsSnapshot),
+    Metrics(Box<MetricsSnapshot>),
     Alert(AlertRaised),
     Resolved(AlertResolved),
     ArchiveBatch(ArchiveBatch),

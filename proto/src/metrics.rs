@@ -59,6 +59,34 @@ pub struct MetricsSnapshot {
     pub window: WindowCounts,
     /// Every revocation since the ledger began, in order.
     pub revocations: Vec<Revocation>,
+    /// The window's signing requests per version over time: the admin
+    /// page's migration chart. (Absent from snapshots made before it
+    /// existed.)
+    #[serde(default)]
+    pub series: UsageSeries,
+}
+
+/// Signing requests per version that served them, in equal time buckets
+/// across the recent window, oldest first. A bucket with no requests is
+/// left out; a version absent from a bucket served none in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSeries {
+    /// Each bucket's length: the window over [`SERIES_BUCKETS`], at least
+    /// a second.
+    pub bucket_ms: u64,
+    pub buckets: Vec<UsageBucket>,
+}
+
+/// How many buckets a window is cut into.
+pub const SERIES_BUCKETS: u64 = 120;
+
+/// The requests served from `start` for one bucket's length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageBucket {
+    pub start: Timestamp,
+    pub usage: Vec<VersionUsage>,
 }
 
 /// A key version revoked (`key_revoked`).

@@ -294,6 +294,17 @@ pub struct KeyView {
     pub revoked_at: Option<Timestamp>,
     #[serde(default)]
     pub revoked_reason: Option<String>,
+    /// When it was first provisioned, when its status last changed, and
+    /// when it was retired: with the times above, its timeline.
+    #[serde(default)]
+    pub provisioned_at: Option<Timestamp>,
+    #[serde(default)]
+    pub status_since: Option<Timestamp>,
+    /// When it last stopped being active (its verifying window began).
+    #[serde(default)]
+    pub deactivated_at: Option<Timestamp>,
+    #[serde(default)]
+    pub retired_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -352,6 +363,106 @@ pub struct StoredEvent {
     pub event: crate::envelope::Envelope<crate::event::Event>,
 }
 
+/// The answer to [`crate::command::History`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryReply {
+    /// Oldest first.
+    pub events: Vec<StoredEvent>,
+    /// The ledger's head when read.
+    pub head_seq: u64,
+    /// Where older events go on: pass it as `before` for the next page;
+    /// none when the ledger's start was reached.
+    pub next_before: Option<u64>,
+}
+
+/// The answer to [`crate::command::Audit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditReply {
+    pub head_seq: u64,
+    /// The verifier key checkpoints are signed with (C2SP signed-note
+    /// form); none: this writer signs no checkpoints (no audit key).
+    pub vkey: Option<String>,
+    /// The newest signed checkpoint: this writer's since it started, or
+    /// else the newest a witness holds.
+    pub checkpoint: Option<CheckpointView>,
+    pub witnesses: Vec<WitnessView>,
+    /// Asked with `verify`: what the walk found.
+    pub verification: Option<VerificationView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointView {
+    /// The tree size (the ledger seq it covers).
+    pub size: u64,
+    /// The RFC 6962 root, hex.
+    pub root: String,
+    /// When this writer signed it (none: signed before it started).
+    pub signed_at: Option<Timestamp>,
+    /// The signed note, as witnesses keep it.
+    pub note: String,
+}
+
+/// What one witness holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WitnessView {
+    /// Where it is (`directory …`, `bundle store …`).
+    pub name: String,
+    /// Its newest checkpoint under our key (none: it holds none).
+    pub size: Option<u64>,
+    pub root: Option<String>,
+    /// Why it could not be read, or why a note it holds was refused.
+    pub error: Option<String>,
+    /// Asked with `verify`: whether the ledger's tree at its newest
+    /// checkpoint has that root. None: not compared.
+    pub agrees: Option<bool>,
+}
+
+/// A full walk of the ledger against every witnessed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationView {
+    pub ok: bool,
+    /// Events walked, every row's hash and link checked.
+    pub events: u64,
+    /// Distinct checkpoint sizes the ledger's tree matched.
+    pub checkpoints_agreed: u64,
+    /// What is wrong, if anything, and the first seq concerned.
+    pub problem: Option<String>,
+    pub first_bad_seq: Option<u64>,
+    pub took_ms: u64,
+}
+
+/// The answer to [`crate::command::SignersQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignersReply {
+    /// Every signer heard from within the liveness window, by name.
+    pub signers: Vec<SignerView>,
+    /// The version a rotation would promote now, if one is provisioned.
+    pub next: Option<KeyVersion>,
+    /// Why a rotation to `next` would be refused now (the gate's words);
+    /// none: it would go through.
+    pub refusal: Option<String>,
+    /// The live signers that do not hold `next`'s material (with the
+    /// fingerprint the ledger knows).
+    pub lacking: Vec<String>,
+}
+
+/// One live signer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignerView {
+    pub name: String,
+    /// The versions it holds, with their fingerprints.
+    pub held: Vec<crate::event::HeldKey>,
+    /// How long ago its last heartbeat came.
+    pub heard_ms_ago: u64,
+}
+
 /// An alert that has been raised and not resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -368,6 +479,28 @@ pub struct AlertsReply {
     /// The last snapshot judged (its time and ledger seq).
     pub at: Timestamp,
     pub seq: u64,
+    /// The share thresholds in force, for charts to draw (none: the rule
+    /// is off).
+    #[serde(default)]
+    pub thresholds: UsageThresholds,
+}
+
+/// The migration rules' thresholds: the new version's share of signing
+/// requests must reach `new_version_usage_below`'s by its `after`, and the
+/// old version's must fall under `old_version_usage_above`'s by its.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageThresholds {
+    pub new_version_usage_below: Option<UsageThreshold>,
+    pub old_version_usage_above: Option<UsageThreshold>,
+}
+
+/// A share (basis points) that applies from `after_ms` past the rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageThreshold {
+    pub after_ms: u64,
+    pub threshold_bp: u32,
 }
 
 /// What an archive pass did (or, dry, would do) for one version.

@@ -6,8 +6,8 @@
 use schemars::{schema_for, JsonSchema};
 
 use crate::command::{
-    AlertNotice, AlertsQuery, Archive, Bump, CommandBody, Grace, MetricsQuery, Record, Revoke,
-    Rollback, Rotate, Sign, SignBatch, Status, Verify, VerifyBatch,
+    AlertNotice, AlertsQuery, Archive, Audit, Bump, CommandBody, Grace, History, MetricsQuery,
+    Record, Revoke, Rollback, Rotate, Sign, SignBatch, SignersQuery, Status, Verify, VerifyBatch,
 };
 use crate::envelope::Envelope;
 use crate::event::{self, Event};
@@ -31,6 +31,9 @@ pub fn all() -> Vec<(String, serde_json::Value)> {
     command::<Archive>(&mut out);
     command::<Revoke>(&mut out);
     command::<Grace>(&mut out);
+    command::<History>(&mut out);
+    command::<SignersQuery>(&mut out);
+    command::<Audit>(&mut out);
     push::<Envelope<Event>>(&mut out, "event.envelope.json".to_string());
     push::<event::KeyProvisioned>(&mut out, event_file(event::kind::KEY_PROVISIONED));
     push::<event::KeyRotate>(&mut out, event_file(event::kind::KEY_ROTATE));

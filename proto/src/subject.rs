@@ -140,6 +140,15 @@ pub mod verb {
     pub const SIGN_BATCH: &str = "sign_batch";
     /// Many signatures checked in one request (`tes.cmd.0x6001.verify_batch`).
     pub const VERIFY_BATCH: &str = "verify_batch";
+    /// The newest ledger events, for the admin page's feed
+    /// (`tes.cmd.0x6001.history`; read-only).
+    pub const HISTORY: &str = "history";
+    /// The live signers and whether the next version may be promoted
+    /// (`tes.cmd.0x1001.signers`; read-only).
+    pub const SIGNERS: &str = "signers";
+    /// The newest signed checkpoint, what each witness holds, and on
+    /// request a full verification (`tes.cmd.0x6001.audit`; read-only).
+    pub const AUDIT: &str = "audit";
 }
 
 /// `tes.cmd.<thread>.<verb>`

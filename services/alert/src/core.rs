@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use tes_proto::alert::{AlertRaised, AlertResolved, Rule};
 use tes_proto::event::MetricsSnapshot;
 use tes_proto::metrics::{percent, Migration};
-use tes_proto::reply::{AlertsReply, OpenAlert};
+use tes_proto::reply::{AlertsReply, OpenAlert, UsageThreshold, UsageThresholds};
 use tes_proto::{Channel, Envelope, Event, KeyVersion, MsgId, ThreadId, Timestamp};
 
 use crate::rules::Rules;
@@ -30,6 +30,13 @@ pub struct Evaluator {
     samples: VecDeque<(u64, Option<u32>)>,
     sampled_migration: Option<Migration>,
     last: Option<(Timestamp, u64)>,
+}
+
+fn threshold(rule: crate::rules::UsageAfter) -> UsageThreshold {
+    UsageThreshold {
+        after_ms: u64::try_from(rule.after.as_millis()).unwrap_or(u64::MAX),
+        threshold_bp: rule.threshold_bp,
+    }
 }
 
 /// A rule holds, with what it saw.
@@ -74,6 +81,10 @@ impl Evaluator {
                 .collect(),
             at,
             seq,
+            thresholds: UsageThresholds {
+                new_version_usage_below: self.rules.new_version_usage_below.map(threshold),
+                old_version_usage_above: self.rules.old_version_usage_above.map(threshold),
+            },
         }
     }
 

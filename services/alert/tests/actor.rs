@@ -62,7 +62,7 @@ async fn publish(bus: &dyn Bus, snap: MetricsSnapshot, schema: u16) {
         snap.at,
         ThreadId::Monitoring,
         Channel::Event,
-        Event::Metrics(snap),
+        Event::Metrics(Box::new(snap)),
     );
     e.schema = schema;
     publish_event(bus, ContentType::Binary, &e).await.unwrap();

@@ -82,7 +82,7 @@ pub async fn start(
                         snapshot.at,
                         THREAD,
                         Channel::Event,
-                        Event::Metrics(snapshot),
+                        Event::Metrics(Box::new(snapshot)),
                     );
                     if let Err(error) = publish_event(&*bus, config.wire, &event).await {
                         tracing::debug!(%error, "snapshot not published");
@@ -123,7 +123,7 @@ impl Snapshots {
                 Ok(Envelope {
                     body: Event::Metrics(snapshot),
                     ..
-                }) => return Some(snapshot),
+                }) => return Some(*snapshot),
                 Ok(other) => tracing::warn!(
                     kind = other.body.kind(),
                     "not a snapshot on the snapshot subject; skipped"

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tes_proto::event::MetricsSnapshot;
 use tes_proto::metrics::{
-    FallbackCount, Migration, Revocation, VersionCounts, VersionUsage, WindowCounts,
+    FallbackCount, Migration, Revocation, UsageBucket, UsageSeries, VersionCounts, VersionUsage,
+    WindowCounts, SERIES_BUCKETS,
 };
 use tes_proto::{Envelope, Event, KeyVersion, MsgId, Timestamp};
 
@@ -41,6 +42,11 @@ pub struct Metrics {
     migration: Option<Migration>,
     recent: VecDeque<(u64, Recent)>,
     window: WindowTotals,
+    /// Requests served per version, per bucket of `bucket_ms` (its start),
+    /// in start order: the window over time, kept as it goes (a snapshot
+    /// does not walk `recent`).
+    series: VecDeque<(u64, BTreeMap<KeyVersion, u64>)>,
+    bucket_ms: u64,
 }
 
 fn per_version(counts: &BTreeMap<KeyVersion, u64>) -> Vec<VersionUsage> {
@@ -124,6 +130,11 @@ impl Metrics {
             migration: None,
             recent: VecDeque::new(),
             window: WindowTotals::default(),
+            series: VecDeque::new(),
+            bucket_ms: u64::try_from(window.as_millis())
+                .unwrap_or(u64::MAX)
+                .div_ceil(SERIES_BUCKETS)
+                .max(1000),
         }
     }
 
@@ -249,6 +260,24 @@ impl Metrics {
     fn remember(&mut self, at: Timestamp, what: Recent) {
         self.recent.push_back((at.as_millis(), what));
         self.window.add(what, 1);
+        if let Recent::Served(version) = what {
+            let start = at.as_millis() - at.as_millis() % self.bucket_ms;
+            // Events come in time order but for clock skew between
+            // signers: a late one is counted in its own bucket.
+            let at = self.series.iter().rposition(|(s, _)| *s <= start);
+            let bucket = match at {
+                Some(i) if self.series[i].0 == start => &mut self.series[i].1,
+                Some(i) => {
+                    self.series.insert(i + 1, (start, BTreeMap::new()));
+                    &mut self.series[i + 1].1
+                }
+                None => {
+                    self.series.push_front((start, BTreeMap::new()));
+                    &mut self.series[0].1
+                }
+            };
+            *bucket.entry(version).or_default() += 1;
+        }
     }
 
     /// Forgets traffic older than the window before `at`.
@@ -260,6 +289,14 @@ impl Metrics {
             }
             self.window.add(what, -1);
             self.recent.pop_front();
+        }
+        // A bucket goes once all of it is before the window.
+        while self
+            .series
+            .front()
+            .is_some_and(|(start, _)| start + self.bucket_ms <= cutoff)
+        {
+            self.series.pop_front();
         }
     }
 
@@ -297,6 +334,17 @@ impl Metrics {
                 verifications: per_version(&self.window.verifications),
             },
             revocations: self.revocations.clone(),
+            series: UsageSeries {
+                bucket_ms: self.bucket_ms,
+                buckets: self
+                    .series
+                    .iter()
+                    .map(|(start, usage)| UsageBucket {
+                        start: Timestamp::from_millis(*start),
+                        usage: per_version(usage),
+                    })
+                    .collect(),
+            },
         }
     }
 }

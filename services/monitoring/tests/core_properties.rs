@@ -227,6 +227,45 @@ proptest! {
     }
 
     #[test]
+    fn the_series_holds_each_buckets_requests_by_the_version_that_served_them(steps in proptest::collection::vec(step(), 0..80), probe_minutes in 0u64..200) {
+        let events = ledger(&steps);
+        let mut m = Metrics::new(WINDOW);
+        for (seq, e) in &events {
+            m.observe(*seq, e);
+        }
+        let last = events.last().map_or(0, |(_, e)| e.time.as_millis());
+        let at = last + probe_minutes * 60_000;
+        let snap = m.snapshot(Timestamp::from_millis(at));
+        let width = snap.series.bucket_ms;
+        prop_assert_eq!(width, WINDOW.as_millis() as u64 / tes_proto::metrics::SERIES_BUCKETS);
+        let cutoff = at.saturating_sub(WINDOW.as_millis() as u64);
+        // Expected: per bucket start (every bucket with any part inside
+        // the window), the primary signatures per version.
+        let mut expected: std::collections::BTreeMap<u64, std::collections::BTreeMap<u32, u64>> = Default::default();
+        let mut last_cause = None;
+        for (_, e) in &events {
+            if let Event::SignatureGenerated(s) = &e.body {
+                let primary = e.causation_id != last_cause;
+                last_cause = e.causation_id;
+                let t = e.time.as_millis();
+                let start = t - t % width;
+                if primary && start + width > cutoff {
+                    *expected.entry(start).or_default().entry(s.key_version.get()).or_default() += 1;
+                }
+            }
+        }
+        let got: std::collections::BTreeMap<u64, std::collections::BTreeMap<u32, u64>> = snap
+            .series
+            .buckets
+            .iter()
+            .map(|b| (b.start.as_millis(), b.usage.iter().map(|u| (u.version.get(), u.operations)).collect()))
+            .collect();
+        prop_assert_eq!(&got, &expected);
+        let starts: Vec<u64> = snap.series.buckets.iter().map(|b| b.start.as_millis()).collect();
+        prop_assert!(starts.windows(2).all(|w| w[0] < w[1]), "oldest first, each once");
+    }
+
+    #[test]
     fn a_restart_ends_where_one_fold_does(steps in proptest::collection::vec(step(), 0..80), cut in 0usize..80) {
         let events = ledger(&steps);
         let cut = cut.min(events.len());

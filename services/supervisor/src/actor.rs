@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use tes_bus::typed::{call, decode_command, decode_event, refuse, respond, CallError};
 use tes_bus::{Bus, BusError, Message};
-use tes_proto::command::{Grace, Revoke, Rollback, Rotate, Status};
+use tes_proto::command::{Grace, Revoke, Rollback, Rotate, SignersQuery, Status};
 use tes_proto::event::{kind, Event};
-use tes_proto::reply::{RotationReply, StatusReply};
+use tes_proto::reply::{RotationReply, SignersReply, StatusReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -96,16 +96,55 @@ async fn serve(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
         Some(verb::REVOKE) => gated(bus, config, message, REVOKE_GATE).await,
         Some(verb::GRACE) => gated(bus, config, message, GRACE_GATE).await,
         Some(verb::ALERT) => crate::alerts::record(bus, config, message).await,
+        Some(verb::SIGNERS) => serve_signers(bus, config, message).await,
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
                 format!(
-                    "the Supervisor takes rotate, rollback, revoke, grace and alert, not {:?}",
+                    "the Supervisor takes rotate, rollback, revoke, grace, alert and signers, not {:?}",
                     message.subject
                 ),
             );
             refuse::<RotationReply>(bus, THREAD, message, ContentType::Json, error).await;
         }
+    }
+}
+
+/// Who signs and whether the next version may be promoted: Version
+/// Management's status and the heartbeats, through the gate, nothing
+/// forwarded.
+async fn serve_signers(bus: &dyn Bus, config: &SupervisorConfig, message: &Message) {
+    let (ct, envelope) = match decode_command::<SignersQuery>(message, THREAD) {
+        Ok(d) => d,
+        Err(e) => {
+            let error =
+                ErrorReply::new(ErrorCode::Malformed, format!("signers query refused: {e}"));
+            return refuse::<SignersReply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    let status_request = Envelope::new(
+        MsgId::generate(),
+        Timestamp::now(),
+        ThreadId::VersionManagement,
+        Channel::Command,
+        Status::default(),
+    )
+    .caused_by(&envelope);
+    let status = call::<Status>(
+        bus,
+        ThreadId::VersionManagement,
+        config.wire,
+        &status_request,
+        config.timeout,
+    )
+    .await;
+    match status {
+        Ok(status) => {
+            let heard = config.signers.heard(Instant::now());
+            let report = gate::signers_report(&status, &heard);
+            let _ = respond(bus, message, ct, &Reply::Ok(report)).await;
+        }
+        Err(e) => refuse::<SignersReply>(bus, THREAD, message, ct, unavailable(e)).await,
     }
 }
 

@@ -1,8 +1,10 @@
 //! The gate: may this rotation or rollback go through, given what Version
 //! Management reports? Pure: the status is passed in.
 
+use std::time::Duration;
+
 use tes_proto::command::Rotate;
-use tes_proto::reply::{KeyStatus, StatusReply};
+use tes_proto::reply::{KeyStatus, SignerView, SignersReply, StatusReply};
 use tes_proto::{ErrorCode, ErrorReply, KeyVersion};
 
 use tes_proto::event::WRITER_SIGNER;
@@ -108,6 +110,50 @@ pub fn check_rotate(
     Ok(target)
 }
 
+/// Who signs, and whether a plain rotation (to the next version, not
+/// forced) would pass [`check_rotate`] now: the admin page's "signers and
+/// the gate". The writer's holdings come from its status (as the gate reads
+/// them), every other signer's from its last heartbeat.
+pub fn signers_report(status: &StatusReply, heard: &[(LiveSigner, Duration)]) -> SignersReply {
+    let live: Vec<LiveSigner> = heard.iter().map(|(s, _)| s.clone()).collect();
+    let refusal = check_rotate(status, &live, &Rotate::default())
+        .err()
+        .map(|e| e.message);
+    let next_key = status
+        .next
+        .and_then(|n| status.keys.iter().find(|k| k.version == n));
+    let lacking = match next_key {
+        Some(key) => {
+            let writer_lacks = (!key.held).then(|| WRITER_SIGNER.to_string());
+            let others = heard
+                .iter()
+                .map(|(s, _)| s)
+                .filter(|s| s.name != WRITER_SIGNER)
+                .filter(|s| {
+                    !s.held
+                        .iter()
+                        .any(|h| h.version == key.version && h.fingerprint == key.fingerprint)
+                })
+                .map(|s| s.name.clone());
+            writer_lacks.into_iter().chain(others).collect()
+        }
+        None => Vec::new(),
+    };
+    SignersReply {
+        signers: heard
+            .iter()
+            .map(|(s, age)| SignerView {
+                name: s.name.clone(),
+                held: s.held.clone(),
+                heard_ms_ago: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect(),
+        next: status.next,
+        refusal,
+        lacking,
+    }
+}
+
 /// A rollback needs a previous version that still verifies.
 pub fn check_rollback(status: &StatusReply) -> Result<KeyVersion, ErrorReply> {
     let previous = status.previous.ok_or_else(|| {
@@ -144,6 +190,10 @@ mod tests {
             material_changes: 0,
             revoked_at: None,
             revoked_reason: None,
+            provisioned_at: None,
+            status_since: None,
+            deactivated_at: None,
+            retired_at: None,
         }
     }
 
@@ -264,6 +314,61 @@ mod tests {
             held: vec![],
         };
         assert!(check_rotate(&ok, &[stale_writer], &Rotate::default()).is_ok());
+    }
+
+    #[test]
+    fn the_signers_report_names_who_lacks_the_next_version() {
+        use tes_proto::event::HeldKey;
+        let holds = |name: &str, fp: &str| LiveSigner {
+            name: name.into(),
+            held: vec![HeldKey {
+                version: KeyVersion::new(2).unwrap(),
+                fingerprint: Fingerprint::parse(fp).unwrap(),
+            }],
+        };
+        let ok = status(
+            vec![
+                key(1, KeyStatus::Active, true),
+                key(2, KeyStatus::Provisioned, true),
+            ],
+            Some(2),
+            None,
+        );
+        let heard = [
+            (holds("a", "0123456789abcdef"), Duration::from_millis(1200)),
+            (holds("b", "fedcba9876543210"), Duration::from_millis(300)),
+        ];
+        let report = signers_report(&ok, &heard);
+        assert_eq!(report.next, KeyVersion::new(2));
+        assert_eq!(report.lacking, vec!["b".to_string()]);
+        let refusal = report.refusal.expect("b lacks v2: the gate refuses");
+        assert!(refusal.contains("b do not hold it"), "{refusal}");
+        assert_eq!(report.signers.len(), 2);
+        assert_eq!(report.signers[0].heard_ms_ago, 1200);
+
+        let promotable = signers_report(&ok, &heard[..1]);
+        assert_eq!(promotable.refusal, None);
+        assert!(promotable.lacking.is_empty());
+
+        // The writer lacking it (its status says so) is named too.
+        let unheld = status(
+            vec![
+                key(1, KeyStatus::Active, true),
+                key(2, KeyStatus::Provisioned, false),
+            ],
+            Some(2),
+            None,
+        );
+        let report = signers_report(&unheld, &[]);
+        assert_eq!(report.lacking, vec![WRITER_SIGNER.to_string()]);
+        assert!(report.refusal.is_some());
+
+        // Nothing provisioned after the active version: nothing to promote.
+        let last = status(vec![key(1, KeyStatus::Active, true)], None, None);
+        let report = signers_report(&last, &heard);
+        assert_eq!(report.next, None);
+        assert!(report.lacking.is_empty());
+        assert!(report.refusal.unwrap().contains("not configured"));
     }
 
     #[test]

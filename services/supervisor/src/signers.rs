@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tes_proto::event::{HeldKey, SignerHeartbeat, SIGNER_LIVENESS};
 
@@ -35,16 +35,24 @@ impl Signers {
 
     /// The signers heard from within the liveness window before `now`.
     pub fn live(&self, now: Instant) -> Vec<LiveSigner> {
+        self.heard(now).into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// [`Signers::live`], each with how long ago it was last heard from.
+    pub fn heard(&self, now: Instant) -> Vec<(LiveSigner, Duration)> {
         let mut seen = self.seen.lock().expect("signers lock poisoned");
-        seen.retain(|_, (at, _)| now.duration_since(*at) < SIGNER_LIVENESS);
-        let mut live: Vec<LiveSigner> = seen
+        seen.retain(|_, (at, _)| now.saturating_duration_since(*at) < SIGNER_LIVENESS);
+        let mut live: Vec<(LiveSigner, Duration)> = seen
             .iter()
-            .map(|(name, (_, held))| LiveSigner {
-                name: name.clone(),
-                held: held.clone(),
+            .map(|(name, (at, held))| {
+                let signer = LiveSigner {
+                    name: name.clone(),
+                    held: held.clone(),
+                };
+                (signer, now.saturating_duration_since(*at))
             })
             .collect();
-        live.sort_by(|a, b| a.name.cmp(&b.name));
+        live.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         live
     }
 }

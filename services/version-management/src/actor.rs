@@ -16,11 +16,11 @@ use tes_bus::{Bus, Message};
 use tes_ledger::merkle::Frontier;
 use tes_ledger::{Head, Outbox};
 use tes_proto::command::{
-    Archive, BatchCommand, Bump, Grace, Record, Revoke, Rollback, Rotate, Sign, SignBatch, Status,
-    Verify, VerifyBatch,
+    Archive, Audit, BatchCommand, Bump, Grace, History, Record, Revoke, Rollback, Rotate, Sign,
+    SignBatch, Status, Verify, VerifyBatch,
 };
 use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
-use tes_proto::reply::{ArchiveReply, SignReply, VerifyReply};
+use tes_proto::reply::{ArchiveReply, AuditReply, HistoryReply, SignReply, VerifyReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -29,6 +29,7 @@ use tes_proto::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::audit::AuditSource;
 use crate::engine::{Engine, Outcome, Request, Response, WRITER};
 use tes_bus::ledger_stream::{AppendError, LedgerStream};
 
@@ -364,6 +365,8 @@ pub async fn start(
     } else {
         None
     };
+    let engine_ledger_path = engine.ledger().path().to_path_buf();
+    let (latest_tx, latest_rx) = watch::channel(None);
     let engine = std::thread::Builder::new()
         .name("tes-0x6001-engine".into())
         .spawn(move || engine_loop(engine, rx, committed_tx, keep_events, hold, step_down))
@@ -378,10 +381,23 @@ pub async fn start(
     let listener = {
         let (bus, handle) = (bus.clone(), handle.clone());
         let archiver = config.archiver.clone();
+        let ledger_path: Arc<std::path::Path> = Arc::from(engine_ledger_path.as_path());
+        let reads = Reads {
+            ledger_path: ledger_path.clone(),
+            audit: AuditSource {
+                ledger_path,
+                auditor: config.auditor.clone(),
+                latest: latest_rx,
+                walking: Arc::default(),
+            },
+        };
         tokio::spawn(async move {
             while let Some(message) = commands.next().await {
                 let (bus, handle, archiver) = (bus.clone(), handle.clone(), archiver.clone());
-                tokio::spawn(async move { serve(&*bus, &handle, &archiver, &message).await });
+                let reads = reads.clone();
+                tokio::spawn(
+                    async move { serve(&*bus, &handle, &archiver, &reads, &message).await },
+                );
             }
         })
     };
@@ -427,6 +443,7 @@ pub async fn start(
         config,
         outbox,
         stored_tx,
+        latest_tx,
     ));
     Ok(Running {
         handle,
@@ -535,6 +552,7 @@ async fn publish_committed(
     config: ActorConfig,
     outbox: Option<Outboxes>,
     stored: watch::Sender<u64>,
+    latest: watch::Sender<Option<(Timestamp, tes_audit::SignedCheckpoint)>>,
 ) {
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -560,6 +578,9 @@ async fn publish_committed(
             .map(|a| tes_audit::SignedCheckpoint::sign(&a.key, head.seq, root));
         if let (Some(tx), Some(signed)) = (&witness_tx, &signed) {
             let _ = tx.send(Some(signed.clone()));
+        }
+        if let Some(signed) = &signed {
+            latest.send_replace(Some((Timestamp::now(), signed.clone())));
         }
         let body = Event::Checkpoint(Checkpoint {
             seq: head.seq,
@@ -870,10 +891,18 @@ fn bus_event(body: Event) -> Envelope<Event> {
 }
 
 /// Handles one command message end to end.
-async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, message: &Message) {
+async fn serve(
+    bus: &dyn Bus,
+    engine: &EngineHandle,
+    archiver: &ArchiverSlot,
+    reads: &Reads,
+    message: &Message,
+) {
     let verb = subject::parse(&message.subject).map(|p| p.last);
     match verb {
         Some(verb::ARCHIVE) => serve_archive(bus, archiver, message).await,
+        Some(verb::HISTORY) => serve_history(bus, reads.ledger_path.clone(), message).await,
+        Some(verb::AUDIT) => serve_audit(bus, &reads.audit, message).await,
         Some(verb::SIGN) => serve_as::<Sign>(bus, engine, message, Request::Sign, sign_reply).await,
         Some(verb::VERIFY) => {
             serve_as::<Verify>(bus, engine, message, Request::Verify, verify_reply).await
@@ -942,10 +971,69 @@ async fn serve(bus: &dyn Bus, engine: &EngineHandle, archiver: &ArchiverSlot, me
         _ => {
             let error = ErrorReply::new(
                 ErrorCode::UnknownVerb,
-                format!("unknown command subject {:?} (verbs: rotate, rollback, revoke, grace, sign, verify, sign_batch, verify_batch, bump, status, archive)", message.subject),
+                format!("unknown command subject {:?} (verbs: rotate, rollback, revoke, grace, sign, verify, sign_batch, verify_batch, bump, status, archive, history, audit)", message.subject),
             );
             refuse::<()>(bus, THREAD, message, ContentType::Json, error).await;
         }
+    }
+}
+
+/// What the read-only verbs read from, beside the engine.
+#[derive(Clone)]
+struct Reads {
+    ledger_path: Arc<std::path::Path>,
+    audit: AuditSource,
+}
+
+/// The audit view; with `verify`, a full walk (one at a time).
+async fn serve_audit(bus: &dyn Bus, source: &AuditSource, message: &Message) {
+    let (ct, envelope) = match decode_command::<Audit>(message, THREAD) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let error =
+                ErrorReply::new(ErrorCode::Malformed, format!("audit command refused: {e}"));
+            return refuse::<AuditReply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    match source.report(envelope.body.verify).await {
+        Ok(reply) => {
+            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
+                tracing::warn!(%error, "could not send reply");
+            }
+        }
+        Err(error) => refuse::<AuditReply>(bus, THREAD, message, ct, error).await,
+    }
+}
+
+/// The newest ledger events, read on a reader connection off the async
+/// workers: the engine is not asked and nothing is written.
+async fn serve_history(bus: &dyn Bus, ledger_path: Arc<std::path::Path>, message: &Message) {
+    let (ct, envelope) = match decode_command::<History>(message, THREAD) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            let error = ErrorReply::new(
+                ErrorCode::Malformed,
+                format!("history command refused: {e}"),
+            );
+            return refuse::<HistoryReply>(bus, THREAD, message, ContentType::Json, error).await;
+        }
+    };
+    let request = envelope.body;
+    let read =
+        tokio::task::spawn_blocking(move || crate::history::read(&ledger_path, &request)).await;
+    let outcome = read.unwrap_or_else(|e| {
+        Err(ErrorReply::new(
+            ErrorCode::Unavailable,
+            format!("the ledger read did not finish: {e}"),
+        ))
+    });
+    match outcome {
+        Ok(reply) => {
+            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
+                tracing::warn!(%error, "could not send reply");
+            }
+        }
+        Err(error) => refuse::<HistoryReply>(bus, THREAD, message, ct, error).await,
     }
 }
 

@@ -917,6 +917,10 @@ pub fn status_view(
                 material_changes: k.material_changes,
                 revoked_at: k.revoked_at,
                 revoked_reason: k.revoked_reason.clone(),
+                provisioned_at: k.provisioned_at,
+                status_since: k.status_since,
+                deactivated_at: k.deactivated_at,
+                retired_at: k.retired_at,
             })
             .collect(),
         entities: state

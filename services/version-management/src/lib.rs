@@ -6,6 +6,10 @@
 //!   group commit.
 //! - [`catch_up`]: a writer whose ledger is behind `TES_EVENTS` (restored
 //!   from a backup) takes back the events it had published, before writing.
+//! - [`audit`]: the audit view (newest checkpoint, witnesses, a full
+//!   verification on request) for the admin page.
+//! - [`history`]: the newest ledger events for the admin page's feed,
+//!   read beside the engine.
 //! - [`replay`]: rebuilding state from any ledger, to a seq or a time.
 //! - [`actor`]: the bus-facing side: `tes.cmd.0x6001.*` in, replies and
 //!   `tes.evt.0x6001.*` out.
@@ -13,9 +17,11 @@
 //!   `TES_EVENTS`, audit records written through the ledger writer.
 
 pub mod actor;
+pub mod audit;
 pub mod catch_up;
 pub mod core;
 pub mod engine;
+pub mod history;
 pub mod replay;
 pub mod replica;
 pub mod standby;

@@ -891,3 +891,158 @@ fn a_key_ttl_applies_to_the_version_already_running() {
     let e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], ttl, 0);
     assert_eq!(e.head().seq, head);
 }
+
+/// The admin page's feed on load: the newest events, oldest first, paged
+/// back with `before`, filtered by kind and actor; a bad limit or kind is
+/// refused before anything is read, and reading writes nothing.
+#[test]
+fn history_reads_the_newest_events_back_from_the_head() {
+    use tes_proto::command::History;
+    use tes_version_management::history;
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    let batch = (0..2500)
+        .map(|i| {
+            Request::Sign(cmd(Sign {
+                payload: format!("manifest-{i}"),
+                key_version: None,
+            }))
+        })
+        .collect();
+    assert!(e.handle_batch(batch).0.iter().all(Result::is_ok));
+    rotate(&mut e).unwrap();
+    for i in 0..3 {
+        sign(&mut e, &format!("after-{i}"), None).unwrap();
+    }
+    let head = e.head().seq;
+    drop(e);
+    let bytes_before = std::fs::read(f.path()).unwrap();
+
+    let page = history::read(&f.path(), &History::default()).unwrap();
+    assert_eq!(page.head_seq, head);
+    assert_eq!(page.events.len(), 100);
+    let seqs: Vec<u64> = page.events.iter().map(|s| s.seq).collect();
+    assert_eq!(
+        seqs,
+        ((head - 99)..=head).collect::<Vec<_>>(),
+        "the newest, oldest first"
+    );
+    assert_eq!(page.next_before, Some(head - 99));
+    let older = history::read(
+        &f.path(),
+        &History {
+            before: page.next_before,
+            ..History::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        older.events.last().unwrap().seq,
+        head - 100,
+        "the page before, no gap"
+    );
+
+    // Only rotations: found 2500 rows back, across chunk boundaries.
+    let rotations = history::read(
+        &f.path(),
+        &History {
+            kinds: vec!["key_rotate".into()],
+            ..History::default()
+        },
+    )
+    .unwrap();
+    let kinds: Vec<&str> = rotations
+        .events
+        .iter()
+        .map(|s| s.event.body.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["key_rotate", "key_rotate"],
+        "the first activation and the rotation"
+    );
+    assert_eq!(
+        rotations.next_before, None,
+        "the whole ledger was looked through"
+    );
+
+    let by_supervisor = history::read(
+        &f.path(),
+        &History {
+            thread: Some(ThreadId::Supervisor),
+            ..History::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        by_supervisor.events.is_empty(),
+        "Version Management wrote every row here"
+    );
+
+    let one = history::read(
+        &f.path(),
+        &History {
+            limit: 1,
+            before: Some(2),
+            ..History::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(one.events.iter().map(|s| s.seq).collect::<Vec<_>>(), [1]);
+    assert_eq!(one.next_before, None);
+
+    for bad in [
+        History {
+            limit: 0,
+            ..History::default()
+        },
+        History {
+            limit: 1001,
+            ..History::default()
+        },
+        History {
+            kinds: vec!["key_rotated".into()],
+            ..History::default()
+        },
+    ] {
+        let refused = history::read(&f.path(), &bad).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Malformed, "{bad:?}");
+    }
+    assert_eq!(
+        std::fs::read(f.path()).unwrap(),
+        bytes_before,
+        "a read wrote nothing"
+    );
+}
+
+/// The key timeline's times: provisioned, active since, verifying since
+/// (deactivated), retired — each from its event's time.
+#[test]
+fn key_views_carry_their_lifecycle_times() {
+    let f = Fixture::new();
+    let mut e = f.engine(&[(1, V1_SECRET), (2, V2_SECRET)], Policy::default(), 0);
+    let start = Timestamp::from_millis(f.now.load(Ordering::SeqCst));
+    f.advance(Duration::from_secs(60));
+    sign(&mut e, "m", None).unwrap();
+    rotate(&mut e).unwrap();
+    let rotated = Timestamp::from_millis(f.now.load(Ordering::SeqCst));
+    let status = e.status();
+    let key = |n: u32| {
+        status
+            .keys
+            .iter()
+            .find(|k| k.version == v(n))
+            .unwrap()
+            .clone()
+    };
+    let (v1, v2) = (key(1), key(2));
+    assert_eq!(v1.provisioned_at, Some(start));
+    assert_eq!(v1.status, KeyStatus::Verifying);
+    assert_eq!(v1.deactivated_at, Some(rotated));
+    assert_eq!(v1.status_since, Some(rotated));
+    assert!(v1.grace_until.is_some_and(|g| g > rotated));
+    assert_eq!(v2.status, KeyStatus::Active);
+    assert_eq!(v2.activated_at, Some(rotated));
+    assert_eq!(v2.deactivated_at, None);
+    assert_eq!(v2.retired_at, None);
+}

@@ -10,7 +10,7 @@ use tes_proto::{Envelope, Fingerprint, KeyVersion, MsgId, Timestamp};
 /// Version of the snapshot encoding of [`State`]. Bump it when `State`
 /// changes shape: old snapshots are then ignored and the state is rebuilt
 /// from the events (snapshots are caches; events are the truth).
-pub const STATE_SCHEMA: u16 = 3;
+pub const STATE_SCHEMA: u16 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -29,6 +29,15 @@ pub struct KeyRecord {
     /// When and why it was revoked (status [`KeyStatus::Revoked`]).
     pub revoked_at: Option<Timestamp>,
     pub revoked_reason: Option<String>,
+    /// When it was first provisioned.
+    pub provisioned_at: Option<Timestamp>,
+    /// When its status last changed (a rollback makes a version active
+    /// again after its `activated_at`).
+    pub status_since: Option<Timestamp>,
+    /// When it last stopped being the active version (a rotation or a
+    /// rollback away from it): the start of its verifying window.
+    pub deactivated_at: Option<Timestamp>,
+    pub retired_at: Option<Timestamp>,
 }
 
 /// How far the archive of one version's bundles has come.
@@ -116,6 +125,10 @@ impl State {
                             failed_verifications: 0,
                             revoked_at: None,
                             revoked_reason: None,
+                            provisioned_at: Some(at),
+                            status_since: Some(at),
+                            deactivated_at: None,
+                            retired_at: None,
                         },
                     );
                 }
@@ -123,10 +136,13 @@ impl State {
             Event::KeyRotate(e) => {
                 if let Some(from) = e.from.and_then(|f| self.keys.get_mut(&f)) {
                     from.status = KeyStatus::Verifying;
+                    from.status_since = Some(at);
+                    from.deactivated_at = Some(at);
                     from.grace_until = e.grace_until;
                 }
                 if let Some(to) = self.keys.get_mut(&e.to) {
                     to.status = KeyStatus::Active;
+                    to.status_since = Some(at);
                     to.grace_until = None;
                     to.activated_at = Some(at);
                     if to.expires_at.is_none() {
@@ -143,10 +159,13 @@ impl State {
             Event::KeyRollback(e) => {
                 if let Some(from) = self.keys.get_mut(&e.from) {
                     from.status = KeyStatus::Verifying;
+                    from.status_since = Some(at);
+                    from.deactivated_at = Some(at);
                     from.grace_until = Some(e.grace_until);
                 }
                 if let Some(to) = self.keys.get_mut(&e.to) {
                     to.status = KeyStatus::Active;
+                    to.status_since = Some(at);
                     to.grace_until = None;
                 }
                 self.active = Some(e.to);
@@ -161,6 +180,8 @@ impl State {
             Event::KeyRetired(e) => {
                 if let Some(k) = self.keys.get_mut(&e.version) {
                     k.status = KeyStatus::Retired;
+                    k.status_since = Some(at);
+                    k.retired_at = Some(at);
                     k.grace_until = None;
                 }
                 if self.previous == Some(e.version) {
@@ -207,6 +228,7 @@ impl State {
             Event::KeyRevoked(e) => {
                 if let Some(k) = self.keys.get_mut(&e.version) {
                     k.status = KeyStatus::Revoked;
+                    k.status_since = Some(at);
                     k.grace_until = None;
                     k.revoked_at = Some(at);
                     k.revoked_reason = Some(e.reason.clone());
