@@ -629,6 +629,152 @@ fn a_tes_ui_v2_websocket_is_refused_before_rotation_and_accepted_after() {
     drop(daemon);
 }
 
+/// The admin console's reads: the ledger's last events (filtered, paged),
+/// the signers and the gate, the audit view and a full verification that
+/// finds a row someone rewrote in the file. None of them writes.
+#[test]
+fn the_consoles_reads_answer_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, base) = embedded_gateway(dir.path(), &[]);
+    rt().block_on(async {
+        for _ in 0..3 {
+            let r = http()
+                .post(format!("{base}/api/dev/bump-version"))
+                .body(r#"{"scope":"patch"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let b = base.as_str();
+        let get = |path: String| async move {
+            let r = http().get(format!("{b}{path}")).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        };
+        let json = |body: &str| serde_json::from_str::<Value>(body).unwrap();
+        let head = |body: &str| json(body)["headSeq"].as_u64().unwrap();
+        let (_, health) = get("/api/dev/version-ws/health".into()).await;
+        let head_seq = head(&health);
+
+        let (status, body) = get("/api/events?limit=5".into()).await;
+        assert_eq!(status, 200, "{body}");
+        let page = json(&body);
+        let seqs: Vec<u64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, ((head_seq - 4)..=head_seq).collect::<Vec<_>>());
+        // A bump: its version_bump, then its signature.
+        let newest = &page["events"][4];
+        assert_eq!(newest["label"], "signature:generated", "{newest}");
+        assert!(
+            page["events"][3]["event"]["body"]["version_bump"].is_object(),
+            "{page}"
+        );
+        assert!(newest["hsl"].as_str().unwrap().starts_with('#'));
+        assert_eq!(page["nextBefore"].as_u64(), Some(head_seq - 4));
+
+        let (_, body) =
+            get("/api/events?kind=key_rotate,key_provisioned&thread=0x6001".into()).await;
+        let kinds: Vec<String> = json(&body)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["event"]["body"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .next()
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["key_provisioned", "key_provisioned", "key_rotate"],
+            "{body}"
+        );
+
+        for (query, says) in [
+            ("kind=key_rotated", "unknown event kind"),
+            ("thread=0x9999", "unknown thread"),
+            ("limit=5000", "out of range"),
+            ("limit=ten", "limit"),
+            ("colour=red", "unknown field"),
+        ] {
+            let (status, body) = get(format!("/api/events?{query}")).await;
+            assert_eq!(status, 400, "{query}: {body}");
+            assert!(body.contains(says), "{query}: {body}");
+        }
+
+        let (status, body) = get("/api/signers".into()).await;
+        assert_eq!(status, 200, "{body}");
+        let signers = json(&body);
+        assert_eq!(signers["next"], "v2");
+        assert_eq!(signers["refusal"], Value::Null, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = get("/api/signers".into()).await;
+            let names: Vec<String> = json(&body)["signers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+                .collect();
+            if names.contains(&"writer".to_string()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the writer's heartbeat never showed: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        let (status, body) = get("/api/audit".into()).await;
+        assert_eq!(status, 200, "{body}");
+        let audit = json(&body);
+        assert!(audit["vkey"].as_str().unwrap().contains('+'), "{body}");
+        assert!(!audit["witnesses"].as_array().unwrap().is_empty(), "{body}");
+        assert_eq!(audit["verification"], Value::Null);
+
+        let verify = || async move {
+            let r = http()
+                .post(format!("{b}/api/audit/verify"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        };
+        let verified = verify().await;
+        assert_eq!(verified["verification"]["ok"], true, "{verified}");
+        assert_eq!(verified["verification"]["events"].as_u64(), Some(head_seq));
+        let (_, health) = get("/api/dev/version-ws/health".into()).await;
+        assert_eq!(head(&health), head_seq, "the reads wrote nothing");
+
+        // The adversary with the file rewrites an old row: the button finds it.
+        rusqlite::Connection::open(dir.path().join("ledger.db"))
+            .unwrap()
+            .execute_batch(
+                "DROP TRIGGER events_append_only_update;
+                 UPDATE events SET ts = ts + 1 WHERE seq = 2;",
+            )
+            .unwrap();
+        let found = verify().await;
+        assert_eq!(found["verification"]["ok"], false, "{found}");
+        assert_eq!(
+            found["verification"]["firstBadSeq"].as_u64(),
+            Some(2),
+            "{found}"
+        );
+    });
+}
+
 /// A chromedriver on a free port, killed on drop.
 #[test]
 fn the_admin_page_in_headless_chromium_rotates_and_shows_it_live() {
@@ -640,6 +786,294 @@ fn the_admin_page_in_headless_chromium_rotates_and_shows_it_live() {
         browser.close().await;
         outcome.unwrap();
     });
+}
+
+/// Signs `n` manifests in one `POST /api/sign/batch` (a CSRF token each time).
+async fn sign_many(base: &str, n: usize, tag: &str) {
+    let items: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"payload": format!("{tag}-{i}")}))
+        .collect();
+    let r = http()
+        .post(format!("{base}/api/sign/batch"))
+        .header("X-CSRF-Token", token(base).await)
+        .json(&serde_json::json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// The console during a rotation, as an operator watches it: traffic moves
+/// from v1 to v2 and the chart's lines cross, the timeline shows v1
+/// verifying until its grace end, the feed starts with what happened before
+/// the page loaded and filters by kind, the verify button checks the chain,
+/// a grace change lands in the ledger. At 1280 and 375 px, light and dark,
+/// axe-core finds nothing serious and the page loads nothing from outside.
+#[test]
+fn the_admin_console_shows_the_migration_as_it_happens() {
+    use support::browser::{artifacts, Chromium, Scheme};
+    let dir = tempfile::tempdir().unwrap();
+    // A two-minute window: one-second buckets, so a scripted rotation
+    // spans many of them.
+    let (_daemon, base) = embedded_gateway(dir.path(), &[("TES_METRICS_WINDOW", "2m")]);
+    rt().block_on(async move {
+        sign_many(&base, 40, "before-the-page").await;
+        let browser = Chromium::start(1280).await;
+        let outcome = console(&browser, &base).await;
+        if outcome.is_err() {
+            let _ = browser.screenshot("admin-console-failed.png").await;
+        }
+        browser.close().await;
+        outcome.unwrap();
+        // Dark, as a phone set to dark shows it.
+        let dark = Chromium::start_in(375, Scheme::Dark).await;
+        let outcome = async {
+            dark.client
+                .goto(&format!("{base}/admin"))
+                .await
+                .map_err(|e| e.to_string())?;
+            dark.wait_text("#active", Duration::from_secs(10), |t| t == "v2")
+                .await?;
+            let background = dark
+                .client
+                .execute(
+                    "return getComputedStyle(document.documentElement).backgroundColor",
+                    vec![],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if background != "rgb(20, 17, 25)" {
+                return Err(format!("not the dark scheme: page background {background}"));
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            dark.screenshot_page("admin-console-375-dark.png", 375)
+                .await?;
+            let serious = dark.axe_serious().await?;
+            if !serious.is_empty() {
+                return Err(format!("axe-core, dark, 375 px:\n{}", serious.join("\n")));
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        dark.close().await;
+        outcome.unwrap();
+    });
+    assert!(artifacts().join("admin-console-1280.png").exists());
+}
+
+async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(), String> {
+    use fantoccini::Locator;
+    let client = &browser.client;
+    let e = |e: fantoccini::error::CmdError| e.to_string();
+    let within = Duration::from_secs(15);
+    client.goto(&format!("{base}/admin")).await.map_err(e)?;
+    browser.wait_text("#active", within, |t| t == "v1").await?;
+    browser
+        .wait_text("#feed-state", within, |t| t.eq_ignore_ascii_case("live"))
+        .await?;
+    // The feed starts with the ledger's last events, from before the load.
+    client
+        .wait()
+        .at_most(within)
+        .for_element(Locator::Css("#feed li.past[data-kind=signature_generated]"))
+        .await
+        .map_err(e)?;
+    // Traffic on v1 for a few buckets, the rotation from the page, then v2.
+    for i in 0..3 {
+        sign_many(base, 20, &format!("v1-{i}")).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    client
+        .find(Locator::Css("#rotate"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    browser.wait_text("#active", within, |t| t == "v2").await?;
+    for i in 0..5 {
+        sign_many(base, 20, &format!("v2-{i}")).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    browser
+        .wait_text("#chart-legend li[data-version=v2]", within, |t| {
+            t.contains("100.0%")
+        })
+        .await?;
+    // The lines cross: v1 from all to none, v2 from none to all (the y of
+    // a point grows downwards).
+    let ends = client
+        .execute(
+            "const ends = (v) => { const lines = [...document.querySelectorAll(`#chart polyline[data-version=${v}]`)];
+                 if (!lines.length) return null;
+                 const pts = lines.flatMap(p => p.getAttribute('points').trim().split(' ').map(xy => parseFloat(xy.split(',')[1])));
+                 return [pts[0], pts[pts.length - 1]]; };
+             return [ends('v1'), ends('v2')];",
+            vec![],
+        )
+        .await
+        .map_err(e)?;
+    let y = |v: usize, end: usize| ends[v][end].as_f64();
+    match (y(0, 0), y(0, 1), y(1, 0), y(1, 1)) {
+        (Some(v1_first), Some(v1_last), Some(v2_first), Some(v2_last))
+            if v1_first < v1_last && v2_first > v2_last && v2_last < v1_last => {}
+        _ => return Err(format!("the lines do not cross: {ends}")),
+    }
+    // The rotation is marked on the time axis.
+    client
+        .find(Locator::Css("#chart line.marker[data-kind=key_rotate]"))
+        .await
+        .map_err(e)?;
+    // The timeline: v1 verifying until its grace end.
+    browser
+        .wait_text("#timeline-list li[data-version=v1]", within, |t| {
+            t.contains("verifying until")
+        })
+        .await?;
+    browser
+        .wait_text("#timeline-list li[data-version=v2]", within, |t| {
+            t.contains("active since")
+        })
+        .await?;
+    // Signers and the gate: nothing after v2 to promote.
+    browser
+        .wait_text("#gate", within, |t| t.contains("Nothing to promote"))
+        .await?;
+    browser
+        .wait_text("#signers tbody tr[data-signer=writer]", within, |t| {
+            t.contains("v2")
+        })
+        .await?;
+    // Audit: the checkpoint, then the chain verified from the page.
+    browser
+        .wait_text("#checkpoint", within, |t| t.starts_with("tree size"))
+        .await?;
+    client
+        .find(Locator::Css("#verify"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    browser
+        .wait_text("#verify-result", within, |t| {
+            t.starts_with("Chain verified")
+        })
+        .await?;
+    browser
+        .wait_text("#witnesses tbody tr[data-agrees=true]", within, |t| {
+            t.contains("yes")
+        })
+        .await?;
+    // A grace change from the page, in place, and in the ledger.
+    client
+        .find(Locator::Css("#grace-box summary"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    let field = client
+        .find(Locator::Css("#grace-version"))
+        .await
+        .map_err(e)?;
+    field.send_keys("v1").await.map_err(e)?;
+    let extend = client
+        .find(Locator::Css("#grace-extend"))
+        .await
+        .map_err(e)?;
+    extend.clear().await.map_err(e)?;
+    extend.send_keys("2h").await.map_err(e)?;
+    client
+        .find(Locator::Css("#grace"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    browser
+        .wait_text("#result", within, |t| {
+            t.contains("v1") && !t.contains("refused") && !t.ends_with('…')
+        })
+        .await?;
+    let grace: Value = http()
+        .get(format!("{base}/api/events?kind=grace_changed"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    if grace["events"].as_array().is_none_or(|a| a.len() != 1) {
+        return Err(format!("the grace change is not in the ledger: {grace}"));
+    }
+    // Filtered by kind: the feed shows only rotations, from the ledger.
+    client
+        .find(Locator::Css("#feed-kind option[value=key_rotate]"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    let deadline = Instant::now() + within;
+    loop {
+        let kinds = client
+            .execute(
+                "return [...document.querySelectorAll('#feed li[data-kind]')].map(li => li.dataset.kind)",
+                vec![],
+            )
+            .await
+            .map_err(e)?;
+        let kinds: Vec<String> = serde_json::from_value(kinds).map_err(|e| e.to_string())?;
+        if !kinds.is_empty() && kinds.iter().all(|k| k == "key_rotate") && kinds.len() == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the kind filter shows {kinds:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .screenshot_page("admin-console-1280.png", 1280)
+        .await?;
+    let serious = browser.axe_serious().await?;
+    if !serious.is_empty() {
+        return Err(format!("axe-core, light, 1280 px:\n{}", serious.join("\n")));
+    }
+    // Nothing from anywhere but the gateway.
+    let outside = client
+        .execute(
+            "return performance.getEntriesByType('resource').map(r => r.name).filter(n => !n.startsWith(location.origin) && !n.startsWith('ws://' + location.host))",
+            vec![],
+        )
+        .await
+        .map_err(e)?;
+    if outside.as_array().is_none_or(|a| !a.is_empty()) {
+        return Err(format!("loaded from outside the gateway: {outside}"));
+    }
+    // A phone: nothing wider than the screen, and still no serious finding.
+    client.set_window_size(375, 812).await.map_err(e)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let overflow = client
+        .execute(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            vec![],
+        )
+        .await
+        .map_err(e)?;
+    if overflow.as_i64().unwrap_or(1) > 0 {
+        return Err(format!(
+            "the page is {overflow} px wider than a 375 px phone"
+        ));
+    }
+    browser
+        .screenshot_page("admin-console-375.png", 375)
+        .await?;
+    let serious = browser.axe_serious().await?;
+    if !serious.is_empty() {
+        return Err(format!("axe-core, light, 375 px:\n{}", serious.join("\n")));
+    }
+    Ok(())
 }
 
 async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {

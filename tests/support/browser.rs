@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
+/// The colour scheme a browser reports to pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Light,
+    Dark,
+}
+
 /// A running chromedriver and its browser's profile; both go on drop.
 pub struct Chromium {
     driver: std::process::Child,
@@ -20,6 +27,12 @@ pub struct Chromium {
 impl Chromium {
     /// A headless browser `width` × 800 pixels.
     pub async fn start(width: u32) -> Chromium {
+        Chromium::start_in(width, Scheme::Light).await
+    }
+
+    /// A headless browser `width` × 800 pixels whose pages see `scheme`
+    /// as the system's colour scheme (`prefers-color-scheme`).
+    pub async fn start_in(width: u32, scheme: Scheme) -> Chromium {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
@@ -30,14 +43,26 @@ impl Chromium {
         let profile = tempfile::tempdir().unwrap();
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), "chrome".into());
+        let mut args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+            format!("--window-size={width},800"),
+        ];
+        if scheme == Scheme::Dark {
+            // Blink's preferred scheme: 0 is dark.
+            args.push("--blink-settings=preferredColorScheme=0".into());
+            args.push("--force-dark-mode".into());
+        }
         caps.insert(
             "goog:chromeOptions".into(),
-            serde_json::json!({"args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", format!("--user-data-dir={}", profile.path().display()),
-                format!("--window-size={width},800")
-            ]}),
+            serde_json::json!({ "args": args }),
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {
@@ -99,6 +124,55 @@ impl Chromium {
         std::fs::write(artifacts().join(name), png).map_err(|e| e.to_string())
     }
 
+    /// Runs axe-core (as shipped by the PyPI package axe-selenium-python,
+    /// which tests/run installs into ./.venv) on the page shown, and
+    /// returns its violations of impact serious or critical, one line each.
+    pub async fn axe_serious(&self) -> Result<Vec<String>, String> {
+        let source = std::fs::read_to_string(axe_core_js()?).map_err(|e| e.to_string())?;
+        self.client
+            .execute(&format!("{source}\n;return typeof axe;"), vec![])
+            .await
+            .map_err(|e| e.to_string())?;
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, {resultTypes: ['violations']})
+                    .then(r => done(r.violations
+                        .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                        .map(v => v.impact + ' ' + v.id + ': ' + v.help + ' — ' +
+                             v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(' | '))))
+                    .catch(e => done(['axe failed: ' + e]));",
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_value(found).map_err(|e| e.to_string())
+    }
+
+    /// Saves the whole page, top to bottom, `width` pixels wide, as
+    /// target/test-artifacts/`name` (the window is made as tall as the page).
+    pub async fn screenshot_page(&self, name: &str, width: u32) -> Result<(), String> {
+        let e = |e: fantoccini::error::CmdError| e.to_string();
+        self.client.set_window_size(width, 800).await.map_err(e)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let tall = self
+            .client
+            .execute("return document.documentElement.scrollHeight", vec![])
+            .await
+            .map_err(e)?
+            .as_u64()
+            .unwrap_or(800);
+        // The window's frame takes some of its height; a little more shows all.
+        let height = u32::try_from(tall).unwrap_or(4000).min(6000) + 140;
+        self.client
+            .set_window_size(width, height)
+            .await
+            .map_err(e)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.screenshot(name).await
+    }
+
     /// Closes the session (the driver stops on drop).
     pub async fn close(self) {
         let _ = self.client.clone().close().await;
@@ -110,6 +184,27 @@ impl Drop for Chromium {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// axe.min.js inside the axe-selenium-python package of the Python that
+/// tests/run prepared (`TES_PYTHON`).
+fn axe_core_js() -> Result<PathBuf, String> {
+    let python = std::env::var("TES_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import axe_selenium_python, os; print(os.path.dirname(axe_selenium_python.__file__))",
+        ])
+        .output()
+        .map_err(|e| format!("{python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "axe-selenium-python is not installed for {python} (tests/run installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Ok(dir.join("node_modules/axe-core/axe.min.js"))
 }
 
 /// target/test-artifacts: screenshots and logs a person looks at.

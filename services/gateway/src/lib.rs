@@ -6,7 +6,10 @@
 //! - [`trust`]: the client's address and `TES_PROXY_IPS`.
 //! - [`ws`]: the version WebSocket and its subprotocol rule.
 //! - [`page`]: the admin page, compiled in.
+//! - [`console`]: the read endpoints the admin page draws from (the feed's
+//!   history, signers and the gate, audit).
 
+mod console;
 pub mod csrf;
 mod page;
 pub mod server;
