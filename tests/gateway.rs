@@ -1174,6 +1174,25 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
     if !r.contains("v1 revoked") {
         return Err(format!("the revocation's result: {r:?}"));
     }
+    // Once, in the ledger, with the reason typed into the page (the
+    // mistyped confirmation sent nothing).
+    let revoked: Value = http()
+        .get(format!("{base}/api/events?kind=key_revoked"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let reasons: Vec<&str> = revoked["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event"]["body"]["key_revoked"]["reason"].as_str())
+        .collect();
+    if reasons != ["leaked in a browser test"] {
+        return Err(format!("the ledger's revocations: {revoked}"));
+    }
     // A phone's width: nothing wider than the screen.
     client.set_window_size(390, 844).await.map_err(e)?;
     let overflow = client
