@@ -1033,6 +1033,21 @@ async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The keyboard alone: Tab from the top reaches the verify button (past
+    // every control before it), and Enter presses it.
+    client
+        .execute(
+            "document.getElementById('verify-result').textContent = ''",
+            vec![],
+        )
+        .await
+        .map_err(e)?;
+    keyboard_reaches_and_presses(client, "verify").await?;
+    browser
+        .wait_text("#verify-result", within, |t| {
+            t.starts_with("Chain verified")
+        })
+        .await?;
     browser
         .screenshot_page("admin-console-1280.png", 1280)
         .await?;
@@ -1074,6 +1089,43 @@ async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(),
         return Err(format!("axe-core, light, 375 px:\n{}", serious.join("\n")));
     }
     Ok(())
+}
+
+/// Presses Tab from the top of the page until the element with `id` has the
+/// focus, then Enter; fails if Tab never gets there.
+async fn keyboard_reaches_and_presses(client: &fantoccini::Client, id: &str) -> Result<(), String> {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    use fantoccini::key::Key;
+    let e = |e: fantoccini::error::CmdError| e.to_string();
+    let press = |key: Key| {
+        KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: key.into() })
+            .then(KeyAction::Up { value: key.into() })
+    };
+    client
+        .execute(
+            "document.activeElement.blur(); window.scrollTo(0, 0);",
+            vec![],
+        )
+        .await
+        .map_err(e)?;
+    let mut path = Vec::new();
+    for _ in 0..120 {
+        client.perform_actions(press(Key::Tab)).await.map_err(e)?;
+        let focused = client
+            .execute(
+                "return document.activeElement.id || document.activeElement.tagName",
+                vec![],
+            )
+            .await
+            .map_err(e)?;
+        let focused = focused.as_str().unwrap_or_default().to_string();
+        if focused == id {
+            return client.perform_actions(press(Key::Enter)).await.map_err(e);
+        }
+        path.push(focused);
+    }
+    Err(format!("Tab never reached #{id}: {path:?}"))
 }
 
 async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
