@@ -511,14 +511,15 @@ fn engine_loop(
             });
         }
         // A reply waits for the stream when its batch appended, and also
-        // when it succeeded on events already in the ledger but not yet
-        // in the stream (a retry of a request whose first reply was lost
-        // while the stream was away must not be acknowledged before its
-        // record is replicated). Refusals wrote nothing and are answered
-        // at once: holding them kept a writer whose disk was full from
-        // ever finishing its stop.
+        // when it was answered from events already in the ledger but maybe
+        // not yet in the stream (a retry of a request whose first reply was
+        // lost while the stream was away must not be acknowledged before
+        // its record is replicated). Reads (status, and anything else that
+        // neither appended nor replayed) and refusals are answered at once:
+        // they acknowledge nothing, and holding a refusal kept a writer
+        // whose disk was full from ever finishing its stop.
         let must_wait = hold.as_ref().is_some_and(|(_, stored)| {
-            appended || (outcomes.iter().any(Result::is_ok) && *stored.borrow() < engine.head().seq)
+            appended || (engine.answered_from_ledger() && *stored.borrow() < engine.head().seq)
         });
         match &hold {
             Some((hold, _)) if must_wait => {

@@ -149,6 +149,11 @@ pub struct Engine {
     policy: Policy,
     snapshot_every: u64,
     clock: Clock,
+    /// Whether the last batch answered a request from events the ledger
+    /// already held (a retried command's original outcome) rather than
+    /// from what it appended: on a cluster that reply too must wait until
+    /// the stream holds the ledger's head.
+    answered_from_ledger: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -184,6 +189,7 @@ impl Engine {
             policy: config.policy,
             snapshot_every: config.snapshot_every,
             clock,
+            answered_from_ledger: false,
         };
         let first = match config.replace {
             Some(version) => Request::Replace(engine.keyring.clone(), version),
@@ -198,6 +204,12 @@ impl Engine {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Whether the last [`Engine::handle_batch`] answered any request
+    /// from events already in the ledger (a retry's original outcome).
+    pub fn answered_from_ledger(&self) -> bool {
+        self.answered_from_ledger
     }
 
     pub fn head(&self) -> Head {
@@ -216,6 +228,7 @@ impl Engine {
         requests: Vec<Request>,
     ) -> (Vec<Outcome>, Vec<(u64, Envelope<Event>)>) {
         let now = (self.clock)();
+        self.answered_from_ledger = false;
         // Each command's idempotency lookup reads the ledger: one read
         // transaction for the whole batch rather than one per lookup. If it
         // cannot start, each lookup starts its own, as without it.
@@ -321,13 +334,13 @@ impl Engine {
             if self.ledger.caused_by(&id).map_err(storage)?.is_some() {
                 // A retry of a command the ledger holds: its original outcome.
                 let applied = self.ledger.events_caused_by(&id).map_err(storage)?;
-                return self
-                    .replayed(request, id, &applied, now)
-                    .map(|response| Pending {
-                        primary: None,
-                        recorded: Vec::new(),
-                        response,
-                    });
+                let response = self.replayed(request, id, &applied, now)?;
+                self.answered_from_ledger = true;
+                return Ok(Pending {
+                    primary: None,
+                    recorded: Vec::new(),
+                    response,
+                });
             }
         }
         // A new keyring changes what this signer holds before anything is decided.
@@ -359,6 +372,7 @@ impl Engine {
         let pending = match request {
             Request::Record(cmd) => {
                 if let Some(applied) = applied_elsewhere(&self.ledger, &cmd.body.events)? {
+                    self.answered_from_ledger = true;
                     return Ok(Pending {
                         primary: None,
                         recorded: Vec::new(),

@@ -336,6 +336,14 @@ async fn with_ack_after_stream_a_reply_waits_until_the_stream_holds_its_events()
         !retried.is_finished(),
         "a retried signature was acknowledged while its record was not in the stream"
     );
+    // A read acknowledges nothing: answered at once, stream or no stream.
+    let status = tokio::time::timeout(
+        Duration::from_secs(2),
+        running.handle().call(Request::Status(None)),
+    )
+    .await
+    .expect("a status is not held for the stream");
+    assert!(status.is_ok(), "{status:?}");
     server.restart();
     for waiting in [waiting, retried] {
         let reply = tokio::time::timeout(Duration::from_secs(30), waiting)
