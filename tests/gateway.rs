@@ -605,13 +605,7 @@ fn a_tes_ui_v2_websocket_is_refused_before_rotation_and_accepted_after() {
             (Some("status"), Some("2"))
         );
         // Events stream as they happen.
-        let r = http()
-            .post(format!("{base}/api/dev/bump-version"))
-            .body(r#"{"scope":"patch"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        bump_patch(&base).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -638,13 +632,7 @@ fn the_consoles_reads_answer_and_change_nothing() {
     let (_daemon, base) = embedded_gateway(dir.path(), &[]);
     rt().block_on(async {
         for _ in 0..3 {
-            let r = http()
-                .post(format!("{base}/api/dev/bump-version"))
-                .body(r#"{"scope":"patch"}"#)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
+            bump_patch(&base).await;
         }
         let b = base.as_str();
         let get = |path: String| async move {
@@ -788,6 +776,27 @@ fn the_admin_page_in_headless_chromium_rotates_and_shows_it_live() {
     });
 }
 
+/// `POST /api/dev/bump-version {"scope":"patch"}`, which must succeed.
+async fn bump_patch(base: &str) {
+    let r = http()
+        .post(format!("{base}/api/dev/bump-version"))
+        .body(r#"{"scope":"patch"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// The ledger's events of `kind`, as `GET /api/events?kind=` lists them.
+async fn ledger_events(base: &str, kind: &str) -> Result<Value, String> {
+    let r = http()
+        .get(format!("{base}/api/events?kind={kind}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    r.json().await.map_err(|e| e.to_string())
+}
+
 /// Signs `n` manifests in one `POST /api/sign/batch` (a CSRF token each time).
 async fn sign_many(base: &str, n: usize, tag: &str) {
     let items: Vec<Value> = (0..n)
@@ -883,22 +892,14 @@ async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(),
         sign_many(base, 20, &format!("v1-{i}")).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    client
-        .find(Locator::Css("#rotate"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    browser.click("#rotate").await?;
     browser.wait_text("#active", within, |t| t == "v2").await?;
     for i in 0..5 {
         sign_many(base, 20, &format!("v2-{i}")).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     browser
-        .wait_text("#chart-legend li[data-version=v2]", within, |t| {
-            t.contains("100.0%")
-        })
+        .wait_for("#chart-legend li[data-version=v2]", within, "100.0%")
         .await?;
     // The lines cross: v1 from all to none, v2 from none to all (the y of
     // a point grows downwards).
@@ -926,53 +927,37 @@ async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(),
         .map_err(e)?;
     // The timeline: v1 verifying until its grace end.
     browser
-        .wait_text("#timeline-list li[data-version=v1]", within, |t| {
-            t.contains("verifying until")
-        })
+        .wait_for(
+            "#timeline-list li[data-version=v1]",
+            within,
+            "verifying until",
+        )
         .await?;
     browser
-        .wait_text("#timeline-list li[data-version=v2]", within, |t| {
-            t.contains("active since")
-        })
+        .wait_for("#timeline-list li[data-version=v2]", within, "active since")
         .await?;
     // Signers and the gate: nothing after v2 to promote.
     browser
-        .wait_text("#gate", within, |t| t.contains("Nothing to promote"))
+        .wait_for("#gate", within, "Nothing to promote")
         .await?;
     browser
-        .wait_text("#signers tbody tr[data-signer=writer]", within, |t| {
-            t.contains("v2")
-        })
+        .wait_for("#signers tbody tr[data-signer=writer]", within, "v2")
         .await?;
     // Audit: the checkpoint, then the chain verified from the page.
     browser
         .wait_text("#checkpoint", within, |t| t.starts_with("tree size"))
         .await?;
-    client
-        .find(Locator::Css("#verify"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    browser.click("#verify").await?;
     browser
         .wait_text("#verify-result", within, |t| {
             t.starts_with("Chain verified")
         })
         .await?;
     browser
-        .wait_text("#witnesses tbody tr[data-agrees=true]", within, |t| {
-            t.contains("yes")
-        })
+        .wait_for("#witnesses tbody tr[data-agrees=true]", within, "yes")
         .await?;
     // A grace change from the page, in place, and in the ledger.
-    client
-        .find(Locator::Css("#grace-box summary"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    browser.click("#grace-box summary").await?;
     let field = client
         .find(Locator::Css("#grace-version"))
         .await
@@ -984,37 +969,18 @@ async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(),
         .map_err(e)?;
     extend.clear().await.map_err(e)?;
     extend.send_keys("2h").await.map_err(e)?;
-    client
-        .find(Locator::Css("#grace"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    browser.click("#grace").await?;
     browser
         .wait_text("#result", within, |t| {
             t.contains("v1") && !t.contains("refused") && !t.ends_with('…')
         })
         .await?;
-    let grace: Value = http()
-        .get(format!("{base}/api/events?kind=grace_changed"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let grace = ledger_events(base, "grace_changed").await?;
     if grace["events"].as_array().is_none_or(|a| a.len() != 1) {
         return Err(format!("the grace change is not in the ledger: {grace}"));
     }
     // Filtered by kind: the feed shows only rotations, from the ledger.
-    client
-        .find(Locator::Css("#feed-kind option[value=key_rotate]"))
-        .await
-        .map_err(e)?
-        .click()
-        .await
-        .map_err(e)?;
+    browser.click("#feed-kind option[value=key_rotate]").await?;
     let deadline = Instant::now() + within;
     loop {
         let kinds = client
@@ -1069,14 +1035,8 @@ async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(),
     // A phone: nothing wider than the screen, and still no serious finding.
     client.set_window_size(375, 812).await.map_err(e)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let overflow = client
-        .execute(
-            "return document.documentElement.scrollWidth - window.innerWidth",
-            vec![],
-        )
-        .await
-        .map_err(e)?;
-    if overflow.as_i64().unwrap_or(1) > 0 {
+    let overflow = overflow_px(client).await?;
+    if overflow > 0 {
         return Err(format!(
             "the page is {overflow} px wider than a 375 px phone"
         ));
@@ -1089,6 +1049,18 @@ async fn console(browser: &support::browser::Chromium, base: &str) -> Result<(),
         return Err(format!("axe-core, light, 375 px:\n{}", serious.join("\n")));
     }
     Ok(())
+}
+
+/// How many pixels the page is wider than the window (0: it fits).
+async fn overflow_px(client: &fantoccini::Client) -> Result<i64, String> {
+    let wider = client
+        .execute(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            vec![],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    wider.as_i64().ok_or(format!("not a width: {wider}"))
 }
 
 /// Presses Tab from the top of the page until the element with `id` has the
@@ -1228,14 +1200,7 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
     }
     // Once, in the ledger, with the reason typed into the page (the
     // mistyped confirmation sent nothing).
-    let revoked: Value = http()
-        .get(format!("{base}/api/events?kind=key_revoked"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let revoked = ledger_events(base, "key_revoked").await?;
     let reasons: Vec<&str> = revoked["events"]
         .as_array()
         .into_iter()
@@ -1247,14 +1212,8 @@ async fn drive(client: &fantoccini::Client, base: &str) -> Result<(), String> {
     }
     // A phone's width: nothing wider than the screen.
     client.set_window_size(390, 844).await.map_err(e)?;
-    let overflow = client
-        .execute(
-            "return document.documentElement.scrollWidth - window.innerWidth",
-            vec![],
-        )
-        .await
-        .map_err(e)?;
-    if overflow.as_i64().unwrap_or(1) > 0 {
+    let overflow = overflow_px(client).await?;
+    if overflow > 0 {
         return Err(format!("the page is {overflow} px wider than a phone"));
     }
     std::fs::write(

@@ -96,6 +96,26 @@ impl Chromium {
             .map_err(|e| e.to_string())
     }
 
+    /// Clicks the first element `css` finds.
+    pub async fn click(&self, css: &str) -> Result<(), String> {
+        let found = self.client.find(fantoccini::Locator::Css(css)).await;
+        found
+            .map_err(|e| e.to_string())?
+            .click()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits up to `within` until `css` shows text containing `needle`.
+    pub async fn wait_for(
+        &self,
+        css: &str,
+        within: Duration,
+        needle: &str,
+    ) -> Result<String, String> {
+        self.wait_text(css, within, |t| t.contains(needle)).await
+    }
+
     /// Waits up to `within` until `css` shows text for which `want` holds.
     pub async fn wait_text(
         &self,

@@ -143,6 +143,21 @@ fn ledger(steps: &[Step]) -> Vec<(u64, Envelope<Event>)> {
 
 const WINDOW: Duration = Duration::from_secs(3600);
 
+/// Every event folded, then a snapshot `probe_minutes` after the last one:
+/// that moment (ms) and the snapshot.
+fn probed(
+    events: &[(u64, Envelope<Event>)],
+    probe_minutes: u64,
+) -> (u64, tes_proto::event::MetricsSnapshot) {
+    let mut m = Metrics::new(WINDOW);
+    for (seq, e) in events {
+        m.observe(*seq, e);
+    }
+    let last = events.last().map_or(0, |(_, e)| e.time.as_millis());
+    let at = last + probe_minutes * 60_000;
+    (at, m.snapshot(Timestamp::from_millis(at)))
+}
+
 proptest! {
     #[test]
     fn counts_are_the_ledgers_counts(steps in proptest::collection::vec(step(), 0..80)) {
@@ -191,13 +206,7 @@ proptest! {
     #[test]
     fn the_window_holds_exactly_the_recent_traffic(steps in proptest::collection::vec(step(), 0..80), probe_minutes in 0u64..200) {
         let events = ledger(&steps);
-        let mut m = Metrics::new(WINDOW);
-        for (seq, e) in &events {
-            m.observe(*seq, e);
-        }
-        let last = events.last().map_or(0, |(_, e)| e.time.as_millis());
-        let at = last + probe_minutes * 60_000;
-        let snap = m.snapshot(Timestamp::from_millis(at));
+        let (at, snap) = probed(&events, probe_minutes);
         let recent = |e: &Envelope<Event>| e.time.as_millis() >= at - WINDOW.as_millis() as u64;
         // The signing requests each version served: the first signature of
         // each request (a dual signature beside it is not a client on that
@@ -229,13 +238,7 @@ proptest! {
     #[test]
     fn the_series_holds_each_buckets_requests_by_the_version_that_served_them(steps in proptest::collection::vec(step(), 0..80), probe_minutes in 0u64..200) {
         let events = ledger(&steps);
-        let mut m = Metrics::new(WINDOW);
-        for (seq, e) in &events {
-            m.observe(*seq, e);
-        }
-        let last = events.last().map_or(0, |(_, e)| e.time.as_millis());
-        let at = last + probe_minutes * 60_000;
-        let snap = m.snapshot(Timestamp::from_millis(at));
+        let (at, snap) = probed(&events, probe_minutes);
         let width = snap.series.bucket_ms;
         prop_assert_eq!(width, WINDOW.as_millis() as u64 / tes_proto::metrics::SERIES_BUCKETS);
         let cutoff = at.saturating_sub(WINDOW.as_millis() as u64);

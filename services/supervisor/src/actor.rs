@@ -122,29 +122,13 @@ async fn serve_signers(bus: &dyn Bus, config: &SupervisorConfig, message: &Messa
             return refuse::<SignersReply>(bus, THREAD, message, ContentType::Json, error).await;
         }
     };
-    let status_request = Envelope::new(
-        MsgId::generate(),
-        Timestamp::now(),
-        ThreadId::VersionManagement,
-        Channel::Command,
-        Status::default(),
-    )
-    .caused_by(&envelope);
-    let status = call::<Status>(
-        bus,
-        ThreadId::VersionManagement,
-        config.wire,
-        &status_request,
-        config.timeout,
-    )
-    .await;
-    match status {
+    match ask_status(bus, config, &envelope, None).await {
         Ok(status) => {
             let heard = config.signers.heard(Instant::now());
             let report = gate::signers_report(&status, &heard);
             let _ = respond(bus, message, ct, &Reply::Ok(report)).await;
         }
-        Err(e) => refuse::<SignersReply>(bus, THREAD, message, ct, unavailable(e)).await,
+        Err(error) => refuse::<SignersReply>(bus, THREAD, message, ct, error).await,
     }
 }
 
@@ -189,25 +173,7 @@ where
     C: CommandBody,
 {
     let _one_at_a_time = config.in_flight.lock().await;
-    let status_request = Envelope::new(
-        MsgId::generate(),
-        Timestamp::now(),
-        ThreadId::VersionManagement,
-        Channel::Command,
-        Status {
-            applied: Some(envelope.id),
-        },
-    )
-    .caused_by(envelope);
-    let status = call::<Status>(
-        bus,
-        ThreadId::VersionManagement,
-        config.wire,
-        &status_request,
-        config.timeout,
-    )
-    .await
-    .map_err(unavailable)?;
+    let status = ask_status(bus, config, envelope, Some(envelope.id)).await?;
     if status.applied_seq.is_none() {
         check(
             &status,
@@ -228,6 +194,33 @@ where
     .map_err(unavailable)?;
     tracing::info!(verb = C::VERB, id = %envelope.id, "forwarded and applied");
     Ok(reply)
+}
+
+/// Version Management's status, asked on behalf of `cause` (and, with
+/// `applied`, whether that command id was applied already).
+async fn ask_status<C>(
+    bus: &dyn Bus,
+    config: &SupervisorConfig,
+    cause: &Envelope<C>,
+    applied: Option<MsgId>,
+) -> Result<StatusReply, ErrorReply> {
+    let request = Envelope::new(
+        MsgId::generate(),
+        Timestamp::now(),
+        ThreadId::VersionManagement,
+        Channel::Command,
+        Status { applied },
+    )
+    .caused_by(cause);
+    call::<Status>(
+        bus,
+        ThreadId::VersionManagement,
+        config.wire,
+        &request,
+        config.timeout,
+    )
+    .await
+    .map_err(unavailable)
 }
 
 pub(crate) fn unavailable(e: CallError) -> ErrorReply {

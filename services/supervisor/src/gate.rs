@@ -197,6 +197,18 @@ mod tests {
         }
     }
 
+    /// v1 active, v2 provisioned (held by the writer or not), v2 next.
+    fn v1_active_v2_provisioned(v2_held: bool) -> StatusReply {
+        status(
+            vec![
+                key(1, KeyStatus::Active, true),
+                key(2, KeyStatus::Provisioned, v2_held),
+            ],
+            Some(2),
+            None,
+        )
+    }
+
     fn status(keys: Vec<KeyView>, next: Option<u32>, previous: Option<u32>) -> StatusReply {
         StatusReply {
             key_version: Some(KeyVersion::V1),
@@ -225,14 +237,7 @@ mod tests {
             ErrorCode::NoNextVersion
         );
 
-        let unheld = status(
-            vec![
-                key(1, KeyStatus::Active, true),
-                key(2, KeyStatus::Provisioned, false),
-            ],
-            Some(2),
-            None,
-        );
+        let unheld = v1_active_v2_provisioned(false);
         assert_eq!(
             check_rotate(&unheld, &[], &Rotate::default())
                 .unwrap_err()
@@ -245,14 +250,7 @@ mod tests {
         };
         assert_eq!(check_rotate(&unheld, &[], &forced).unwrap().get(), 2);
 
-        let ok = status(
-            vec![
-                key(1, KeyStatus::Active, true),
-                key(2, KeyStatus::Provisioned, true),
-            ],
-            Some(2),
-            None,
-        );
+        let ok = v1_active_v2_provisioned(true);
         assert_eq!(check_rotate(&ok, &[], &Rotate::default()).unwrap().get(), 2);
         let to_retired = Rotate {
             to: KeyVersion::new(1),
@@ -268,14 +266,7 @@ mod tests {
     #[test]
     fn every_live_signer_must_hold_the_target_with_the_ledgers_fingerprint() {
         use tes_proto::event::HeldKey;
-        let ok = status(
-            vec![
-                key(1, KeyStatus::Active, true),
-                key(2, KeyStatus::Provisioned, true),
-            ],
-            Some(2),
-            None,
-        );
+        let ok = v1_active_v2_provisioned(true);
         let holds = |name: &str, fp: &str| LiveSigner {
             name: name.into(),
             held: vec![HeldKey {
@@ -326,14 +317,7 @@ mod tests {
                 fingerprint: Fingerprint::parse(fp).unwrap(),
             }],
         };
-        let ok = status(
-            vec![
-                key(1, KeyStatus::Active, true),
-                key(2, KeyStatus::Provisioned, true),
-            ],
-            Some(2),
-            None,
-        );
+        let ok = v1_active_v2_provisioned(true);
         let heard = [
             (holds("a", "0123456789abcdef"), Duration::from_millis(1200)),
             (holds("b", "fedcba9876543210"), Duration::from_millis(300)),
@@ -351,14 +335,7 @@ mod tests {
         assert!(promotable.lacking.is_empty());
 
         // The writer lacking it (its status says so) is named too.
-        let unheld = status(
-            vec![
-                key(1, KeyStatus::Active, true),
-                key(2, KeyStatus::Provisioned, false),
-            ],
-            Some(2),
-            None,
-        );
+        let unheld = v1_active_v2_provisioned(false);
         let report = signers_report(&unheld, &[]);
         assert_eq!(report.lacking, vec![WRITER_SIGNER.to_string()]);
         assert!(report.refusal.is_some());
