@@ -20,7 +20,7 @@ use tes_proto::command::{
     SignBatch, Status, Verify, VerifyBatch,
 };
 use tes_proto::event::{Checkpoint, Event, HeldKey, SignerHeartbeat, HEARTBEAT_EVERY};
-use tes_proto::reply::{ArchiveReply, AuditReply, HistoryReply, SignReply, VerifyReply};
+use tes_proto::reply::{ArchiveReply, SignReply, VerifyReply};
 use tes_proto::subject::{self, verb};
 use tes_proto::{
     Channel, CommandBody, ContentType, Envelope, ErrorCode, ErrorReply, MsgId, Reply, ThreadId,
@@ -382,14 +382,12 @@ pub async fn start(
         let (bus, handle) = (bus.clone(), handle.clone());
         let archiver = config.archiver.clone();
         let ledger_path: Arc<std::path::Path> = Arc::from(engine_ledger_path.as_path());
-        let reads = Reads {
-            ledger_path: ledger_path.clone(),
-            audit: AuditSource {
-                ledger_path,
-                auditor: config.auditor.clone(),
-                latest: latest_rx,
-                walking: Arc::default(),
-            },
+        // The read-only verbs (history, audit) read beside the engine.
+        let reads = AuditSource {
+            ledger_path,
+            auditor: config.auditor.clone(),
+            latest: latest_rx,
+            walking: Arc::default(),
         };
         tokio::spawn(async move {
             while let Some(message) = commands.next().await {
@@ -896,14 +894,14 @@ async fn serve(
     bus: &dyn Bus,
     engine: &EngineHandle,
     archiver: &ArchiverSlot,
-    reads: &Reads,
+    reads: &AuditSource,
     message: &Message,
 ) {
     let verb = subject::parse(&message.subject).map(|p| p.last);
     match verb {
         Some(verb::ARCHIVE) => serve_archive(bus, archiver, message).await,
         Some(verb::HISTORY) => serve_history(bus, reads.ledger_path.clone(), message).await,
-        Some(verb::AUDIT) => serve_audit(bus, &reads.audit, message).await,
+        Some(verb::AUDIT) => serve_audit(bus, reads, message).await,
         Some(verb::SIGN) => serve_as::<Sign>(bus, engine, message, Request::Sign, sign_reply).await,
         Some(verb::VERIFY) => {
             serve_as::<Verify>(bus, engine, message, Request::Verify, verify_reply).await
@@ -979,93 +977,69 @@ async fn serve(
     }
 }
 
-/// What the read-only verbs read from, beside the engine.
-#[derive(Clone)]
-struct Reads {
-    ledger_path: Arc<std::path::Path>,
-    audit: AuditSource,
-}
-
 /// The audit view; with `verify`, a full walk (one at a time).
 async fn serve_audit(bus: &dyn Bus, source: &AuditSource, message: &Message) {
-    let (ct, envelope) = match decode_command::<Audit>(message, THREAD) {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            let error =
-                ErrorReply::new(ErrorCode::Malformed, format!("audit command refused: {e}"));
-            return refuse::<AuditReply>(bus, THREAD, message, ContentType::Json, error).await;
-        }
-    };
-    match source.report(envelope.body.verify).await {
-        Ok(reply) => {
-            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
-                tracing::warn!(%error, "could not send reply");
-            }
-        }
-        Err(error) => refuse::<AuditReply>(bus, THREAD, message, ct, error).await,
-    }
+    serve_beside::<Audit, _, _>(bus, message, |request| source.report(request.verify)).await
 }
 
 /// The newest ledger events, read on a reader connection off the async
 /// workers: the engine is not asked and nothing is written.
 async fn serve_history(bus: &dyn Bus, ledger_path: Arc<std::path::Path>, message: &Message) {
-    let (ct, envelope) = match decode_command::<History>(message, THREAD) {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            let error = ErrorReply::new(
-                ErrorCode::Malformed,
-                format!("history command refused: {e}"),
-            );
-            return refuse::<HistoryReply>(bus, THREAD, message, ContentType::Json, error).await;
-        }
-    };
-    let request = envelope.body;
-    let read =
-        tokio::task::spawn_blocking(move || crate::history::read(&ledger_path, &request)).await;
-    let outcome = read.unwrap_or_else(|e| {
-        Err(ErrorReply::new(
-            ErrorCode::Unavailable,
-            format!("the ledger read did not finish: {e}"),
-        ))
-    });
-    match outcome {
-        Ok(reply) => {
-            if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
-                tracing::warn!(%error, "could not send reply");
-            }
-        }
-        Err(error) => refuse::<HistoryReply>(bus, THREAD, message, ct, error).await,
-    }
+    serve_beside::<History, _, _>(bus, message, |request| async move {
+        tokio::task::spawn_blocking(move || crate::history::read(&ledger_path, &request))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ErrorReply::new(
+                    ErrorCode::Unavailable,
+                    format!("the ledger read did not finish: {e}"),
+                ))
+            })
+    })
+    .await
 }
 
 /// An archive pass can take minutes: it runs in the bundle worker, and the
 /// reply comes when it is done (progress is in the `archive_batch` and
 /// `bundle_archived` events meanwhile).
 async fn serve_archive(bus: &dyn Bus, archiver: &ArchiverSlot, message: &Message) {
-    let (ct, envelope) = match decode_command::<Archive>(message, THREAD) {
+    serve_beside::<Archive, _, _>(bus, message, |request| async move {
+        let Some(archiver) = archiver.get() else {
+            return Err(ErrorReply::new(
+                ErrorCode::Unavailable,
+                "bundles are off on this daemon (--bundle-store none): there is nothing to archive",
+            ));
+        };
+        archiver.archive(request).await
+    })
+    .await
+}
+
+/// A command answered beside the engine (archive, history, audit): decoded
+/// (malformed: refused, naming the verb), run, and its reply or refusal
+/// sent back in the caller's wire form.
+async fn serve_beside<C, F, Fut>(bus: &dyn Bus, message: &Message, run: F)
+where
+    C: CommandBody,
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = Result<C::Reply, ErrorReply>>,
+{
+    let (ct, envelope) = match decode_command::<C>(message, THREAD) {
         Ok(decoded) => decoded,
         Err(e) => {
             let error = ErrorReply::new(
                 ErrorCode::Malformed,
-                format!("archive command refused: {e}"),
+                format!("{} command refused: {e}", C::VERB),
             );
-            return refuse::<ArchiveReply>(bus, THREAD, message, ContentType::Json, error).await;
+            return refuse::<C::Reply>(bus, THREAD, message, ContentType::Json, error).await;
         }
     };
-    let Some(archiver) = archiver.get() else {
-        let error = ErrorReply::new(
-            ErrorCode::Unavailable,
-            "bundles are off on this daemon (--bundle-store none): there is nothing to archive",
-        );
-        return refuse::<ArchiveReply>(bus, THREAD, message, ct, error).await;
-    };
-    match archiver.archive(envelope.body).await {
+    match run(envelope.body).await {
         Ok(reply) => {
             if let Err(error) = respond(bus, message, ct, &Reply::Ok(reply)).await {
                 tracing::warn!(%error, "could not send reply");
             }
         }
-        Err(error) => refuse::<ArchiveReply>(bus, THREAD, message, ct, error).await,
+        Err(error) => refuse::<C::Reply>(bus, THREAD, message, ct, error).await,
     }
 }
 

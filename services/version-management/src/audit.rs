@@ -19,8 +19,10 @@ use crate::actor::Auditor;
 /// The newest checkpoint this writer signed, and when.
 pub type Latest = watch::Receiver<Option<(Timestamp, SignedCheckpoint)>>;
 
-/// What a `audit` request reads from; one full walk at a time (a second
-/// request waits for the first rather than doubling the disk reads).
+/// What the read-only verbs read from beside the engine: the ledger file
+/// (`history` too) and, for `audit`, the witnesses and the newest
+/// checkpoint signed here. One full walk at a time (a second request waits
+/// for the first rather than doubling the disk reads).
 #[derive(Clone)]
 pub struct AuditSource {
     pub ledger_path: Arc<Path>,
