@@ -1,8 +1,10 @@
 //! The daemon on a three-server NATS cluster (JetStream R3): given the
 //! cluster as one comma-separated URL, it signs, loses one server of three
 //! (kill -9) and signs on, and every event of its ledger ends up in the
-//! replicated `TES_EVENTS` stream; and a standby writer that takes over
-//! from a writer killed with SIGKILL, with every acknowledged signature.
+//! replicated `TES_EVENTS` stream; a standby writer that takes over from
+//! a writer killed with SIGKILL, with every acknowledged signature; and a
+//! writer that cannot renew its lease, which pauses its appends and goes
+//! on once it can.
 
 mod support;
 
@@ -44,7 +46,24 @@ fn a_daemon_on_a_three_server_cluster_signs_on_with_one_server_down() {
         let s = sign(client.path(), &url, &payload).expect("signs on the whole cluster");
         acknowledged.push((payload, s));
     }
-    cluster.servers[0].kill();
+    // The worst server to lose: the one leading the lease's bucket. Its
+    // stream goes without a leader until the other two elect one (raft
+    // waits 4–9 s), and the writer cannot renew meanwhile: it must hold
+    // its appends, not end (the lone writer ending was this test's flake).
+    let bucket_leader = block_on(async {
+        let nats = async_nats::connect(cluster.servers[1].url()).await.unwrap();
+        let js = async_nats::jetstream::new(nats);
+        let mut bucket = js.get_stream("KV_tes").await.unwrap();
+        let info = bucket.info().await.unwrap();
+        info.cluster.as_ref().and_then(|c| c.leader.clone())
+    })
+    .expect("the bucket has a leader");
+    let lost: usize = bucket_leader
+        .trim_start_matches('n')
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    cluster.servers[lost].kill();
     for i in 0..10 {
         let payload = format!("after-{i}");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -54,7 +73,7 @@ fn a_daemon_on_a_three_server_cluster_signs_on_with_one_server_down() {
             }
             assert!(
                 Instant::now() < deadline,
-                "no signature within 20 s of losing one server of three"
+                "no signature within 20 s of losing one server of three (the bucket's leader); the daemon's log: target/test-artifacts/cluster-one-server-down.log"
             );
             std::thread::sleep(Duration::from_millis(250));
         };
@@ -78,7 +97,9 @@ fn a_daemon_on_a_three_server_cluster_signs_on_with_one_server_down() {
     // leader after the loss.
     let stream = || {
         block_on(async {
-            let nats = async_nats::connect(cluster.servers[1].url()).await.ok()?;
+            let nats = async_nats::connect(cluster.servers[(lost + 1) % 3].url())
+                .await
+                .ok()?;
             let js = async_nats::jetstream::new(nats);
             let mut s = js.get_stream("TES_EVENTS").await.ok()?;
             let info = s.info().await.ok()?;
@@ -181,30 +202,63 @@ fn the_standby_takes_over_from_a_killed_writer_with_every_acknowledged_signature
 /// can lapse (so it never writes on after a standby took over); on a lone
 /// server it would wait for NATS instead (tests/cli.rs kills NATS under it).
 #[test]
-fn a_writer_cut_off_from_the_cluster_stops_before_its_lease_lapses() {
+fn a_writer_that_cannot_renew_its_lease_pauses_and_goes_on_when_it_can() {
     let mut cluster = TestCluster::start(3);
     block_on(cluster.ready());
     let url = cluster.url();
     let (dir, client) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut writer = Daemon::spawn(
-        with_keys(args(tes(dir.path()), &["--nats", &url])),
-        &["--actors", "version"],
-    );
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artifacts/cluster-lease-pause.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let mut writer = with_keys(args(tes(dir.path()), &["--nats", &url]));
+    writer
+        .env("TES_LOG_FORMAT", "json")
+        .args(["daemon", "--actors", "version"])
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut writer = Daemon(writer.spawn().unwrap());
     wait_until_ok(|| args(tes(client.path()), &["--nats", &url, "status"]));
+    let before = sign(client.path(), &url, "before").expect("signs");
+    let logged = |words: &str| std::fs::read_to_string(&log).unwrap().contains(words);
+
+    // No server answers: the lease cannot be renewed, and could lapse.
     for s in &mut cluster.servers {
         s.kill();
     }
     let cut = Instant::now();
-    let status = loop {
-        if let Some(status) = writer.0.try_wait().unwrap() {
-            break status;
-        }
+    while !logged("are paused until it is renewed") {
         assert!(
             cut.elapsed() < tes_bus::lease::LEASE_TTL,
-            "the writer was still running {:?} after losing the cluster",
+            "appends not paused {:?} after the cluster was lost",
             cut.elapsed()
         );
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(writer.0.try_wait().unwrap().is_none(), "the writer ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the lease's time to live: nobody could take it meanwhile (the
+    // bucket was down for everyone), so the writer keeps it and goes on
+    // rather than leave the deployment without one.
+    std::thread::sleep(tes_bus::lease::LEASE_TTL + Duration::from_secs(2) - cut.elapsed());
+    assert!(writer.0.try_wait().unwrap().is_none(), "the writer ended");
+    for s in &mut cluster.servers {
+        s.restart();
+    }
+    let back = Instant::now();
+    let after = loop {
+        if let Some(s) = sign(client.path(), &url, "after") {
+            break s;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "no signature within 60 s of the cluster coming back"
+        );
+        assert!(writer.0.try_wait().unwrap().is_none(), "the writer ended");
+        std::thread::sleep(Duration::from_millis(250));
     };
-    assert_eq!(status.code(), Some(1));
+    assert!(logged("renewed again and nobody took it"));
+    assert_eq!(before["signature"], outside_hmac(V1, "before").as_str());
+    assert_eq!(after["signature"], outside_hmac(V1, "after").as_str());
+    assert!(
+        after["seq"].as_u64() > before["seq"].as_u64(),
+        "{before} then {after}"
+    );
 }

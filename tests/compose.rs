@@ -589,8 +589,9 @@ fn the_ha_compose_stack_fails_over_when_its_writer_is_cut_off() {
     let (now_leading, _) = writers(&p).expect("a writer");
     assert_eq!(now_leading, other, "the standby leads");
 
-    // The network back: the old writer stood down (it could not renew
-    // its lease), Docker restarted it, and it follows as the standby.
+    // The network back: the old writer finds its lease taken and exits
+    // (it had paused, unable to renew), Docker restarts it, and it follows
+    // as the standby.
     ok(Command::new("docker").args([
         "network", "connect", "--alias", leader, &network, &container,
     ]));

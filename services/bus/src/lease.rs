@@ -168,6 +168,45 @@ impl Lease {
 
     /// Extends the lease. `Lost` when another writer has taken it.
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
+        if self.extend().await? {
+            return Ok(());
+        }
+        let entry = self
+            .store
+            .entry(WRITER_LEASE)
+            .await
+            .map_err(|e| LeaseError::Nats(e.to_string()))?;
+        let current = entry.as_ref().and_then(|e| {
+            serde_json::from_slice::<LeaseValue>(&e.value)
+                .ok()
+                .filter(|_| e.operation == kv::Operation::Put)
+        });
+        match (entry, current) {
+            // Our own renewal, stored after its reply timed out (a slow or
+            // electing bucket): the holder names this host and ledger file,
+            // which the file lock keeps to one process, so nobody else
+            // wrote it. Held on from there; refused again, it is another's.
+            (Some(entry), Some(current))
+                if current.holder == self.value.holder
+                    && current.ledger == self.value.ledger
+                    && current.expires_at > 0 =>
+            {
+                self.revision = entry.revision;
+                self.value = current;
+                match self.extend().await? {
+                    true => Ok(()),
+                    false => Err(LeaseError::Lost("another writer".into())),
+                }
+            }
+            (_, current) => Err(LeaseError::Lost(
+                current.map_or_else(|| "someone".into(), |v| v.holder),
+            )),
+        }
+    }
+
+    /// Writes a new expiry at the revision held: false when the revision
+    /// has moved on.
+    async fn extend(&mut self) -> Result<bool, LeaseError> {
         let mut value = self.value.clone();
         value.expires_at = now_ms() + LEASE_TTL.as_millis() as u64;
         let bytes = serde_json::to_vec(&value).expect("plain data").into();
@@ -175,17 +214,9 @@ impl Lease {
             Ok(revision) => {
                 self.revision = revision;
                 self.value = value;
-                Ok(())
+                Ok(true)
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                let holder = match self.store.entry(WRITER_LEASE).await {
-                    Ok(Some(e)) => serde_json::from_slice::<LeaseValue>(&e.value)
-                        .map(|v| v.holder)
-                        .unwrap_or_else(|_| "someone".into()),
-                    _ => "someone".into(),
-                };
-                Err(LeaseError::Lost(holder))
-            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
             Err(e) => Err(LeaseError::Nats(e.to_string())),
         }
     }

@@ -839,6 +839,7 @@ async fn start_version(
     }
     // On a cluster a writer that cannot write its ledger hands over.
     if let (Some(keeper), true) = (&lease, actor_config.ack_after_stream) {
+        actor_config.may_append = Some(keeper.may_append.clone());
         let tx = keeper.step_down.clone();
         let watchdog = std::sync::Once::new();
         actor_config.on_storage_failure = Some(actor::StepDown(Arc::new(move |reason| {
@@ -923,6 +924,9 @@ pub struct LeaseKeeper {
     task: JoinHandle<()>,
     /// Gives the lease up at once and ends the process (the reason logged).
     step_down: tokio::sync::mpsc::UnboundedSender<String>,
+    /// True while the lease is renewed recently enough that this writer
+    /// may append to the replicated ledger (see [`keep_lease`]).
+    may_append: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LeaseKeeper {
@@ -1197,8 +1201,15 @@ async fn try_lease(
 /// Renews `lease` in the background until stopped.
 ///
 /// `fence` (on a cluster, where a standby takes over a lapsed lease): a
-/// writer that has not renewed for [`FENCE_AFTER`] stops, before its lease
-/// can lapse, so it never publishes after a standby has taken over. On a
+/// writer that has not renewed for [`FENCE_AFTER`] pauses its appends to
+/// the replicated ledger (and the replies that wait for them) before its
+/// lease can lapse, so it never appends once a standby may have taken
+/// over. It goes on trying: renewed at the revision it holds, nobody took
+/// the lease meanwhile and it appends again; refused, another writer has
+/// it and this one ends. It does not end on the timeout alone: when the
+/// bucket's own stream is electing a leader (one NATS server of three
+/// lost, up to ~9 s of raft election timeout) nobody can take the lease,
+/// and a lone writer that ended there would stop signing for good. On a
 /// lone server a NATS outage only pauses renewal (signing waits for the
 /// ledger, never for NATS; nobody stands by to take over).
 fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
@@ -1207,6 +1218,7 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
     tracing::info!(ledger = %&identity[..16.min(identity.len())], %holder, "holding the writer lease");
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let (step_down, mut stepping_down) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (appending, may_append) = tokio::sync::watch::channel(true);
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.tick().await;
@@ -1223,14 +1235,22 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
                     stop_at_once();
                 }
                 _ = tick.tick() => match lease.renew().await {
-                    Ok(()) => renewed = std::time::Instant::now(),
+                    Ok(()) => {
+                        if !*appending.borrow() {
+                            tracing::warn!(unrenewed = ?renewed.elapsed(), "the writer lease is renewed again and nobody took it meanwhile: appending to the replicated ledger again");
+                            appending.send_replace(true);
+                        }
+                        renewed = std::time::Instant::now();
+                    }
                     Err(e @ LeaseError::Lost(_)) => {
                         tracing::error!(error = %e, "stopping at once: another writer holds the ledger lease");
                         stop_at_once();
                     }
                     Err(e) if fence && renewed.elapsed() >= FENCE_AFTER => {
-                        tracing::error!(error = %e, "stopping: the writer lease could not be renewed for {:?} and may lapse, after which a standby takes over; this writer must not write on", renewed.elapsed());
-                        stop_at_once();
+                        if *appending.borrow() {
+                            tracing::error!(error = %e, "the writer lease could not be renewed for {:?} and may lapse, after which a standby may take over: appends to the replicated ledger (and the replies waiting for them) are paused until it is renewed; trying again", renewed.elapsed());
+                            appending.send_replace(false);
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "the writer lease could not be renewed; trying again"),
                 },
@@ -1241,6 +1261,7 @@ fn keep_lease(mut lease: tes_bus::lease::Lease, fence: bool) -> LeaseKeeper {
         stop,
         task,
         step_down,
+        may_append,
     }
 }
 
@@ -1262,7 +1283,7 @@ fn stop_at_once() -> ! {
 /// lease up before it ends regardless.
 const STEP_DOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// How long a writer on a cluster goes on without renewing its lease: two
+/// How long a writer on a cluster appends without renewing its lease: two
 /// renewals short of its time to live.
 const FENCE_AFTER: std::time::Duration = std::time::Duration::from_secs(
     tes_bus::lease::LEASE_TTL.as_secs() - 2 * tes_bus::lease::RENEW_EVERY.as_secs(),

@@ -77,6 +77,11 @@ pub struct ActorConfig {
     /// Called when `ledger_stream` refuses an append because another writer
     /// appended there: this one must stop writing at once.
     pub on_fenced: Option<StepDown>,
+    /// With `ledger_stream`: whether this writer may append now. False
+    /// while its lease has gone unrenewed long enough to lapse (a standby
+    /// may take over); appends, and the replies that wait for them, wait
+    /// until it is renewed. `None`: always.
+    pub may_append: Option<watch::Receiver<bool>>,
 }
 
 /// What a writer does when its ledger cannot be written (see
@@ -116,6 +121,7 @@ impl Default for ActorConfig {
             on_storage_failure: None,
             ledger_stream: None,
             on_fenced: None,
+            may_append: None,
         }
     }
 }
@@ -341,6 +347,7 @@ pub async fn start(
                 None => None,
             },
             on_fenced: config.on_fenced.clone(),
+            may_append: config.may_append.clone(),
         }),
         None => None,
     };
@@ -721,6 +728,7 @@ struct Outboxes {
     events: (std::sync::Mutex<Outbox>, EventStream),
     ledger: Option<(std::sync::Mutex<Outbox>, LedgerStream)>,
     on_fenced: Option<StepDown>,
+    may_append: Option<watch::Receiver<bool>>,
 }
 
 fn locked(outbox: &std::sync::Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
@@ -819,6 +827,11 @@ async fn drain(outboxes: &Outboxes, ct: ContentType, confirmed: &watch::Sender<u
     for _ in 0..DRAIN_CHUNKS {
         let mut more = false;
         let upto = match &outboxes.ledger {
+            Some(_) if outboxes.may_append.as_ref().is_some_and(|m| !*m.borrow()) => {
+                // The lease may lapse: nothing more goes to TES_LEDGER (nor,
+                // after it, to TES_EVENTS) until it is renewed.
+                return false;
+            }
             Some((outbox, ledger)) => {
                 let sent = send_chunk(outbox, u64::MAX, true, |previous, pending| async move {
                     let (stored, error) = ledger.append(ct, previous, &pending).await;
