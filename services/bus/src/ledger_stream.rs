@@ -64,6 +64,25 @@ impl std::fmt::Debug for LedgerStream {
 /// look-ups (15 s with one server of three killed: the fault harness).
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Empty fetches in a row, of what the stream's state says it holds,
+/// before a read gives up (and is tried again by its caller).
+const EMPTY_FETCHES: u32 = 5;
+
+async fn stream_last(js: &jetstream::Context) -> Result<u64, BusError> {
+    let info =
+        |e: &dyn std::fmt::Display| transport(format!("stream {}: {e}", subject::LEDGER_STREAM));
+    let mut stream = js
+        .get_stream(subject::LEDGER_STREAM)
+        .await
+        .map_err(|e| info(&e))?;
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| info(&e))?
+        .state
+        .last_sequence)
+}
+
 /// The stream holds nothing at `seq` (yet): worth trying again, never a
 /// fence — only an event of another writer at our seq is.
 fn not_there_yet(seq: u64) -> BusError {
@@ -130,21 +149,45 @@ impl LedgerStream {
     /// [`AppendError::Fenced`]).
     async fn already_held(&self, events: &[(u64, Envelope<Event>)]) -> Result<usize, AppendError> {
         let last = self.last_seq().await?;
+        let ours: Vec<_> = events.iter().take_while(|(seq, _)| *seq <= last).collect();
+        let (Some((first, _)), Some((upto, _))) = (ours.first(), ours.last()) else {
+            return Ok(0);
+        };
+        // One read for the whole overlap (a writer that took over may
+        // resend a chunk the stream holds: one consumer, not one each).
+        let theirs = self.ids(*first, *upto).await?;
         let mut held = 0;
-        for (seq, event) in events.iter().take_while(|(seq, _)| *seq <= last) {
-            match self.id_at(*seq).await? {
-                Some(id) if id == event.id.to_string() => held += 1,
-                Some(theirs) => {
+        for (seq, event) in ours {
+            match theirs.get(held) {
+                Some((at, id)) if at == seq && *id == event.id.to_string() => held += 1,
+                Some((at, theirs)) if at == seq => {
                     return Err(AppendError::Fenced {
                         seq: *seq,
                         ours: event.id,
-                        theirs,
+                        theirs: theirs.clone(),
                     })
                 }
-                None => return Err(not_there_yet(*seq).into()),
+                _ => return Err(not_there_yet(*seq).into()),
             }
         }
         Ok(held)
+    }
+
+    /// The ids the stream holds at seqs `from..=to`, each with its seq.
+    async fn ids(&self, from: u64, to: u64) -> Result<Vec<(u64, String)>, BusError> {
+        Ok(self
+            .read(from, to)
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let seq = m.info().ok()?.stream_sequence;
+                let id = m
+                    .headers
+                    .as_ref()?
+                    .get(async_nats::header::NATS_MESSAGE_ID)?;
+                Some((seq, id.as_str().to_string()))
+            })
+            .collect())
     }
 
     async fn send(
@@ -232,16 +275,7 @@ impl LedgerStream {
 
     /// The last ledger seq the stream holds (0: none).
     pub async fn last_seq(&self) -> Result<u64, BusError> {
-        let mut stream = self
-            .js
-            .get_stream(subject::LEDGER_STREAM)
-            .await
-            .map_err(|e| transport(format!("stream {}: {e}", subject::LEDGER_STREAM)))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| transport(format!("stream {}: {e}", subject::LEDGER_STREAM)))?;
-        Ok(info.state.last_sequence)
+        stream_last(&self.js).await
     }
 
     /// The events the stream holds from ledger seq `from` to `to`
@@ -274,8 +308,9 @@ impl LedgerStream {
         Ok(out)
     }
 
-    /// The messages at stream sequences `from..=to` (fewer if the stream
-    /// ends first), read through a short-lived consumer: on a cluster the
+    /// The messages at stream sequences `from..=to` (fewer only if the
+    /// stream's state says it ends first; an error if it holds them but
+    /// does not deliver them), read through a short-lived consumer: on a cluster the
     /// message-get API can answer "temporarily unavailable" from a member
     /// that has not heard of the group's leader yet, while consumers (and
     /// publishes) work.
@@ -304,6 +339,7 @@ impl LedgerStream {
             .map_err(|e| unreadable(&e))?;
         let mut out: Vec<jetstream::Message> = Vec::new();
         let mut next = from;
+        let mut empty_fetches = 0;
         while next <= to {
             let want = (to - next + 1).min(256) as usize;
             let mut batch = consumer
@@ -323,8 +359,23 @@ impl LedgerStream {
                 next = seq + 1;
                 out.push(m);
             }
-            if out.len() == before {
-                break; // the stream ends here
+            if out.len() > before {
+                empty_fetches = 0;
+                continue;
+            }
+            // Nothing came. The stream may end here — or its leader (just
+            // restarted, or slow) did not deliver in time: an empty fetch is
+            // not "nothing there" until the stream's own state says so.
+            let last = stream_last(&self.js).await?;
+            if last < next {
+                break;
+            }
+            empty_fetches += 1;
+            if empty_fetches >= EMPTY_FETCHES {
+                return Err(transport(format!(
+                    "{} holds seqs up to {last} but did not deliver seq {next} in {EMPTY_FETCHES} fetches of 1 s: not known yet, try again",
+                    subject::LEDGER_STREAM
+                )));
             }
         }
         Ok(out)
@@ -348,15 +399,12 @@ impl LedgerStream {
     }
 
     async fn try_id_at(&self, seq: u64) -> Result<Option<String>, BusError> {
-        let found = self.read(seq, seq).await?.into_iter().next();
-        Ok(found
-            .filter(|m| m.info().is_ok_and(|i| i.stream_sequence == seq))
-            .and_then(|m| {
-                m.headers
-                    .as_ref()
-                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                    .map(|v| v.as_str().to_string())
-            }))
+        Ok(self
+            .ids(seq, seq)
+            .await?
+            .into_iter()
+            .find(|(at, _)| *at == seq)
+            .map(|(_, id)| id))
     }
 
     /// Follows the ledger from seq `from`: every event with its seq, in

@@ -425,6 +425,28 @@ impl Ledger {
     /// id is already stored with the same content is reported as a duplicate
     /// and not stored again; with other content, the whole batch is refused.
     pub fn append(&mut self, events: &[Envelope<Event>]) -> Result<Vec<Appended>, LedgerError> {
+        self.append_in(events, None)
+    }
+
+    /// [`Ledger::append`] for events taken from a stream that already
+    /// holds them: in the same transaction the outbox cursor `outbox`
+    /// moves up to `published` (never back), so a crash can never leave
+    /// rows that came from the stream looking unsent (a writer that took
+    /// over would send them again, and look each one up first).
+    pub fn append_published(
+        &mut self,
+        events: &[Envelope<Event>],
+        outbox: &str,
+        published: u64,
+    ) -> Result<Vec<Appended>, LedgerError> {
+        self.append_in(events, Some((outbox, published)))
+    }
+
+    fn append_in(
+        &mut self,
+        events: &[Envelope<Event>],
+        published: Option<(&str, u64)>,
+    ) -> Result<Vec<Appended>, LedgerError> {
         self.end_reads()?;
         let path = self.path.clone();
         let sql = |e| classify(&path, e);
@@ -520,6 +542,14 @@ impl Ledger {
                     duplicate: true,
                 });
             }
+        }
+        if let Some((outbox, seq)) = published {
+            tx.prepare_cached(
+                "INSERT INTO outbox (name, seq) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )
+            .and_then(|mut advance| advance.execute(params![outbox, seq.min(head.seq)]))
+            .map_err(sql)?;
         }
         tx.commit().map_err(sql)?;
         self.head = head;

@@ -89,6 +89,42 @@ fn same_id_same_bytes_is_a_duplicate_other_bytes_a_conflict() {
     assert_eq!(Ledger::open_reader(&path).unwrap().count().unwrap(), 3);
 }
 
+/// Rows taken from a stream that holds them move that stream's outbox
+/// cursor in their own transaction: a refused batch moves neither, the
+/// cursor never goes back, and never past the rows the file holds.
+#[test]
+fn rows_from_a_stream_move_its_cursor_in_the_same_transaction() {
+    use tes_ledger::Outbox;
+    let dir = tempfile::tempdir().unwrap();
+    let path = ledger_with(dir.path(), 0);
+    let mut l = Ledger::open_writer(&path).unwrap();
+    let cursor = || Outbox::open(&path, "TES_LEDGER").unwrap().cursor().unwrap();
+    l.append_published(&[event(1), event(2), event(3)], "TES_LEDGER", 3)
+        .unwrap();
+    assert_eq!((l.head().seq, cursor()), (3, 3));
+
+    let mut changed = event(2);
+    changed.body = Event::SignatureVerified(SignatureVerified {
+        key_version: KeyVersion::V1,
+        valid: true,
+    });
+    let err = l
+        .append_published(&[event(4), changed], "TES_LEDGER", 5)
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Conflict { seq: 2, .. }), "{err}");
+    assert_eq!((l.head().seq, cursor()), (3, 3), "neither moved");
+
+    l.append_published(&[], "TES_LEDGER", 1).unwrap();
+    assert_eq!(cursor(), 3, "never back");
+    l.append_published(&[event(4)], "TES_LEDGER", 9).unwrap();
+    assert_eq!((l.head().seq, cursor()), (4, 4), "never past the head");
+    // Another outbox's cursor is its own.
+    assert_eq!(
+        Outbox::open(&path, "TES_EVENTS").unwrap().cursor().unwrap(),
+        0
+    );
+}
+
 #[test]
 fn the_database_refuses_update_and_delete() {
     let dir = tempfile::tempdir().unwrap();

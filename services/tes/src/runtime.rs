@@ -1085,7 +1085,7 @@ async fn stand_by(
 /// Brings `ledger` (followed up to `followed`) level with what
 /// `TES_LEDGER` holds: its own rows past `followed` must be the stream's
 /// (else [`StandbyError::Forked`]), and the stream's past its head are
-/// appended.
+/// appended, with the outbox cursor of `TES_LEDGER` moved up to them.
 async fn take_rest(
     ledger: &mut tes_ledger::Ledger,
     stream: &tes_bus::ledger_stream::LedgerStream,
@@ -1109,7 +1109,10 @@ async fn take_rest(
             });
         }
     }
+    // What was read and checked (the read may have ended short).
+    let read_to = theirs.last().map_or(followed, |(seq, _, _)| *seq);
     let past_head = theirs.into_iter().filter(|(seq, _, _)| *seq > head);
+    let mut rest = Vec::new();
     for (expected, (seq, _, event)) in (head + 1..).zip(past_head) {
         if seq != expected {
             return Err(StandbyError::Gap {
@@ -1117,8 +1120,11 @@ async fn take_rest(
                 found: seq,
             });
         }
-        ledger.append(&[event])?;
+        rest.push(event);
     }
+    // Every row up to `read_to` is now the stream's, checked id for id:
+    // the cursor says so, or this writer's outbox would send them again.
+    ledger.append_published(&rest, actor::LEDGER_OUTBOX, read_to)?;
     if last > head {
         tracing::info!(
             from = head + 1,

@@ -16,11 +16,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use tes_bus::jetstream::Followed;
-use tes_ledger::{Ledger, LedgerError, Outbox};
+use tes_ledger::{Ledger, LedgerError};
+use tes_proto::{Envelope, Event};
 use tokio::sync::mpsc;
 
 /// How often a caught-up standby tries the lease.
 pub const TRY_EVERY: Duration = Duration::from_secs(1);
+/// The most followed events one transaction takes.
+const MAX_BATCH: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
@@ -54,8 +57,9 @@ pub struct Progress {
 /// cluster, else `TES_EVENTS`) into `ledger` until `try_lead` (called
 /// every [`TRY_EVERY`] with the [`Progress`]; it should try the lease only
 /// once caught up) returns the lease. The outbox `cursor` of that stream
-/// is moved up to what was followed as it goes (those rows are in the
-/// stream: a restart need not check them again). Returns the ledger and
+/// moves up with every transaction of followed rows (those rows are in
+/// the stream: a restart, or this file's writer, need not send or check
+/// them again). Returns the ledger and
 /// the lease, and the last seq the stream showed.
 pub async fn follow_until_leader<L, F, Fut>(
     mut ledger: Ledger,
@@ -72,28 +76,53 @@ where
     // The last seq the stream has shown: a file with rows past it (its
     // writer died before publishing them) still has those to publish.
     let mut in_stream = 0;
+    let mut batch: Vec<Envelope<Event>> = Vec::with_capacity(MAX_BATCH);
+    // The outbox cursor as last written here.
+    let mut recorded = 0;
     loop {
         tokio::select! {
-            followed = events.recv() => match followed.ok_or(StandbyError::Ended)? {
-                Followed::Event { ledger_seq: Some(seq), event } => {
-                    in_stream = in_stream.max(seq);
-                    let head = ledger.head().seq;
-                    if seq <= head {
-                        // Seen already (this file followed it before a restart).
-                        if ledger.seq_of(&event.id)? != Some(seq) {
-                            return Err(StandbyError::Forked { seq, theirs: event.id.to_string() });
+            followed = events.recv() => {
+                // What queued up behind it goes into the same transaction
+                // (a standby keeps up with a writer's group commits).
+                let mut next = Some(followed.ok_or(StandbyError::Ended)?);
+                while let Some(followed) = next.take() {
+                    match followed {
+                        Followed::Event { ledger_seq: Some(seq), event } => {
+                            in_stream = in_stream.max(seq);
+                            let stored = ledger.head().seq;
+                            let head = stored + batch.len() as u64;
+                            if seq <= head {
+                                // Seen already (this file followed it before a
+                                // restart, or a re-follow gave it twice).
+                                let same = match seq.checked_sub(stored + 1) {
+                                    Some(i) => batch.get(i as usize).map(|e| e.id) == Some(event.id),
+                                    None => ledger.seq_of(&event.id)? == Some(seq),
+                                };
+                                if !same {
+                                    return Err(StandbyError::Forked { seq, theirs: event.id.to_string() });
+                                }
+                            } else if seq != head + 1 {
+                                return Err(StandbyError::Gap { head, found: seq });
+                            } else {
+                                batch.push(*event);
+                            }
                         }
-                        continue;
+                        Followed::Event { ledger_seq: None, .. } => {}
+                        Followed::CaughtUp => {
+                            caught_up = true;
+                            tracing::info!(head = ledger.head().seq + batch.len() as u64, "standby writer caught up with the stream; waiting for the writer lease");
+                        }
                     }
-                    if seq != head + 1 {
-                        return Err(StandbyError::Gap { head, found: seq });
+                    if batch.len() < MAX_BATCH {
+                        next = events.try_recv().ok();
                     }
-                    ledger.append(&[*event])?;
                 }
-                Followed::Event { ledger_seq: None, .. } => {}
-                Followed::CaughtUp => {
-                    caught_up = true;
-                    tracing::info!(head = ledger.head().seq, "standby writer caught up with the stream; waiting for the writer lease");
+                // The rows and the outbox cursor of the stream they came
+                // from, in one transaction.
+                if !batch.is_empty() || in_stream > recorded {
+                    ledger.append_published(&batch, cursor, in_stream)?;
+                    recorded = in_stream.min(ledger.head().seq);
+                    batch.clear();
                 }
             },
             _ = tick.tick() => {
@@ -102,10 +131,6 @@ where
                     head_seq: ledger.head().seq,
                     caught_up,
                 };
-                let outbox = Outbox::open(ledger.path(), cursor)?;
-                if outbox.cursor()? < in_stream {
-                    outbox.advance(in_stream)?;
-                }
                 if let Some(lease) = try_lead(progress).await {
                     return Ok((ledger, lease, in_stream));
                 }
