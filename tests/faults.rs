@@ -737,6 +737,18 @@ impl Harness {
         let acked = self.load.acked.lock().unwrap().clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         let (copies, longest) = loop {
+            // A writer that stopped itself after `heal` looked (a full disk
+            // noticed late: signing had seemed to resume on the old leader
+            // still writing inside its WAL) is started again, as its
+            // supervisor would, and sets its unsent tail aside.
+            for w in &mut self.writers {
+                if w.exited() {
+                    if w.tmpfs {
+                        let _ = std::fs::remove_file(w.dir.join("filler"));
+                    }
+                    w.start(&self.cluster);
+                }
+            }
             let copies: Vec<Copy> = self
                 .writers
                 .iter()
