@@ -67,8 +67,14 @@ fn optional(h: &mut Sha256, value: Option<&[u8]>) {
 /// goes character by character and showed up in the signing profile.
 pub fn to_hex(hash: &Hash) -> String {
     let mut out = [0u8; 64];
-    hex::encode_to_slice(hash, &mut out).expect("64 bytes hold 32 in hex");
-    String::from_utf8(out.to_vec()).expect("hex is ASCII")
+    hex_in(hash, &mut out).to_string()
+}
+
+/// [`to_hex`] into a buffer the caller holds: what the append binds, with
+/// no allocation per row.
+pub fn hex_in<'a>(hash: &Hash, out: &'a mut [u8; 64]) -> &'a str {
+    hex::encode_to_slice(hash, out).expect("64 bytes hold 32 in hex");
+    std::str::from_utf8(out).expect("hex is ASCII")
 }
 
 /// 64 hex digits (either case) → a hash. A table lookup per digit: the

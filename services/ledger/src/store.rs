@@ -476,9 +476,20 @@ impl Ledger {
                 .map_err(sql)?;
             for event in events {
                 let draft = codec::encode(event);
-                let id = event.id.to_string();
-                let causation = event.causation_id.map(|m| m.to_string());
-                let correlation = event.correlation_id.map(|m| m.to_string());
+                // Ids and hashes are bound as text from the stack: a String
+                // each was five allocations per row.
+                let (mut id_buf, mut causation_buf, mut correlation_buf) =
+                    ([0u8; 36], [0u8; 36], [0u8; 36]);
+                let (mut prev_buf, mut hash_buf) = ([0u8; 64], [0u8; 64]);
+                let id = id_text(&event.id, &mut id_buf);
+                let causation = event
+                    .causation_id
+                    .as_ref()
+                    .map(|m| id_text(m, &mut causation_buf));
+                let correlation = event
+                    .correlation_id
+                    .as_ref()
+                    .map(|m| id_text(m, &mut correlation_buf));
                 let seq = head.seq + 1;
                 let hash = chain::row_hash(&head.hash, &fields(seq, &draft));
                 // Insert first and look only on a clash: the common case
@@ -495,8 +506,8 @@ impl Ledger {
                         correlation,
                         draft.schema,
                         draft.payload,
-                        chain::to_hex(&head.hash),
-                        chain::to_hex(&hash),
+                        chain::hex_in(&head.hash, &mut prev_buf),
+                        chain::hex_in(&hash, &mut hash_buf),
                     ])
                     .map_err(sql)?;
                 if inserted == 1 {
@@ -509,10 +520,10 @@ impl Ledger {
                     continue;
                 }
                 let stored = find
-                    .query_row([&id], |r| {
+                    .query_row([id], |r| {
                         Ok(Row {
                             seq: r.get(0)?,
-                            id: id.clone(),
+                            id: id.to_string(),
                             ts: r.get(1)?,
                             thread: r.get(2)?,
                             kind: r.get(3)?,
@@ -526,14 +537,9 @@ impl Ledger {
                         })
                     })
                     .map_err(sql)?;
-                if !same_content(
-                    &stored,
-                    &draft,
-                    causation.as_deref(),
-                    correlation.as_deref(),
-                ) {
+                if !same_content(&stored, &draft, causation, correlation) {
                     return Err(LedgerError::Conflict {
-                        id,
+                        id: id.to_string(),
                         seq: stored.seq,
                     });
                 }
@@ -594,9 +600,11 @@ impl Ledger {
     /// The seq of the first event caused by command `id`, if any: how an actor
     /// acts on a command id at most once.
     pub fn caused_by(&self, id: &tes_proto::MsgId) -> Result<Option<u64>, LedgerError> {
+        let mut buf = [0u8; 36];
+        let text = id_text(id, &mut buf);
         self.conn
             .prepare_cached("SELECT min(seq) FROM events WHERE causation_id = ?1")
-            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)))
+            .and_then(|mut s| s.query_row([text], |r| r.get(0)))
             .map_err(|e| self.sql(e))
     }
 
@@ -811,6 +819,12 @@ pub(crate) fn fields(seq: u64, d: &Draft) -> RowFields<'_> {
         schema: d.schema,
         payload: &d.payload,
     }
+}
+
+/// An id's text form (hyphenated, lowercase: what `Display` writes and
+/// the columns hold) in a buffer the caller holds.
+fn id_text<'a>(id: &tes_proto::MsgId, buf: &'a mut [u8; 36]) -> &'a str {
+    id.0.hyphenated().encode_lower(buf)
 }
 
 fn same_content(row: &Row, d: &Draft, causation: Option<&str>, correlation: Option<&str>) -> bool {

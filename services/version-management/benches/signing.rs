@@ -239,19 +239,23 @@ fn engine_vs_sqlite() {
                             payload: &payload,
                         },
                     );
+                    // Text bound from the stack, no allocation per row:
+                    // the least a row of text ids and hashes can cost.
+                    let (mut id_buf, mut cause_buf) = ([0u8; 36], [0u8; 36]);
+                    let (mut prev_buf, mut hash_buf) = ([0u8; 64], [0u8; 64]);
                     st.execute(rusqlite::params![
                         seq,
-                        id.to_string(),
+                        &*id.0.hyphenated().encode_lower(&mut id_buf),
                         ts,
                         "0x6001",
                         "signature_generated",
                         1,
-                        cause.to_string(),
-                        None::<String>,
+                        &*cause.0.hyphenated().encode_lower(&mut cause_buf),
+                        None::<&str>,
                         1,
                         &payload[..],
-                        tes_ledger::chain::to_hex(&prev),
-                        tes_ledger::chain::to_hex(&hash),
+                        tes_ledger::chain::hex_in(&prev, &mut prev_buf),
+                        tes_ledger::chain::hex_in(&hash, &mut hash_buf),
                     ])
                     .unwrap();
                     prev = hash;
