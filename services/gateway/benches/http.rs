@@ -21,8 +21,12 @@ use tes_version_management::{Engine, EngineConfig};
 
 const IN_FLIGHT: usize = 64;
 const TOTAL: usize = 6_000;
+/// The engine thread's name as the kernel keeps it (15 bytes at most).
+const ENGINE_THREAD: &str = "tes-0x6001-engi";
 
-async fn drive(url: String, body: &'static str) -> f64 {
+/// Drives `TOTAL` requests, `IN_FLIGHT` at a time: a POST of `body`, or a
+/// GET without one.
+async fn drive(url: String, body: Option<&'static str>) -> f64 {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()
@@ -34,7 +38,11 @@ async fn drive(url: String, body: &'static str) -> f64 {
             let (client, url, next) = (client.clone(), url.clone(), next.clone());
             tokio::spawn(async move {
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < TOTAL {
-                    let r = client.post(&url).body(body).send().await.unwrap();
+                    let request = match body {
+                        Some(body) => client.post(&url).body(body),
+                        None => client.get(&url),
+                    };
+                    let r = request.send().await.unwrap();
                     assert!(r.status().is_success(), "{}", r.status());
                     r.bytes().await.unwrap();
                 }
@@ -45,6 +53,38 @@ async fn drive(url: String, body: &'static str) -> f64 {
         w.await.unwrap();
     }
     TOTAL as f64 / started.elapsed().as_secs_f64()
+}
+
+/// CPU time (user + system, clock ticks of 10 ms) of this process, or of
+/// its threads whose name starts with `thread` (`/proc/self/task/*/comm`).
+fn cpu(thread: Option<&str>) -> Duration {
+    let ticks = |stat: &str| -> u64 {
+        // Fields after the command name (which may hold spaces), 1-based 14 and 15.
+        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+        rest.split(' ')
+            .skip(11)
+            .take(2)
+            .filter_map(|x| x.parse::<u64>().ok())
+            .sum()
+    };
+    let total = match thread {
+        None => ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default()),
+        Some(name) => std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(name))
+            })
+            .map(|t| ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
+            .sum(),
+    };
+    Duration::from_millis(total * 10)
+}
+
+/// Microseconds of CPU per request between two readings.
+fn per_request(before: Duration, after: Duration) -> f64 {
+    (after - before).as_secs_f64() * 1e6 / TOTAL as f64
 }
 
 fn main() {
@@ -62,7 +102,9 @@ fn main() {
             post(|| async { axum::Json(serde_json::json!({"keyVersion": "v1", "ok": true})) }),
         );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let baseline = drive(format!("http://{bare}/echo"), r#"{"scope":"patch"}"#).await;
+        let cpu0 = cpu(None);
+        let baseline = drive(format!("http://{bare}/echo"), Some(r#"{"scope":"patch"}"#)).await;
+        let bare_cpu = per_request(cpu0, cpu(None));
 
         // Ours: the gateway in front of Version Management.
         let dir = tempfile::tempdir().unwrap();
@@ -91,11 +133,28 @@ fn main() {
         config.rate = std::num::NonZeroU32::new(1_000_000).unwrap();
         config.burst = config.rate;
         let gateway = tes_gateway::start(bus, csrf, config).await.unwrap();
-        let ours = drive(
+        // The same path without the write: the gateway's edge, a request
+        // and reply over the bus, the engine answering from memory.
+        let (cpu0, engine0) = (cpu(None), cpu(Some(ENGINE_THREAD)));
+        let read = drive(
             format!("http://{}/api/dev/bump-version", gateway.addr),
-            r#"{"scope":"patch"}"#,
+            None,
         )
         .await;
+        let (read_cpu, read_engine_cpu) = (
+            per_request(cpu0, cpu(None)),
+            per_request(engine0, cpu(Some(ENGINE_THREAD))),
+        );
+        let (cpu0, engine0) = (cpu(None), cpu(Some(ENGINE_THREAD)));
+        let ours = drive(
+            format!("http://{}/api/dev/bump-version", gateway.addr),
+            Some(r#"{"scope":"patch"}"#),
+        )
+        .await;
+        let (ours_cpu, engine_cpu) = (
+            per_request(cpu0, cpu(None)),
+            per_request(engine0, cpu(Some(ENGINE_THREAD))),
+        );
         println!(
             "{:<44} {:>10.0}/s   {:<28} {:>10.0}/s   ratio {:.2}",
             "bump-version: durable signed manifests",
@@ -103,6 +162,20 @@ fn main() {
             "bare axum JSON route",
             baseline,
             ours / baseline
+        );
+        println!(
+            "{:<44} {:>10.0}/s   {:<28} {:>10.0}/s   ratio {:.2}",
+            "bump preview (GET): the same path, no write",
+            read,
+            "bare axum JSON route",
+            baseline,
+            read / baseline
+        );
+        // Where a request's CPU goes (client and server are both in this
+        // process in every phase).
+        println!(
+            "CPU per request: bare route {bare_cpu:.1} µs; preview {read_cpu:.1} µs \
+             (engine thread {read_engine_cpu:.1} µs); bump {ours_cpu:.1} µs (engine thread {engine_cpu:.1} µs)"
         );
         gateway.stop().await;
     });
