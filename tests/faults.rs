@@ -16,7 +16,7 @@
 //! `target/test-artifacts/faults.json`.
 //!
 //! Short run (CI): each fault once, in an order the seed picks. Long run:
-//! `TES_FAULT_STEPS=60 TES_FAULT_SEED=7 cargo nextest run --test faults
+//! `TES_FAULT_STEPS=100 TES_FAULT_SEED=7 cargo nextest run --test faults
 //! --no-capture` (RELIABILITY.md has the last one's figures).
 
 mod support;
