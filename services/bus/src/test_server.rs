@@ -216,6 +216,12 @@ fn spawn(
         .arg(dir.join("store"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // For a long fault run: each server's own log, appended across its
+    // restarts, named by its client port.
+    if let Some(logs) = std::env::var_os("TES_NATS_LOG_DIR") {
+        cmd.arg("-l")
+            .arg(std::path::Path::new(&logs).join(format!("nats-{port}.log")));
+    }
     cmd.spawn().unwrap_or_else(|e| {
         panic!(
             "cannot start {:?} ({e}): a nats-server >= 2.10 is needed; ./tests/run installs one into .venv, or set TES_NATS_SERVER",
