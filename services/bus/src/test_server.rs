@@ -217,10 +217,12 @@ fn spawn(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // For a long fault run: each server's own log, appended across its
-    // restarts, named by its client port.
+    // restarts, named by its client port (the directory made if missing:
+    // nats-server would exit without a word when it cannot open its log).
     if let Some(logs) = std::env::var_os("TES_NATS_LOG_DIR") {
-        cmd.arg("-l")
-            .arg(std::path::Path::new(&logs).join(format!("nats-{port}.log")));
+        let logs = std::path::Path::new(&logs);
+        let _ = std::fs::create_dir_all(logs);
+        cmd.arg("-l").arg(logs.join(format!("nats-{port}.log")));
     }
     cmd.spawn().unwrap_or_else(|e| {
         panic!(
@@ -315,4 +317,23 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// CPU time (user + system) used so far by the process or thread whose
+/// `/proc` stat file is `stat` (`/proc/<pid>/stat`, `/proc/self/stat`,
+/// `/proc/self/task/<tid>/stat`); zero when it cannot be read. What the
+/// benchmarks divide by their operations to say where the time goes.
+pub fn cpu_time(stat: &std::path::Path) -> Duration {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), 1-based 14 and 15.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let ticks: u64 = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse::<u64>().ok())
+        .sum();
+    // Linux reports both in clock ticks of 1/100 s (USER_HZ) on every
+    // architecture we run on.
+    Duration::from_millis(ticks * 10)
 }

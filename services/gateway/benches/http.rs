@@ -55,20 +55,12 @@ async fn drive(url: String, body: Option<&'static str>) -> f64 {
     TOTAL as f64 / started.elapsed().as_secs_f64()
 }
 
-/// CPU time (user + system, clock ticks of 10 ms) of this process, or of
-/// its threads whose name starts with `thread` (`/proc/self/task/*/comm`).
+/// CPU time (user + system) of this process, or of its threads whose
+/// name starts with `thread` (`/proc/self/task/*/comm`).
 fn cpu(thread: Option<&str>) -> Duration {
-    let ticks = |stat: &str| -> u64 {
-        // Fields after the command name (which may hold spaces), 1-based 14 and 15.
-        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-        rest.split(' ')
-            .skip(11)
-            .take(2)
-            .filter_map(|x| x.parse::<u64>().ok())
-            .sum()
-    };
-    let total = match thread {
-        None => ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default()),
+    use tes_bus::test_server::cpu_time;
+    match thread {
+        None => cpu_time(std::path::Path::new("/proc/self/stat")),
         Some(name) => std::fs::read_dir("/proc/self/task")
             .into_iter()
             .flatten()
@@ -76,10 +68,9 @@ fn cpu(thread: Option<&str>) -> Duration {
             .filter(|t| {
                 std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(name))
             })
-            .map(|t| ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
+            .map(|t| cpu_time(&t.path().join("stat")))
             .sum(),
-    };
-    Duration::from_millis(total * 10)
+    }
 }
 
 /// Microseconds of CPU per request between two readings.

@@ -43,18 +43,7 @@ fn best(rounds: usize, n: u64, mut f: impl FnMut()) -> f64 {
 
 /// CPU time (user + system) process `pid` has used so far.
 fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), 1-based 14 and 15.
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // Linux reports both in clock ticks of 1/100 s (USER_HZ) on every
-    // architecture we run on.
-    Duration::from_millis(f.iter().sum::<u64>() * 10)
+    tes_bus::test_server::cpu_time(std::path::Path::new(&format!("/proc/{pid}/stat")))
 }
 
 /// CPU per operation of the nats-server and of this process (clients,
