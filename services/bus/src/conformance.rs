@@ -17,6 +17,8 @@ pub async fn run_all(bus: Arc<dyn Bus>) {
     wildcards_deliver_to_every_matching_subscriber(bus.clone()).await;
     queue_group_delivers_each_message_once(bus.clone()).await;
     request_reply_round_trips_headers_and_payload(bus.clone()).await;
+    a_reply_also_reaches_a_watcher_of_every_inbox(bus.clone()).await;
+    a_subscription_is_interest(bus.clone()).await;
     request_without_subscriber_is_no_responders(bus.clone()).await;
     request_to_silent_subscriber_times_out(bus.clone()).await;
     invalid_subjects_are_refused(bus.clone()).await;
@@ -107,6 +109,39 @@ pub async fn request_reply_round_trips_headers_and_payload(bus: Arc<dyn Bus>) {
         Some("application/x-tes-postcard")
     );
     task.await.unwrap();
+}
+
+/// The requester takes its reply, and a subscriber to `_INBOX.>` sees it
+/// as well, as on a NATS server.
+pub async fn a_reply_also_reaches_a_watcher_of_every_inbox(bus: Arc<dyn Bus>) {
+    let mut watcher = bus.subscribe("_INBOX.>", None).await.unwrap();
+    let mut server = bus.subscribe("conf.inbox.echo", None).await.unwrap();
+    let responder = bus.clone();
+    let task = tokio::spawn(async move {
+        let m = next(&mut server, "server").await;
+        let inbox = m.reply.clone().expect("request has a reply subject");
+        responder
+            .publish(Message::new(inbox.clone(), "pong"))
+            .await
+            .unwrap();
+        inbox
+    });
+    let reply = bus
+        .request(Message::new("conf.inbox.echo", "ping"), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, Bytes::from("pong"));
+    let inbox = task.await.unwrap();
+    let seen = next(&mut watcher, "inbox watcher").await;
+    assert_eq!(seen.subject, inbox);
+    assert_eq!(seen.payload, Bytes::from("pong"));
+}
+
+/// Whoever subscribes makes a subject interesting: a publisher that skips
+/// subjects without interest never skips one with a subscriber.
+pub async fn a_subscription_is_interest(bus: Arc<dyn Bus>) {
+    let _sub = bus.subscribe("conf.interest.*", None).await.unwrap();
+    assert!(bus.has_interest("conf.interest.sign"));
 }
 
 pub async fn request_without_subscriber_is_no_responders(bus: Arc<dyn Bus>) {

@@ -2,7 +2,7 @@
 //! one `tes` without a NATS server.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ struct Inner {
     /// map lookup, not a scan of every subscription.
     waiting: Mutex<HashMap<String, oneshot::Sender<Message>>>,
     round_robin: AtomicUsize,
+    next_inbox: AtomicU64,
 }
 
 struct Sub {
@@ -44,8 +45,10 @@ impl InProcessBus {
     }
 
     /// Delivers to every matching plain subscriber and one member of each
-    /// matching queue group; returns how many received it.
-    fn deliver(&self, message: &Message) -> usize {
+    /// matching queue group; returns how many received it. The last
+    /// receiver gets the message itself, the others a copy: most messages
+    /// (a command, a reply) have one.
+    fn deliver(&self, message: Message) -> usize {
         let targets: Vec<mpsc::Sender<Message>> = {
             let mut subs = self.inner.subs.lock().expect("bus lock poisoned");
             if subs.iter().any(|s| s.tx.is_closed()) {
@@ -73,12 +76,19 @@ impl InProcessBus {
             }
             targets
         };
+        let last = targets.len().saturating_sub(1);
+        let mut message = Some(message);
         let mut delivered = 0;
-        for tx in targets {
-            match tx.try_send(message.clone()) {
+        for (i, tx) in targets.into_iter().enumerate() {
+            let copy = if i == last {
+                message.take().expect("the last receiver takes the message")
+            } else {
+                message.clone().expect("kept for the last receiver")
+            };
+            match tx.try_send(copy) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(subject = %message.subject, "slow consumer: message dropped");
+                Err(mpsc::error::TrySendError::Full(dropped)) => {
+                    tracing::warn!(subject = %dropped.subject, "slow consumer: message dropped");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
@@ -99,10 +109,17 @@ impl Bus for InProcessBus {
                 .expect("bus lock poisoned")
                 .remove(&message.subject);
             if let Some(waiter) = waiter {
-                let _ = waiter.send(message.clone());
+                // The requester takes the reply; a subscriber to the inbox
+                // (a `>` wildcard, rare) gets a copy.
+                if self.has_interest(&message.subject) {
+                    let _ = waiter.send(message.clone());
+                } else {
+                    let _ = waiter.send(message);
+                    return Ok(());
+                }
             }
         }
-        self.deliver(&message);
+        self.deliver(message);
         Ok(())
     }
 
@@ -125,9 +142,19 @@ impl Bus for InProcessBus {
         Ok(Subscription::new(rx))
     }
 
+    fn has_interest(&self, subject: &str) -> bool {
+        let subs = self.inner.subs.lock().expect("bus lock poisoned");
+        subs.iter()
+            .any(|s| !s.tx.is_closed() && matches(&s.pattern, subject))
+    }
+
     async fn request(&self, mut message: Message, timeout: Duration) -> Result<Message, BusError> {
         validate_subject(&message.subject)?;
-        let inbox = format!("{INBOX_PREFIX}{}", uuid::Uuid::now_v7().simple());
+        // Unique within this bus, which is all an inbox must be here.
+        let inbox = format!(
+            "{INBOX_PREFIX}{}",
+            self.inner.next_inbox.fetch_add(1, Ordering::Relaxed)
+        );
         let (tx, rx) = oneshot::channel();
         self.inner
             .waiting
@@ -143,7 +170,7 @@ impl Bus for InProcessBus {
         };
         message.reply = Some(inbox.clone());
         let subject = message.subject.clone();
-        if self.deliver(&message) == 0 {
+        if self.deliver(message) == 0 {
             forget();
             return Err(BusError::NoResponders(subject));
         }

@@ -125,4 +125,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Sends `message` and waits for one reply.
     async fn request(&self, message: Message, timeout: Duration) -> Result<Message, BusError>;
+
+    /// Whether a publish on `subject` would reach a subscriber now. A
+    /// publisher may skip encoding what nobody would receive: the message
+    /// would be dropped anyway, as a NATS server drops one without
+    /// interest. A bus that cannot tell cheaply says yes.
+    fn has_interest(&self, _subject: &str) -> bool {
+        true
+    }
 }

@@ -11,6 +11,21 @@ async fn in_process_bus_conforms() {
     tes_bus::conformance::run_all(Arc::new(tes_bus::InProcessBus::new())).await;
 }
 
+/// In one process the bus knows its subscribers: a subject nobody
+/// subscribes to (or whose subscription was dropped) has no interest, so
+/// Version Management does not encode events nobody would receive.
+#[tokio::test]
+async fn the_in_process_bus_knows_when_nobody_listens() {
+    use tes_bus::Bus;
+    let bus = tes_bus::InProcessBus::new();
+    assert!(!bus.has_interest("tes.evt.0x6001.signature_generated"));
+    let watch = bus.subscribe("tes.evt.>", None).await.unwrap();
+    assert!(bus.has_interest("tes.evt.0x6001.signature_generated"));
+    assert!(!bus.has_interest("tes.cmd.0x6001.sign"));
+    drop(watch);
+    assert!(!bus.has_interest("tes.evt.0x6001.signature_generated"));
+}
+
 #[tokio::test]
 async fn nats_bus_conforms() {
     let server = TestServer::start();
