@@ -20,24 +20,32 @@ use tes_version_management::engine::system_clock;
 use tes_version_management::{Engine, EngineConfig};
 
 const IN_FLIGHT: usize = 64;
-const TOTAL: usize = 6_000;
+/// Requests per phase; `TES_BENCH_REQUESTS` raises it (a longer phase to
+/// profile: `perf record -D <ms>` then sees the bump phase alone).
+fn total() -> usize {
+    std::env::var("TES_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6_000)
+}
 /// The engine thread's name as the kernel keeps it (15 bytes at most).
 const ENGINE_THREAD: &str = "tes-0x6001-engi";
 
-/// Drives `TOTAL` requests, `IN_FLIGHT` at a time: a POST of `body`, or a
+/// Drives [`total`] requests, `IN_FLIGHT` at a time: a POST of `body`, or a
 /// GET without one.
 async fn drive(url: String, body: Option<&'static str>) -> f64 {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()
         .unwrap();
+    let total = total();
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
             let (client, url, next) = (client.clone(), url.clone(), next.clone());
             tokio::spawn(async move {
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < TOTAL {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
                     let request = match body {
                         Some(body) => client.post(&url).body(body),
                         None => client.get(&url),
@@ -52,7 +60,7 @@ async fn drive(url: String, body: Option<&'static str>) -> f64 {
     for w in workers {
         w.await.unwrap();
     }
-    TOTAL as f64 / started.elapsed().as_secs_f64()
+    total as f64 / started.elapsed().as_secs_f64()
 }
 
 /// CPU time (user + system) of this process, or of its threads whose
@@ -75,7 +83,7 @@ fn cpu(thread: Option<&str>) -> Duration {
 
 /// Microseconds of CPU per request between two readings.
 fn per_request(before: Duration, after: Duration) -> f64 {
-    (after - before).as_secs_f64() * 1e6 / TOTAL as f64
+    (after - before).as_secs_f64() * 1e6 / total() as f64
 }
 
 fn main() {
