@@ -76,23 +76,22 @@ impl InProcessBus {
             }
             targets
         };
-        let last = targets.len().saturating_sub(1);
-        let mut message = Some(message);
-        let mut delivered = 0;
-        for (i, tx) in targets.into_iter().enumerate() {
-            let copy = if i == last {
-                message.take().expect("the last receiver takes the message")
-            } else {
-                message.clone().expect("kept for the last receiver")
-            };
-            match tx.try_send(copy) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(dropped)) => {
-                    tracing::warn!(subject = %dropped.subject, "slow consumer: message dropped");
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let Some((last, others)) = targets.split_last() else {
+            return 0;
+        };
+        let send = |tx: &mpsc::Sender<Message>, m: Message| match tx.try_send(m) {
+            Ok(()) => 1,
+            Err(mpsc::error::TrySendError::Full(dropped)) => {
+                tracing::warn!(subject = %dropped.subject, "slow consumer: message dropped");
+                0
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => 0,
+        };
+        let mut delivered = 0;
+        for tx in others {
+            delivered += send(tx, message.clone());
         }
+        delivered += send(last, message);
         delivered
     }
 }

@@ -128,10 +128,7 @@ pub async fn publish_event(
     ct: ContentType,
     event: &Envelope<Event>,
 ) -> Result<(), BusError> {
-    let subject = tes_proto::subject::event(event.thread, event.body.kind());
-    let m = message(subject, ct, Some(event.id), event)
-        .map_err(|e| BusError::Transport(e.to_string()))?;
-    bus.publish(m).await
+    publish_on_its_subject(bus, ct, event, None).await
 }
 
 /// Publishes a committed ledger event, its seq in the `Tes-Seq` header.
@@ -141,10 +138,27 @@ pub async fn publish_ledgered(
     seq: u64,
     event: &Envelope<Event>,
 ) -> Result<(), BusError> {
+    publish_on_its_subject(bus, ct, event, Some(seq)).await
+}
+
+/// An event with no subscriber is not encoded at all: the bus would drop
+/// it unread (in one process, with no `tes watch` and no console open,
+/// that is every signature's event).
+async fn publish_on_its_subject(
+    bus: &dyn Bus,
+    ct: ContentType,
+    event: &Envelope<Event>,
+    seq: Option<u64>,
+) -> Result<(), BusError> {
     let subject = tes_proto::subject::event(event.thread, event.body.kind());
-    let m = message(subject, ct, Some(event.id), event)
-        .map_err(|e| BusError::Transport(e.to_string()))?
-        .with_header(LEDGER_SEQ_HEADER, seq.to_string());
+    if !bus.has_interest(&subject) {
+        return Ok(());
+    }
+    let mut m = message(subject, ct, Some(event.id), event)
+        .map_err(|e| BusError::Transport(e.to_string()))?;
+    if let Some(seq) = seq {
+        m = m.with_header(LEDGER_SEQ_HEADER, seq.to_string());
+    }
     bus.publish(m).await
 }
 

@@ -662,13 +662,6 @@ async fn publish_committed(
             }
             None => {
                 for (seq, event) in &batch.events {
-                    // In one process nobody may be watching (no `tes
-                    // watch`, no console open): then the encoding is all
-                    // a publish would cost, for a message dropped unread.
-                    let on = subject::event(event.thread, event.body.kind());
-                    if !bus.has_interest(&on) {
-                        continue;
-                    }
                     if let Err(error) = publish_ledgered(&*bus, config.wire, *seq, event).await {
                         tracing::warn!(%error, kind = event.body.kind(), "could not publish event");
                     }
