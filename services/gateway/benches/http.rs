@@ -15,6 +15,7 @@ use tes_bus::{Bus, InProcessBus};
 use tes_gateway::csrf::Csrf;
 use tes_gateway::GatewayConfig;
 use tes_keyring::{KeyStore, Keyring};
+use tes_proto::ContentType;
 use tes_version_management::actor::{self, ActorConfig};
 use tes_version_management::engine::system_clock;
 use tes_version_management::{Engine, EngineConfig};
@@ -27,6 +28,15 @@ fn total() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6_000)
+}
+/// The form of the hop between the gateway and Version Management:
+/// postcard, as the embedded daemon carries it, or `TES_BENCH_WIRE=json`
+/// (what a NATS deployment with `--wire json` pays) to compare.
+fn wire() -> ContentType {
+    match std::env::var("TES_BENCH_WIRE").as_deref() {
+        Ok("json") => ContentType::Json,
+        _ => ContentType::Binary,
+    }
 }
 /// The engine thread's name as the kernel keeps it (15 bytes at most).
 const ENGINE_THREAD: &str = "tes-0x6001-engi";
@@ -124,13 +134,20 @@ fn main() {
             replace: None,
         };
         let engine = Engine::open(config, keyring, system_clock()).unwrap();
-        let _running = actor::start(engine, bus.clone(), ActorConfig::default())
+        // The hop's form as the embedded daemon has it: postcard.
+        let wire = wire();
+        let actor_config = ActorConfig {
+            wire,
+            ..ActorConfig::default()
+        };
+        let _running = actor::start(engine, bus.clone(), actor_config)
             .await
             .unwrap();
         let csrf = Csrf::in_file(dir.path(), Duration::from_secs(60)).unwrap();
         let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap());
         config.rate = std::num::NonZeroU32::new(1_000_000).unwrap();
         config.burst = config.rate;
+        config.wire = wire;
         let gateway = tes_gateway::start(bus, csrf, config).await.unwrap();
         // The same path without the write: the gateway's edge, a request
         // and reply over the bus, the engine answering from memory.

@@ -106,7 +106,8 @@ pub struct RunOptions {
     /// Wire form of the messages this process publishes: `json` (the
     /// schemas in schemas/; what any NATS client reads), or `binary`
     /// (postcard, smaller) — for the whole deployment, not one process.
-    /// Receivers accept both.
+    /// Receivers accept both. Without NATS nothing leaves the process and
+    /// the in-process bus always carries postcard.
     #[arg(long, env = "TES_WIRE", value_enum, default_value_t = Wire::Json)]
     pub wire: Wire,
     #[command(flatten)]

@@ -301,7 +301,14 @@ impl Actors {
         role: Role,
         keys: Keys,
     ) -> Result<Actors> {
-        let wire = wire(run.wire);
+        // `--wire` is the form others read on NATS. On the in-process bus
+        // no message leaves this process (a control-socket client or the
+        // console decodes either form), so it is always postcard: the
+        // gateway's hop to Version Management then costs no JSON.
+        let wire = match &transport {
+            Transport::Embedded => ContentType::Binary,
+            Transport::Nats(_) => wire(run.wire),
+        };
         let key_store = global.key_store();
         let bus: Arc<dyn Bus> = match &transport {
             Transport::Embedded => Arc::new(InProcessBus::new()),
