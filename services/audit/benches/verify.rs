@@ -8,6 +8,10 @@ use tes_ledger::{Head, Ledger};
 use tes_proto::event::SignatureGenerated;
 use tes_proto::{Channel, Envelope, Event, KeyVersion, MsgId, ThreadId, Timestamp};
 
+/// The allocator the `tes` binary runs with, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS: u64 = 1_000_000;
 
 fn main() {

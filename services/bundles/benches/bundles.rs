@@ -19,6 +19,10 @@ use tes_proto::reply::Manifest;
 use tes_proto::{Channel, Envelope, Event, KeyVersion, MsgId, ThreadId, Timestamp};
 use tes_version_management::core::manifest;
 
+/// The allocator the `tes` binary runs with, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn best(rounds: usize, n: u64, mut f: impl FnMut()) -> f64 {
     let mut best = Duration::MAX;
     for _ in 0..rounds {

@@ -20,6 +20,10 @@ use tes_version_management::actor::{self, ActorConfig};
 use tes_version_management::engine::system_clock;
 use tes_version_management::{Engine, EngineConfig};
 
+/// The allocator the `tes` binary runs with, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const IN_FLIGHT: usize = 64;
 /// Requests per phase; `TES_BENCH_REQUESTS` raises it (a longer phase to
 /// profile: `perf record -D <ms>` then sees the bump phase alone).

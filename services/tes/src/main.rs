@@ -19,6 +19,12 @@ use crate::commands::{
     audit, bundles, client, daemon, demo, health, init, observe, replay, secret, watch,
 };
 
+/// mimalloc rather than the system's: a request allocates and frees many
+/// small buffers on two threads or more, and with glibc's malloc that was
+/// 18 % of the HTTP path's samples (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);

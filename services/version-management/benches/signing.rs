@@ -28,6 +28,10 @@ use tes_version_management::core::Policy;
 use tes_version_management::engine::system_clock;
 use tes_version_management::{Engine, EngineConfig, Request};
 
+/// The allocator the `tes` binary runs with, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123";
 
 /// Best of `rounds` runs of `f`, which does `n` operations: operations per second.

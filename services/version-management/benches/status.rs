@@ -12,6 +12,10 @@ use tes_proto::{Channel, Envelope, Event, Fingerprint, KeyVersion, MsgId, Thread
 use tes_version_management::core::state::{encode_snapshot, STATE_SCHEMA};
 use tes_version_management::replay::{latest, replay, Until};
 
+/// The allocator the `tes` binary runs with, so the bench measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS: u64 = 1_000_000;
 /// Rows after the snapshot (a writer snapshots every 1000 by default).
 const TAIL: u64 = 999;
