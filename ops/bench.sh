@@ -58,6 +58,11 @@ ratio_goal("engine, durable signatures, batches of 1000", "signing", "engine: du
 ratio_goal("NATS, writer alone, 256 in flight", "signing", "NATS: durable signatures, writer alone", 0.5)
 ratio_goal("NATS, writer + 1 replica", "signing", "NATS: durable signatures, writer + 1", 0.35)
 ratio_goal("HTTP bump, 64 in flight", "gateway", "bump-version", 0.5)
+for line in text.get("signing", "").splitlines():
+    m = re.match(r"NATS: one sign at a time, p50\s+([\d.]+) ms\s+(.*?)\s+([\d.]+) ms\s+([\d.]+)×", line)
+    if m:
+        rows.append(("one sign at a time over NATS, p50", f"{m[1]} ms", f"{m[2]} {m[3]} ms",
+                     f"{m[4]}×", "≤ 2×", "met" if float(m[4]) <= 2 else "missed"))
 ratio_goal("NATS, batches of 100, one client (vs its single signs)", "signing", "NATS: batch of 100,", 10)
 ratio_goal("NATS, batches of 1000, one client (vs its single signs)", "signing", "NATS: batch of 1000,", 10)
 

@@ -452,6 +452,25 @@ async fn nats_sign_vs_echo() {
     );
     println!("  echo: {echo_cpu}\n  writer alone: {alone_cpu}");
 
+    // One request at a time: a sign's latency against an echo's, the same
+    // client (the echo responder of the baseline still answers).
+    let sign_p50 = {
+        let client = client.clone();
+        p50(1000, move || sign_once(client.clone())).await
+    };
+    let echo_p50 = {
+        let client = client.clone();
+        p50(1000, move || echo_once(client.clone())).await
+    };
+    println!(
+        "{:<44} {:>10.3} ms   {:<28} {:>10.3} ms   {:.1}×",
+        "NATS: one sign at a time, p50",
+        sign_p50.as_secs_f64() * 1e3,
+        "bare NATS echo, one at a time",
+        echo_p50.as_secs_f64() * 1e3,
+        sign_p50.as_secs_f64() / echo_p50.as_secs_f64()
+    );
+
     // One client, one request at a time: single signs against batches
     // (each item its own audit record, all durable before the reply).
     let single = {
@@ -571,6 +590,36 @@ async fn sign_batch_once(bus: Arc<dyn Bus>, size: usize) {
         .all(|r| matches!(r, tes_proto::Reply::Ok(_))));
 }
 
+/// Where the baseline's bare echo answers.
+const ECHO_SUBJECT: &str = "bench.echo";
+
+/// The median time of `n` calls of `f`, one after the other.
+async fn p50<F, Fut>(n: usize, f: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[n / 2]
+}
+
+/// One request to the echo [`echo_rate`] serves.
+async fn echo_once(client: Arc<dyn Bus>) {
+    client
+        .request(
+            Message::new(ECHO_SUBJECT, bytes::Bytes::from(vec![7u8; 200])),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
 /// The baseline: request/reply through `client` to a bare echo served on
 /// `server`, `in_flight` at a time.
 async fn echo_rate(
@@ -579,7 +628,7 @@ async fn echo_rate(
     in_flight: usize,
     total: usize,
 ) -> f64 {
-    let mut sub = server.subscribe("bench.echo", None).await.unwrap();
+    let mut sub = server.subscribe(ECHO_SUBJECT, None).await.unwrap();
     let responder = server.clone();
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
@@ -594,7 +643,7 @@ async fn echo_rate(
         let (client, payload) = (client.clone(), payload.clone());
         async move {
             client
-                .request(Message::new("bench.echo", payload), Duration::from_secs(10))
+                .request(Message::new(ECHO_SUBJECT, payload), Duration::from_secs(10))
                 .await
                 .unwrap();
         }
