@@ -323,9 +323,31 @@ fn assert_every_signature_at_its_seq(
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    wait_until(
+        what,
+        within,
+        || f().then_some(()).ok_or_else(String::new),
+        String::new,
+    );
+}
+
+/// [`wait_for`], where each try says what it saw: on a time-out the last
+/// answer and `context()` (a service's log, say) are in the failure.
+fn wait_until(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Result<(), String>,
+    context: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    loop {
+        let last = match f() {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}; last: {last}\n{}", context());
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -499,24 +521,24 @@ fn the_compose_stack_runs_heals_and_keeps_its_ledger() {
     );
     // On a time-out, what the gateway last answered and its own log say
     // which side did not come back (seen once in CI, not reproduced).
-    let healed = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, out, err) = sh(Command::new("curl").args([
-            "-s",
-            "-w",
-            " (HTTP %{http_code})",
-            &format!("{base}/api/dev/version-ws/health"),
-        ]));
-        if code == 0 && out.ends_with("(HTTP 200)") {
-            break;
-        }
-        if Instant::now() > healed {
-            let last = format!("curl exit {code}: {out}{err}");
-            let (_, logs, _) = sh(&mut p.compose_args(&["logs", "--tail", "40", "gateway"]));
-            panic!("timed out waiting for the gateway after its network came back; last answer: {last}\n{logs}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_until(
+        "the gateway after its network came back",
+        Duration::from_secs(60),
+        || {
+            let (code, out, err) = sh(Command::new("curl").args([
+                "-s",
+                "-w",
+                " (HTTP %{http_code})",
+                &format!("{base}/api/dev/version-ws/health"),
+            ]));
+            if code == 0 && out.ends_with("(HTTP 200)") {
+                Ok(())
+            } else {
+                Err(format!("curl exit {code}: {out}{err}"))
+            }
+        },
+        || p.gateway_logs(),
+    );
     let head = head_seq(&p);
 
     // Stopped cleanly: the ledger, copied out, holds every acknowledged
